@@ -1,0 +1,28 @@
+# Shared by every script: where caches live, pinned versions, progress output.
+# Sourced, never run.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${LLAMANET_CACHE:-$HOME/.cache/llamanet}
+
+K8S_VERSION=v1.34.4
+ETCD_VERSION=v3.6.4
+HELM_VERSION=v3.22.0
+PROMTOOL_VERSION=v0.316.0
+
+K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
+TOOLS_BIN=$CACHE/tools/bin
+MODEL_DIR=$CACHE/models
+DEFAULT_MODEL=$MODEL_DIR/gemma-3-270m-q4_k_m.gguf
+DEFAULT_MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+
+# Cargo keeps its target folder outside the clone so a fresh clone reuses the
+# llama.cpp build (about 6 minutes cold on two cores).
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+export GOFLAGS=${GOFLAGS:--mod=mod}
+
+_step_t0=$(date +%s)
+step() { printf '\n\033[1m==> %s\033[0m  (+%ss)\n' "$*" "$(( $(date +%s) - _step_t0 ))"; }
+info() { printf '    %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -1,0 +1,186 @@
+//! A whole local cluster: the control plane plus one or more local nodes,
+//! torn down in the right order when dropped (pods, then nodes, then the
+//! control plane, then its folder).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::control_plane::{ControlPlane, ControlPlaneConfig};
+use crate::kubelet::{ImageCatalog, LocalNode, LocalNodeConfig, PodIpPool};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// State folder; a temporary one (removed on drop) when `None`.
+    pub dir: Option<PathBuf>,
+    /// How many local nodes (`local-node-0`, `local-node-1`, ...).
+    pub nodes: usize,
+    pub gpus_per_node: u32,
+    /// Where the workspace's binaries are (the images' contents).
+    pub bin_dir: PathBuf,
+    /// Where the control plane binaries are.
+    pub k8s_bin_dir: PathBuf,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            nodes: 1,
+            gpus_per_node: 8,
+            bin_dir: default_workspace_bin_dir(),
+            k8s_bin_dir: crate::control_plane::default_bin_dir(),
+        }
+    }
+}
+
+/// `$LLAMANET_BIN_DIR`, else the cargo profile folder this executable was
+/// built into (`target/<profile>`, also for test binaries in `deps/`).
+pub fn default_workspace_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LLAMANET_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// A running cluster. Fields drop in order: nodes, control plane, folder.
+pub struct Cluster {
+    nodes: Vec<LocalNode>,
+    plane: ControlPlane,
+    client: kube::Client,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Starts the control plane and the nodes, and waits until every node is
+    /// Ready and the `default` ServiceAccount exists (pods can be created).
+    pub async fn start(config: ClusterConfig) -> Result<Self> {
+        let (dir, tmp) = match &config.dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("llamanet-cluster-")
+                    .tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&dir)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let plane = ControlPlane::start(&ControlPlaneConfig {
+            bin_dir: config.k8s_bin_dir.clone(),
+            dir: dir.join("control-plane"),
+        })
+        .await?;
+        let client = plane.client().await?;
+        let api_port: u16 = plane
+            .server()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("API server URL has no port")?;
+        let ips = Arc::new(PodIpPool::default());
+        let images = ImageCatalog::workspace(&config.bin_dir);
+        let mut nodes = Vec::new();
+        for i in 0..config.nodes {
+            let name = format!("local-node-{i}");
+            let mut node_cfg = LocalNodeConfig::new(
+                &name,
+                dir.join("nodes").join(&name),
+                images.clone(),
+                api_port,
+            );
+            node_cfg.gpus = config.gpus_per_node;
+            nodes.push(LocalNode::start(client.clone(), node_cfg, ips.clone()).await?);
+        }
+        let cluster = Self {
+            nodes,
+            plane,
+            client,
+            _tmp: tmp,
+        };
+        cluster.wait_usable(Duration::from_secs(60)).await?;
+        Ok(cluster)
+    }
+
+    async fn wait_usable(&self, timeout: Duration) -> Result<()> {
+        use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+        let nodes = kube::Api::<Node>::all(self.client.clone());
+        let sas = kube::Api::<ServiceAccount>::namespaced(self.client.clone(), "default");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ready = nodes
+                .list(&Default::default())
+                .await?
+                .items
+                .iter()
+                .filter(|n| {
+                    let untainted = n
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .is_none_or(|t| t.is_empty());
+                    untainted && is_ready(n)
+                })
+                .count();
+            let sa = sas.get_opt("default").await?.is_some();
+            if ready == self.nodes.len() && sa {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "cluster not usable after {timeout:?}: {ready}/{} nodes ready and untainted, default serviceaccount: {sa}",
+                    self.nodes.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        self.plane.kubeconfig()
+    }
+
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.plane.dir().parent().unwrap_or(self.plane.dir())
+    }
+
+    pub fn server(&self) -> &str {
+        self.plane.server()
+    }
+
+    /// `kubectl --kubeconfig <this cluster>`.
+    pub fn kubectl(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(self.kubeconfig());
+        cmd
+    }
+
+    /// Stops pods gracefully, then the control plane.
+    pub async fn shutdown(mut self) {
+        for node in self.nodes.drain(..) {
+            node.shutdown().await;
+        }
+        self.plane.stop();
+    }
+}
+
+fn is_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

@@ -1,0 +1,372 @@
+//! The control plane: etcd, kube-apiserver, kube-controller-manager and
+//! kube-scheduler started as local processes on loopback with free ports.
+//!
+//! Everything lives in one folder: the PKI (generated here with rcgen), each
+//! component's data and log file, and an admin kubeconfig with embedded
+//! credentials. Dropping a [`ControlPlane`] stops every process; each child
+//! also gets `PR_SET_PDEATHSIG`, so a killed parent leaves no orphans.
+//! Pods are not run here: see [`crate::kubelet`].
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::process::ManagedProcess;
+
+/// The Kubernetes version the Go module in `tests/cluster/k8s` builds.
+pub const K8S_VERSION: &str = "v1.34.4";
+
+/// Where the control plane binaries are, and where its state goes.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// Folder holding `etcd`, `kube-apiserver`, `kube-controller-manager`, `kube-scheduler`.
+    pub bin_dir: PathBuf,
+    /// State folder (PKI, etcd data, logs, kubeconfig). Created if missing.
+    pub dir: PathBuf,
+}
+
+impl ControlPlaneConfig {
+    /// The binaries as `scripts/build-k8s.sh` caches them, in `dir`.
+    pub fn cached(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bin_dir: default_bin_dir(),
+            dir: dir.into(),
+        }
+    }
+}
+
+/// `$LLAMANET_K8S_BIN`, else `$LLAMANET_CACHE/k8s-<version>/bin`, else
+/// `~/.cache/llamanet/k8s-<version>/bin`.
+pub fn default_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LLAMANET_K8S_BIN") {
+        return dir.into();
+    }
+    cache_dir().join(format!("k8s-{K8S_VERSION}")).join("bin")
+}
+
+/// The project's cache folder outside any clone (`$LLAMANET_CACHE` or `~/.cache/llamanet`).
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LLAMANET_CACHE") {
+        return dir.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache").join("llamanet")
+}
+
+/// A running control plane. Dropping it stops every component.
+pub struct ControlPlane {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    server: String,
+    service_cidr: String,
+    // Stopped in reverse start order by `stop`.
+    processes: Vec<ManagedProcess>,
+}
+
+impl ControlPlane {
+    /// Starts etcd, the API server, the controller manager and the scheduler,
+    /// and returns once `/readyz` answers `ok`.
+    pub async fn start(config: &ControlPlaneConfig) -> Result<Self> {
+        let dir = &config.dir;
+        for bin in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ] {
+            let path = config.bin_dir.join(bin);
+            if !path.is_file() {
+                bail!(
+                    "{} is missing: run scripts/build-k8s.sh (it builds the control plane {K8S_VERSION} from the Go module proxy)",
+                    path.display()
+                );
+            }
+        }
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let pki = Pki::generate(&dir.join("pki"))?;
+
+        let etcd_port = free_port()?;
+        let etcd_peer_port = free_port()?;
+        let api_port = free_port()?;
+        let server = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, pki.kubeconfig(&server))?;
+
+        let mut plane = Self {
+            dir: dir.clone(),
+            kubeconfig,
+            server,
+            service_cidr: "10.0.0.0/24".into(),
+            processes: Vec::new(),
+        };
+        let bin = |name: &str| config.bin_dir.join(name);
+        let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
+
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
+        plane.processes.push(ManagedProcess::spawn(
+            "etcd",
+            &bin("etcd"),
+            &[
+                "--name=default".into(),
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                // A throwaway cluster: durability buys nothing and fsync is slow.
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+            ],
+            &log("etcd"),
+        )?);
+
+        let p = |f: &str| pki.dir.join(f).display().to_string();
+        plane.processes.push(ManagedProcess::spawn(
+            "kube-apiserver",
+            &bin("kube-apiserver"),
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={api_port}"),
+                format!("--cert-dir={}", dir.join("apiserver").display()),
+                format!("--tls-cert-file={}", p("apiserver.crt")),
+                format!("--tls-private-key-file={}", p("apiserver.key")),
+                format!("--client-ca-file={}", p("ca.crt")),
+                format!("--service-account-key-file={}", p("sa.pub")),
+                format!("--service-account-signing-key-file={}", p("sa.key")),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-cluster-ip-range={}", plane.service_cidr),
+                "--authorization-mode=Node,RBAC".into(),
+                "--allow-privileged=true".into(),
+                "--endpoint-reconciler-type=none".into(),
+            ],
+            &log("kube-apiserver"),
+        )?);
+        plane
+            .wait_ready(Duration::from_secs(90))
+            .await
+            .context("kube-apiserver did not become ready")?;
+
+        let kc = plane.kubeconfig.display().to_string();
+        let cm_port = free_port()?;
+        plane.processes.push(ManagedProcess::spawn(
+            "kube-controller-manager",
+            &bin("kube-controller-manager"),
+            &[
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={cm_port}"),
+                format!("--cert-dir={}", dir.join("controller-manager").display()),
+                format!("--service-account-private-key-file={}", p("sa.key")),
+                format!("--root-ca-file={}", p("ca.crt")),
+                format!("--cluster-signing-cert-file={}", p("ca.crt")),
+                format!("--cluster-signing-key-file={}", p("ca.key")),
+                "--use-service-account-credentials=true".into(),
+                "--leader-elect=false".into(),
+                // No cloud and no pod network to allocate.
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller".into(),
+            ],
+            &log("kube-controller-manager"),
+        )?);
+        let sched_port = free_port()?;
+        plane.processes.push(ManagedProcess::spawn(
+            "kube-scheduler",
+            &bin("kube-scheduler"),
+            &[
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={sched_port}"),
+                format!("--cert-dir={}", dir.join("scheduler").display()),
+                "--leader-elect=false".into(),
+            ],
+            &log("kube-scheduler"),
+        )?);
+        Ok(plane)
+    }
+
+    /// The admin kubeconfig (client certificate in `system:masters`).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// `https://127.0.0.1:<port>` of the API server.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The state folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A client with the admin credentials.
+    pub async fn client(&self) -> Result<kube::Client> {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let client = self.client().await?;
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            for p in &mut self.processes {
+                p.check_alive()?;
+            }
+            let req = http::Request::get("/readyz").body(Vec::new())?;
+            match client.request_text(req).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                Ok(body) => last = body,
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!("/readyz not ok after {timeout:?}: {last}")
+    }
+
+    /// Stops every component, newest first. Also done on drop.
+    pub fn stop(&mut self) {
+        while let Some(mut p) = self.processes.pop() {
+            p.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A kube client for a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A port nobody listens on right now. Racy by nature, but the window is short
+/// and every component fails loudly if it loses.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The cluster's certificates and keys, written as PEM files.
+struct Pki {
+    dir: PathBuf,
+    ca_pem: String,
+    admin_cert_pem: String,
+    admin_key_pem: String,
+}
+
+impl Pki {
+    fn generate(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let write = |name: &str, contents: &str| -> Result<()> {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
+        };
+
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.distinguished_name = dn("llamanet-local-ca", None);
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
+        write("ca.crt", &ca.pem())?;
+        write("ca.key", &ca.key().serialize_pem())?;
+
+        let server_key = KeyPair::generate()?;
+        let mut server = CertificateParams::new(vec![
+            "localhost".to_string(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+            "kubernetes.default.svc.cluster.local".into(),
+        ])?;
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress([10, 0, 0, 1].into()));
+        server.distinguished_name = dn("kube-apiserver", None);
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_cert = server.signed_by(&server_key, &ca)?;
+        write("apiserver.crt", &server_cert.pem())?;
+        write("apiserver.key", &server_key.serialize_pem())?;
+
+        let admin_key = KeyPair::generate()?;
+        let mut admin = CertificateParams::new(Vec::<String>::new())?;
+        admin.distinguished_name = dn("admin", Some("system:masters"));
+        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let admin_cert = admin.signed_by(&admin_key, &ca)?;
+        write("admin.crt", &admin_cert.pem())?;
+        write("admin.key", &admin_key.serialize_pem())?;
+
+        let sa_key = KeyPair::generate()?;
+        write("sa.key", &sa_key.serialize_pem())?;
+        write("sa.pub", &sa_key.public_key_pem())?;
+
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            ca_pem: ca.pem(),
+            admin_cert_pem: admin_cert.pem(),
+            admin_key_pem: admin_key.serialize_pem(),
+        })
+    }
+
+    fn kubeconfig(&self, server: &str) -> String {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: llamanet-local
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: admin
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: llamanet-local
+  context:
+    cluster: llamanet-local
+    user: admin
+current-context: llamanet-local
+",
+            ca = b64(&self.ca_pem),
+            cert = b64(&self.admin_cert_pem),
+            key = b64(&self.admin_key_pem),
+        )
+    }
+}
+
+fn dn(common_name: &str, organization: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    if let Some(o) = organization {
+        dn.push(DnType::OrganizationName, o);
+    }
+    dn
+}

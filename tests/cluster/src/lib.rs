@@ -1,0 +1,17 @@
+//! The LlamaNet test bed: a real Kubernetes control plane (etcd,
+//! kube-apiserver, kube-controller-manager, kube-scheduler, built from the Go
+//! module proxy by `scripts/build-k8s.sh`) on loopback, plus a local node
+//! whose "container runtime" starts each pod's containers as local processes
+//! with their own loopback IP, volumes in a private mount namespace, probes,
+//! restarts and status written back.
+//!
+//! [`Cluster`] ties them together for tests and for `llamanet-cluster up`.
+
+pub mod cluster;
+pub mod control_plane;
+pub mod kubelet;
+pub mod process;
+
+pub use cluster::{Cluster, ClusterConfig};
+pub use control_plane::{ControlPlane, ControlPlaneConfig, K8S_VERSION};
+pub use kubelet::{ImageCatalog, LocalNode, LocalNodeConfig, PodIpPool};

@@ -108,12 +108,17 @@ impl ImageCatalog {
                 .and_then(|d| Ok(d.modified()? >= src_meta.modified()?))
                 .unwrap_or(false);
             if !fresh {
-                // Copy then rename: a running pod keeps its old binary intact.
-                let tmp = dest_dir.join(format!(".{bin}.tmp"));
-                std::fs::copy(&src, &tmp).map_err(|e| copy_err(&src, e))?;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-                    .map_err(|e| copy_err(&tmp, e))?;
-                std::fs::rename(&tmp, &dest).map_err(|e| copy_err(&dest, e))?;
+                // Copy to a private temporary file, then rename: pods pulling
+                // at the same time don't collide, and a running pod keeps its
+                // old binary intact.
+                let mut tmp = tempfile::NamedTempFile::new_in(&dest_dir)
+                    .map_err(|e| copy_err(&dest_dir, e))?;
+                let mut from = std::fs::File::open(&src).map_err(|e| copy_err(&src, e))?;
+                std::io::copy(&mut from, tmp.as_file_mut()).map_err(|e| copy_err(&src, e))?;
+                tmp.as_file()
+                    .set_permissions(std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| copy_err(tmp.path(), e))?;
+                tmp.persist(&dest).map_err(|e| copy_err(&dest, e.error))?;
             }
         }
         Ok(dest_dir)

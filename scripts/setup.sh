@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs and builds everything the main job and the tests need, reusing
+# every cache: Debian packages (cmake, clang, libclang-dev for llama.cpp and
+# bindgen; python3-venv), the Go tools (control plane, helm, promtool), the
+# default model, and the workspace in release mode (llama.cpp built with the
+# CPU's native instruction set).
+source "$(dirname "$0")/common.sh"
+
+step "system packages"
+need=()
+for pkg in cmake clang libclang-dev python3-venv pkg-config git util-linux iproute2; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  info "installing ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+else
+  info "all present"
+fi
+for tool in go cargo kubectl python3; do
+  command -v "$tool" >/dev/null || die "$tool is not installed (this machine kind ships it; see README)"
+done
+
+"$ROOT/scripts/build-tools.sh"
+"$ROOT/scripts/fetch-model.sh"
+
+step "cargo build --release (first build compiles llama.cpp: about 6-9 minutes on two cores)"
+cd "$ROOT"
+cargo build --release --workspace --bins
+info "binaries in $CARGO_TARGET_DIR/release"

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs every test: formatting and lints, unit tests, and the end-to-end tests
+# (the real local control plane, the real model, the official openai client).
+# Everything builds in the release profile so llama.cpp is compiled once.
+source "$(dirname "$0")/common.sh"
+
+timings=()
+timed() {
+  local label=$1; shift
+  local t0; t0=$(date +%s)
+  "$@"
+  timings+=("$(printf '%-34s %5ss' "$label" $(( $(date +%s) - t0 )))")
+}
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+
+timed "setup (packages, Go tools, model)" "$ROOT/scripts/setup.sh"
+cd "$ROOT"
+
+step "cargo fmt --check"
+timed "fmt" cargo fmt --all -- --check
+step "cargo clippy (all targets, warnings are errors)"
+timed "clippy" cargo clippy --release --workspace --all-targets -- -D warnings
+timed "clippy (node without engine)" \
+  cargo clippy --release -p llamanet-node --no-default-features --all-targets -- -D warnings
+
+step "cargo test (unit and end-to-end)"
+# One test binary at a time: the end-to-end tests start control planes and
+# model servers that would otherwise fight over two cores.
+run_cargo_tests() {
+  cargo test --release --workspace -- --test-threads=2 2>&1 | tee -a "$results"
+  return "${PIPESTATUS[0]}"
+}
+timed "cargo test" run_cargo_tests
+
+if [ -d "$ROOT/tests/e2e" ]; then
+  step "end-to-end tests with the official openai client (pytest)"
+  venv=$CACHE/venv-test
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/e2e/requirements.txt"
+  run_pytest() {
+    LLAMANET_BIN="$CARGO_TARGET_DIR/release/llamanet" LLAMANET_MODEL="$DEFAULT_MODEL" \
+      "$venv/bin/python" -m pytest -q "$ROOT/tests/e2e" 2>&1 | tee -a "$results"
+    return "${PIPESTATUS[0]}"
+  }
+  timed "pytest (openai client)" run_pytest
+fi
+
+step "timings"
+printf '  %s\n' "${timings[@]}"
+# One closing line over both runners. set -e has already stopped us on any failure.
+awk '
+  /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+  /^=+ .* in [0-9.]+s/ || /^[0-9]+ passed/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+  END { printf "\nall tests: %d passed, %d failed\n", p, f }
+' "$results"

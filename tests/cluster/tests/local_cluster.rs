@@ -259,6 +259,18 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: unhealthy}
+spec:
+  containers:
+  - name: main
+    image: llamanet-node
+    command: ["/bin/sleep", "600"]
+    # Nothing listens on this port: the liveness probe fails and the
+    # container is killed and restarted.
+    livenessProbe: {tcpSocket: {port: 1}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: foreign}
 spec:
   containers:
@@ -310,6 +322,14 @@ async fn pod_features_behave_as_in_kubernetes() {
         let last = cs.last_state.as_ref()?.terminated.as_ref()?;
         assert_eq!(last.exit_code, 3);
         (cs.restart_count >= 2).then_some(())
+    })
+    .await;
+
+    // A failing liveness probe restarts a container that is still running.
+    eventually(Duration::from_secs(30), "unhealthy restarted", || async {
+        let p = api.get("unhealthy").await.ok()?;
+        let cs = &p.status?.container_statuses?[0];
+        (cs.restart_count >= 1).then_some(())
     })
     .await;
 

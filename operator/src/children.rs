@@ -1,0 +1,1236 @@
+//! The objects an InferenceNode owns, built by one pure function ([`desired`]) from the
+//! resource and the operator's configuration. Applying them (server-side apply) is the
+//! controller's job; here only their shape is decided, so it is unit-tested without a cluster.
+//!
+//! Per resource `<name>` in namespace `<ns>`:
+//! - StatefulSet `<name>`: the replicas, pods `<name>-0`, `<name>-1`, ...;
+//! - Service `<name>`: the OpenAI-compatible API (`spec.service`), i.e.
+//!   `http://<name>.<ns>.svc:<port>/v1`;
+//! - Service `<name>-swarm`: headless, the libp2p port of every replica (also the
+//!   StatefulSet's governing Service);
+//! - Secret `<name>-identity` (created by the controller, only mounted here): one libp2p key per
+//!   pod name, so each replica keeps its peer id across restarts and rescheduling.
+//!
+//! # Why a StatefulSet
+//! A replica's swarm identity must survive its pod being replaced: other peers, DHT records
+//! and the operator's status all know it by peer id. A StatefulSet gives each replica a stable
+//! pod name (`<name>-<ordinal>`), and that name selects its key in the identity Secret
+//! (`--identity-key /var/run/llamanet/identity/$(POD_NAME)`). A Deployment's random pod names
+//! would make every restart a new peer. Pods start in parallel (`podManagementPolicy:
+//! Parallel`): replicas do not depend on each other's order.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, HostPathVolumeSource, Lifecycle, LifecycleHandler,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, SleepAction, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::config::OperatorConfig;
+use crate::crd::{InferenceNode, ModelSource};
+use crate::error::{Error, Result};
+
+/// Name of the server container (running `llamanet serve`).
+pub const SERVER_CONTAINER: &str = "llamanet";
+/// Name of the init container that fetches and verifies the model.
+pub const FETCH_CONTAINER: &str = "fetch-model";
+/// The binary in the node image; the local test cluster also maps images to it by this name.
+pub const NODE_COMMAND: &str = "llamanet";
+/// Port the server's API (and /metrics, /health) listens on in the pod.
+pub const API_CONTAINER_PORT: i32 = 8080;
+/// User and group the node runs as (the `nonroot` user of distroless images).
+pub const NODE_UID: i64 = 65532;
+/// Field manager of server-side apply and value of `app.kubernetes.io/managed-by`.
+pub const MANAGER: &str = "llamanet-operator";
+
+/// Where the verified model (the cache volume) is mounted.
+const MODELS_DIR: &str = "/models";
+/// Where a `path` or `pvc` model source is mounted, read-only.
+const MODEL_SOURCE_DIR: &str = "/model-source";
+const IDENTITY_DIR: &str = "/var/run/llamanet/identity";
+/// Writable scratch space (the root filesystem is read-only), handed over as `TMPDIR`. Not
+/// `/tmp`: the local test cluster runs pods as host processes, and a volume over `/tmp` would
+/// hide the cluster's own folders there (the images' binaries among them).
+const SCRATCH_DIR: &str = "/var/run/llamanet/tmp";
+const SWARM_KEY_DIR: &str = "/var/run/llamanet/swarm-key";
+const API_KEY_ENV: &str = "LLAMANET_API_KEY";
+/// Seconds a stopping pod keeps serving before SIGTERM, so Services and peers stop sending it
+/// requests first (endpoint removal and the preStop hook start together).
+const DRAIN_SECONDS: i64 = 5;
+/// Time for in-flight generations to finish after SIGTERM.
+const TERMINATION_GRACE_SECONDS: i64 = 60;
+
+/// The objects one InferenceNode owns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Children {
+    pub stateful_set: StatefulSet,
+    pub api_service: Service,
+    pub swarm_service: Service,
+}
+
+/// Builds the children of `node`. Fails only when the resource lacks the name, namespace or
+/// uid that every object from the API server has.
+pub fn desired(node: &InferenceNode, config: &OperatorConfig) -> Result<Children> {
+    let name = node
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey(".metadata.name"))?;
+    let namespace = node
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let owner = node
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    let meta = |object_name: String, component: &str| ObjectMeta {
+        name: Some(object_name),
+        namespace: Some(namespace.clone()),
+        labels: Some(labels(&name, component)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    };
+    let spec = &node.spec;
+
+    let api_service = Service {
+        metadata: meta(api_service_name(&name), "api"),
+        spec: Some(ServiceSpec {
+            type_: Some(spec.service.type_.as_str().to_owned()),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: spec.service.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+
+    let swarm_service = Service {
+        metadata: meta(swarm_service_name(&name), "swarm"),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            // Peers that are still loading the model are already swarm members.
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("swarm".into()),
+                port: spec.swarm.port,
+                target_port: Some(IntOrString::String("swarm".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+
+    let stateful_set = StatefulSet {
+        metadata: meta(name.clone(), "inference-node"),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(swarm_service_name(&name)),
+            pod_management_policy: Some("Parallel".into()),
+            revision_history_limit: Some(5),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            },
+            template: pod_template(node, &name, &namespace, config),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    };
+
+    Ok(Children {
+        stateful_set,
+        api_service,
+        swarm_service,
+    })
+}
+
+fn pod_template(
+    node: &InferenceNode,
+    name: &str,
+    namespace: &str,
+    config: &OperatorConfig,
+) -> PodTemplateSpec {
+    let spec = &node.spec;
+    let image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| config.default_image.clone());
+    let model = ModelPlan::new(&spec.model);
+
+    let mut volumes = vec![
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        Volume {
+            name: "identity".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(identity_secret_name(name)),
+                default_mode: Some(0o400),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    volumes.extend(model.volumes.iter().cloned());
+    let mut server_mounts = vec![
+        mount("tmp", SCRATCH_DIR, false),
+        mount("identity", IDENTITY_DIR, true),
+    ];
+    server_mounts.extend(model.mounts.iter().cloned());
+
+    if let Some(psk) = &spec.swarm.private_key_secret {
+        volumes.push(Volume {
+            name: "swarm-key".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(psk.name.clone()),
+                default_mode: Some(0o400),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        server_mounts.push(mount("swarm-key", SWARM_KEY_DIR, true));
+    }
+
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        // The server binds to its pod IP, which works in real clusters and with the local test
+        // cluster, where pods are processes sharing one network namespace.
+        field_env("POD_IP", "status.podIP"),
+        plain_env("LLAMANET_LOG_FORMAT", "json"),
+        plain_env("TMPDIR", SCRATCH_DIR),
+    ];
+    if let Some(key) = &spec.api_key_secret {
+        env.push(EnvVar {
+            name: API_KEY_ENV.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: key.name.clone(),
+                    key: key.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+
+    let server = Container {
+        name: SERVER_CONTAINER.into(),
+        image: Some(image.clone()),
+        command: Some(vec![NODE_COMMAND.into()]),
+        args: Some(serve_args(node, name, namespace, &model, config)),
+        env: Some(env),
+        ports: Some(vec![
+            container_port("http", API_CONTAINER_PORT),
+            container_port("swarm", spec.swarm.port),
+        ]),
+        resources: Some(server_resources(node)),
+        startup_probe: Some(health_probe(5, 360)),
+        readiness_probe: Some(health_probe(5, 2)),
+        liveness_probe: Some(health_probe(10, 3)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: DRAIN_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        security_context: Some(container_security()),
+        // A crash leaves its last log lines where `kubectl describe` and the status can see
+        // them.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(server_mounts),
+        ..Container::default()
+    };
+
+    let init_containers = model.fetch.as_ref().map(|fetch| {
+        let mut mounts = vec![mount("tmp", SCRATCH_DIR, false)];
+        mounts.extend(model.mounts.iter().cloned());
+        vec![Container {
+            name: FETCH_CONTAINER.into(),
+            image: Some(image.clone()),
+            command: Some(vec![NODE_COMMAND.into()]),
+            args: Some(vec![
+                "fetch".into(),
+                "--source".into(),
+                fetch.source.clone(),
+                "--dest".into(),
+                model.serve_path.clone(),
+                "--sha256".into(),
+                fetch.sha256.clone(),
+            ]),
+            env: Some(vec![
+                plain_env("LLAMANET_LOG_FORMAT", "json"),
+                plain_env("TMPDIR", SCRATCH_DIR),
+            ]),
+            security_context: Some(container_security()),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            volume_mounts: Some(mounts),
+            ..Container::default()
+        }]
+    });
+
+    let mut tolerations = spec.tolerations.clone().unwrap_or_default();
+    if spec.resources.gpu > 0 {
+        // GPU nodes are commonly tainted with their resource name; pods that request a GPU
+        // tolerate it (what the ExtendedResourceToleration admission plugin would add).
+        tolerations.push(Toleration {
+            key: Some(GPU_RESOURCE.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        });
+    }
+
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(name, "inference-node")),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            init_containers,
+            containers: vec![server],
+            volumes: Some(volumes),
+            // The node never talks to the Kubernetes API.
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(NODE_UID),
+                run_as_group: Some(NODE_UID),
+                // Makes the cache volume writable for the non-root user.
+                fs_group: Some(NODE_UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            node_selector: spec.node_selector.clone(),
+            tolerations: (!tolerations.is_empty()).then_some(tolerations),
+            affinity: spec.affinity.clone(),
+            priority_class_name: spec.priority_class_name.clone(),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+/// The `llamanet serve` arguments: the model, where to listen, the engine settings that are
+/// set, the swarm, then `extraArgs` last so they can override.
+fn serve_args(
+    node: &InferenceNode,
+    name: &str,
+    namespace: &str,
+    model: &ModelPlan,
+    config: &OperatorConfig,
+) -> Vec<String> {
+    let spec = &node.spec;
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--model".into(),
+        model.serve_path.clone(),
+        "--model-name".into(),
+        model_name(&spec.model),
+        "--host".into(),
+        "$(POD_IP)".into(),
+        "--port".into(),
+        API_CONTAINER_PORT.to_string(),
+        "--swarm-port".into(),
+        spec.swarm.port.to_string(),
+        "--identity-key".into(),
+        format!("{IDENTITY_DIR}/$(POD_NAME)"),
+        // Heartbeats carry these, so the operator maps them to this resource and pod.
+        "--inference-node".into(),
+        format!("{namespace}/{name}"),
+        "--pod".into(),
+        "$(POD_NAME)".into(),
+    ];
+    let engine = &spec.engine;
+    let mut flag = |name: &str, value: Option<i32>| {
+        if let Some(v) = value {
+            args.push(name.into());
+            args.push(v.to_string());
+        }
+    };
+    flag("--ctx-size", engine.context_size);
+    flag("--parallel", engine.parallel);
+    flag("--gpu-layers", engine.gpu_layers);
+    flag("--threads", engine.threads);
+    flag("--batch-size", engine.batch_size);
+    if engine.flash_attention == Some(true) {
+        args.push("--flash-attention".into());
+    }
+    for peer in config
+        .bootstrap_peers
+        .iter()
+        .chain(&spec.swarm.bootstrap_peers)
+    {
+        args.push("--bootstrap".into());
+        args.push(peer.clone());
+    }
+    if let Some(cluster) = &spec.swarm.cluster {
+        args.extend(["--cluster".into(), cluster.clone()]);
+    }
+    if let Some(zone) = &spec.swarm.zone {
+        args.extend(["--zone".into(), zone.clone()]);
+    }
+    if let Some(psk) = &spec.swarm.private_key_secret {
+        args.extend(["--swarm-key".into(), format!("{SWARM_KEY_DIR}/{}", psk.key)]);
+    }
+    args.extend(engine.extra_args.iter().cloned());
+    args
+}
+
+const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+fn server_resources(node: &InferenceNode) -> ResourceRequirements {
+    let r = &node.spec.resources;
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    if r.gpu > 0 {
+        let gpus = Quantity(r.gpu.to_string());
+        requests.insert(GPU_RESOURCE.to_owned(), gpus.clone());
+        limits.insert(GPU_RESOURCE.to_owned(), gpus);
+    }
+    if let Some(cpu) = &r.cpu {
+        requests.insert("cpu".to_owned(), cpu.clone());
+    }
+    if let Some(memory) = &r.memory {
+        requests.insert("memory".to_owned(), memory.clone());
+        limits.insert("memory".to_owned(), memory.clone());
+    }
+    ResourceRequirements {
+        requests: (!requests.is_empty()).then_some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Where the server finds the model, and how it gets there.
+#[derive(Clone, Debug, PartialEq)]
+struct ModelPlan {
+    /// What the fetch init container verifies and copies, if anything.
+    fetch: Option<Fetch>,
+    /// The file `llamanet serve --model` loads.
+    serve_path: String,
+    volumes: Vec<Volume>,
+    /// Mounts of the model volumes, shared by the init and server containers.
+    mounts: Vec<VolumeMount>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Fetch {
+    source: String,
+    sha256: String,
+}
+
+impl ModelPlan {
+    fn new(model: &ModelSource) -> Self {
+        let file = model_file_name(model);
+        let mut volumes = Vec::new();
+        let mut mounts = Vec::new();
+
+        // The source as the pod sees it: a URL, or a file on a read-only mount.
+        let source = if let Some(url) = &model.url {
+            url.clone()
+        } else if let Some(claim) = &model.pvc {
+            volumes.push(Volume {
+                name: "model-source".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(true),
+                }),
+                ..Volume::default()
+            });
+            mounts.push(mount("model-source", MODEL_SOURCE_DIR, true));
+            let inside = model.path.as_deref().unwrap_or_default();
+            format!("{MODEL_SOURCE_DIR}/{}", inside.trim_start_matches('/'))
+        } else {
+            let host_path = model.path.clone().unwrap_or_default();
+            volumes.push(Volume {
+                name: "model-source".into(),
+                host_path: Some(HostPathVolumeSource {
+                    path: host_path,
+                    type_: Some("File".into()),
+                }),
+                ..Volume::default()
+            });
+            let at = format!("{MODEL_SOURCE_DIR}/{file}");
+            mounts.push(mount("model-source", &at, true));
+            at
+        };
+
+        let Some(sha256) = model.sha256.clone() else {
+            // Nothing to verify: serve the mounted file where it is.
+            return Self {
+                fetch: None,
+                serve_path: source,
+                volumes,
+                mounts,
+            };
+        };
+
+        volumes.push(match &model.cache_pvc {
+            Some(claim) => Volume {
+                name: "models".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(false),
+                }),
+                ..Volume::default()
+            },
+            None => Volume {
+                name: "models".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+        });
+        mounts.push(mount("models", MODELS_DIR, false));
+        Self {
+            fetch: Some(Fetch { source, sha256 }),
+            serve_path: format!("{MODELS_DIR}/{file}"),
+            volumes,
+            mounts,
+        }
+    }
+}
+
+/// The model's file name: the last segment of its URL (without query) or path.
+fn model_file_name(model: &ModelSource) -> String {
+    let raw = model
+        .url
+        .as_deref()
+        .map(|u| u.split(['?', '#']).next().unwrap_or(u))
+        .or(model.path.as_deref())
+        .unwrap_or_default();
+    match raw.rsplit('/').next() {
+        Some(last) if !last.is_empty() => last.to_owned(),
+        _ => "model.gguf".to_owned(),
+    }
+}
+
+/// The name the model is served under: `spec.model.name`, else the file name without `.gguf`.
+pub fn model_name(model: &ModelSource) -> String {
+    if let Some(name) = &model.name {
+        return name.clone();
+    }
+    let file = model_file_name(model);
+    file.strip_suffix(".gguf").unwrap_or(&file).to_owned()
+}
+
+/// Name of the pod of one replica (the StatefulSet's naming).
+pub fn pod_name(name: &str, ordinal: i32) -> String {
+    format!("{name}-{ordinal}")
+}
+
+/// The Secret holding one libp2p identity key per pod name.
+pub fn identity_secret_name(name: &str) -> String {
+    format!("{name}-identity")
+}
+
+pub fn api_service_name(name: &str) -> String {
+    name.to_owned()
+}
+
+pub fn swarm_service_name(name: &str) -> String {
+    format!("{name}-swarm")
+}
+
+/// Base URL of the OpenAI-compatible API inside the cluster.
+pub fn endpoint(node: &InferenceNode) -> String {
+    format!(
+        "http://{}.{}.svc:{}/v1",
+        api_service_name(&node.name_any()),
+        node.namespace().unwrap_or_default(),
+        node.spec.service.port
+    )
+}
+
+/// Labels that select the pods of one resource (they never change, as a StatefulSet's
+/// selector is immutable).
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "llamanet-node".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
+    ])
+}
+
+/// `selector_labels` as a label selector string, for `status.selector`.
+pub fn selector_string(name: &str) -> String {
+    selector_labels(name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Labels of every object the operator makes for a resource: the selector labels, who manages
+/// it, and which part of the resource it is.
+pub fn labels(name: &str, component: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(name);
+    labels.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
+    labels.insert("app.kubernetes.io/component".into(), component.into());
+    labels
+}
+
+fn health_probe(period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/health".into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(3),
+        ..Probe::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(NODE_UID),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..Default::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    use super::*;
+    use crate::crd::{EngineSettings, SecretKeyRef, SwarmSettings};
+
+    fn build(node: &InferenceNode) -> Children {
+        desired(node, &OperatorConfig::default()).unwrap()
+    }
+
+    fn pod_spec(children: &Children) -> &PodSpec {
+        children
+            .stateful_set
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+    }
+
+    fn server(children: &Children) -> &Container {
+        pod_spec(children)
+            .containers
+            .iter()
+            .find(|c| c.name == SERVER_CONTAINER)
+            .unwrap()
+    }
+
+    fn args(children: &Children) -> Vec<String> {
+        server(children).args.clone().unwrap()
+    }
+
+    /// The value following `flag` in `args`.
+    fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1).map(String::as_str)
+    }
+
+    fn volume<'a>(spec: &'a PodSpec, name: &str) -> &'a Volume {
+        spec.volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("no volume {name}"))
+    }
+
+    fn model(json: serde_json::Value) -> ModelSource {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn stateful_set_runs_the_replicas_with_stable_names() {
+        let children = build(&InferenceNode::test().with_replicas(3));
+        let sts = &children.stateful_set;
+        assert_eq!(sts.metadata.name.as_deref(), Some("gemma"));
+        assert_eq!(sts.metadata.namespace.as_deref(), Some("ai"));
+        let spec = sts.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.service_name.as_deref(), Some("gemma-swarm"));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert_eq!(spec.selector.match_labels, Some(selector_labels("gemma")));
+        let template_labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        for (k, v) in selector_labels("gemma") {
+            assert_eq!(
+                template_labels.get(&k),
+                Some(&v),
+                "template must match the selector"
+            );
+        }
+        assert_eq!(
+            template_labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some(MANAGER)
+        );
+        assert_eq!(
+            template_labels
+                .get("app.kubernetes.io/component")
+                .map(String::as_str),
+            Some("inference-node")
+        );
+        assert_eq!(pod_name("gemma", 2), "gemma-2");
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_resource() {
+        let children = build(&InferenceNode::test());
+        for meta in [
+            &children.stateful_set.metadata,
+            &children.api_service.metadata,
+            &children.swarm_service.metadata,
+        ] {
+            let owners = meta.owner_references.as_ref().unwrap();
+            assert_eq!(owners.len(), 1);
+            assert_eq!(owners[0].kind, "InferenceNode");
+            assert_eq!(owners[0].api_version, "llamanet.io/v1alpha1");
+            assert_eq!(owners[0].name, "gemma");
+            assert_eq!(owners[0].uid, "6c2d6a8e-2a43-4d0b-9b7e-1f0c6f3f6a11");
+            assert_eq!(owners[0].controller, Some(true));
+            let labels = meta.labels.as_ref().unwrap();
+            assert_eq!(labels["app.kubernetes.io/instance"], "gemma");
+            assert_eq!(labels["app.kubernetes.io/name"], "llamanet-node");
+        }
+    }
+
+    #[test]
+    fn a_resource_without_uid_is_an_error() {
+        let mut node = InferenceNode::test();
+        node.metadata.uid = None;
+        let err = desired(&node, &OperatorConfig::default()).unwrap_err();
+        assert!(
+            matches!(err, Error::MissingObjectKey(".metadata.uid")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn server_runs_llamanet_serve_bound_to_the_pod_ip() {
+        let children = build(&InferenceNode::test());
+        let c = server(&children);
+        assert_eq!(c.image.as_deref(), Some(crate::config::DEFAULT_NODE_IMAGE));
+        assert_eq!(c.command, Some(vec!["llamanet".to_owned()]));
+        let args = args(&children);
+        assert_eq!(args[0], "serve");
+        assert_eq!(flag(&args, "--host"), Some("$(POD_IP)"));
+        assert_eq!(flag(&args, "--port"), Some("8080"));
+        assert_eq!(flag(&args, "--swarm-port"), Some("4001"));
+        assert_eq!(
+            flag(&args, "--model"),
+            Some("/models/gemma-3-270m-q4_k_m.gguf")
+        );
+        assert_eq!(flag(&args, "--model-name"), Some("gemma-3-270m-q4_k_m"));
+        assert_eq!(
+            flag(&args, "--identity-key"),
+            Some("/var/run/llamanet/identity/$(POD_NAME)")
+        );
+        assert_eq!(flag(&args, "--inference-node"), Some("ai/gemma"));
+        assert_eq!(flag(&args, "--pod"), Some("$(POD_NAME)"));
+        // Engine settings that are not set are left to the server's defaults.
+        for absent in [
+            "--ctx-size",
+            "--parallel",
+            "--gpu-layers",
+            "--threads",
+            "--batch-size",
+        ] {
+            assert!(!args.iter().any(|a| a == absent), "{absent} in {args:?}");
+        }
+
+        let env = c.env.as_ref().unwrap();
+        let pod_ip = env.iter().find(|e| e.name == "POD_IP").unwrap();
+        let field = pod_ip
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(field.field_path, "status.podIP");
+        let pod_name = env.iter().find(|e| e.name == "POD_NAME").unwrap();
+        assert_eq!(
+            pod_name
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.name"
+        );
+    }
+
+    #[test]
+    fn engine_settings_become_flags_and_extra_args_come_last() {
+        let node = InferenceNode::test().with_engine(EngineSettings {
+            context_size: Some(8192),
+            parallel: Some(8),
+            gpu_layers: Some(20),
+            threads: Some(2),
+            batch_size: Some(512),
+            flash_attention: Some(true),
+            extra_args: vec!["--ctx-size".into(), "16384".into()],
+        });
+        let args = args(&build(&node));
+        assert_eq!(flag(&args, "--ctx-size"), Some("8192"));
+        assert_eq!(flag(&args, "--parallel"), Some("8"));
+        assert_eq!(flag(&args, "--gpu-layers"), Some("20"));
+        assert_eq!(flag(&args, "--threads"), Some("2"));
+        assert_eq!(flag(&args, "--batch-size"), Some("512"));
+        assert!(args.iter().any(|a| a == "--flash-attention"));
+        assert_eq!(&args[args.len() - 2..], ["--ctx-size", "16384"]);
+    }
+
+    #[test]
+    fn swarm_bootstrap_comes_from_the_operator_then_the_spec() {
+        let node = InferenceNode::test().with_swarm(SwarmSettings {
+            bootstrap_peers: vec!["/dns4/peer.example.com/tcp/4001".into()],
+            cluster: Some("eu-1".into()),
+            zone: Some("eu-1a".into()),
+            private_key_secret: Some(SecretKeyRef {
+                name: "swarm".into(),
+                key: "psk".into(),
+            }),
+            port: 4100,
+        });
+        let config = OperatorConfig {
+            bootstrap_peers: vec!["/dns4/llamanet-operator.llamanet.svc/tcp/4001".into()],
+            ..OperatorConfig::default()
+        };
+        let children = desired(&node, &config).unwrap();
+        let args = args(&children);
+        let bootstrap: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "--bootstrap")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(
+            bootstrap,
+            [
+                "/dns4/llamanet-operator.llamanet.svc/tcp/4001",
+                "/dns4/peer.example.com/tcp/4001"
+            ]
+        );
+        assert_eq!(flag(&args, "--cluster"), Some("eu-1"));
+        assert_eq!(flag(&args, "--zone"), Some("eu-1a"));
+        assert_eq!(flag(&args, "--swarm-port"), Some("4100"));
+        assert_eq!(
+            flag(&args, "--swarm-key"),
+            Some("/var/run/llamanet/swarm-key/psk")
+        );
+        let spec = pod_spec(&children);
+        assert_eq!(
+            volume(spec, "swarm-key")
+                .secret
+                .as_ref()
+                .unwrap()
+                .secret_name
+                .as_deref(),
+            Some("swarm")
+        );
+        let swarm_port = server(&children)
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some("swarm"))
+            .unwrap();
+        assert_eq!(swarm_port.container_port, 4100);
+        assert_eq!(
+            children
+                .swarm_service
+                .spec
+                .as_ref()
+                .unwrap()
+                .ports
+                .as_ref()
+                .unwrap()[0]
+                .port,
+            4100
+        );
+    }
+
+    #[test]
+    fn url_model_is_fetched_and_verified_by_an_init_container() {
+        let children = build(&InferenceNode::test());
+        let spec = pod_spec(&children);
+        let init = spec.init_containers.as_ref().unwrap();
+        assert_eq!(init.len(), 1);
+        let fetch = &init[0];
+        assert_eq!(fetch.name, FETCH_CONTAINER);
+        assert_eq!(fetch.command, Some(vec!["llamanet".to_owned()]));
+        assert_eq!(
+            fetch.args.as_ref().unwrap(),
+            &[
+                "fetch",
+                "--source",
+                "https://models.example.com/gemma-3-270m-q4_k_m.gguf",
+                "--dest",
+                "/models/gemma-3-270m-q4_k_m.gguf",
+                "--sha256",
+                &"ab".repeat(32),
+            ]
+        );
+        assert!(volume(spec, "models").empty_dir.is_some());
+        let mounts = fetch.volume_mounts.as_ref().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.name == "models" && m.mount_path == "/models")
+        );
+        assert_eq!(
+            fetch
+                .security_context
+                .as_ref()
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn cache_pvc_replaces_the_empty_dir() {
+        let node = InferenceNode::test().with_model(model(serde_json::json!({
+            "url": "https://models.example.com/m.gguf?download=true",
+            "sha256": "ab".repeat(32),
+            "cachePvc": "model-cache",
+        })));
+        let children = build(&node);
+        let models = volume(pod_spec(&children), "models");
+        let claim = models.persistent_volume_claim.as_ref().unwrap();
+        assert_eq!(claim.claim_name, "model-cache");
+        // The query string is not part of the file name.
+        assert_eq!(flag(&args(&children), "--model"), Some("/models/m.gguf"));
+    }
+
+    #[test]
+    fn host_path_model_without_checksum_is_served_in_place() {
+        let node = InferenceNode::test().with_model(model(serde_json::json!({
+            "path": "/var/lib/llamanet/models/gemma.gguf",
+        })));
+        let children = build(&node);
+        let spec = pod_spec(&children);
+        assert!(spec.init_containers.is_none());
+        let host = volume(spec, "model-source").host_path.as_ref().unwrap();
+        assert_eq!(host.path, "/var/lib/llamanet/models/gemma.gguf");
+        assert_eq!(host.type_.as_deref(), Some("File"));
+        assert_eq!(
+            flag(&args(&children), "--model"),
+            Some("/model-source/gemma.gguf")
+        );
+        let mount = server(&children)
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "model-source")
+            .unwrap();
+        assert_eq!(mount.mount_path, "/model-source/gemma.gguf");
+        assert_eq!(mount.read_only, Some(true));
+    }
+
+    #[test]
+    fn host_path_model_with_checksum_is_verified_into_the_cache() {
+        let node = InferenceNode::test().with_model(model(serde_json::json!({
+            "path": "/var/lib/llamanet/models/gemma.gguf",
+            "sha256": "cd".repeat(32),
+            "name": "gemma-3",
+        })));
+        let children = build(&node);
+        let fetch = &pod_spec(&children).init_containers.as_ref().unwrap()[0];
+        let fetch_args = fetch.args.as_ref().unwrap();
+        assert_eq!(
+            flag(fetch_args, "--source"),
+            Some("/model-source/gemma.gguf")
+        );
+        assert_eq!(flag(fetch_args, "--dest"), Some("/models/gemma.gguf"));
+        let args = args(&children);
+        assert_eq!(flag(&args, "--model"), Some("/models/gemma.gguf"));
+        assert_eq!(flag(&args, "--model-name"), Some("gemma-3"));
+    }
+
+    #[test]
+    fn pvc_model_is_read_from_the_claim() {
+        let node = InferenceNode::test().with_model(model(serde_json::json!({
+            "pvc": "models",
+            "path": "/llama/gemma.gguf",
+        })));
+        let children = build(&node);
+        let claim = volume(pod_spec(&children), "model-source")
+            .persistent_volume_claim
+            .as_ref()
+            .unwrap();
+        assert_eq!(claim.claim_name, "models");
+        assert_eq!(claim.read_only, Some(true));
+        assert_eq!(
+            flag(&args(&children), "--model"),
+            Some("/model-source/llama/gemma.gguf")
+        );
+    }
+
+    #[test]
+    fn gpus_become_limits_and_a_toleration() {
+        let mut node = InferenceNode::test().with_gpus(2);
+        node.spec.resources.memory = Some(Quantity("8Gi".into()));
+        node.spec.resources.cpu = Some(Quantity("4".into()));
+        let children = build(&node);
+        let resources = server(&children).resources.as_ref().unwrap();
+        let limits = resources.limits.as_ref().unwrap();
+        assert_eq!(limits["nvidia.com/gpu"], Quantity("2".into()));
+        assert_eq!(limits["memory"], Quantity("8Gi".into()));
+        assert!(
+            !limits.contains_key("cpu"),
+            "no CPU limit: decoding must not be throttled"
+        );
+        let requests = resources.requests.as_ref().unwrap();
+        assert_eq!(requests["cpu"], Quantity("4".into()));
+        let tolerations = pod_spec(&children).tolerations.as_ref().unwrap();
+        assert!(
+            tolerations
+                .iter()
+                .any(|t| t.key.as_deref() == Some("nvidia.com/gpu"))
+        );
+
+        let cpu_only = build(&InferenceNode::test());
+        assert!(
+            server(&cpu_only)
+                .resources
+                .as_ref()
+                .unwrap()
+                .limits
+                .is_none()
+        );
+        assert!(pod_spec(&cpu_only).tolerations.is_none());
+    }
+
+    #[test]
+    fn pods_are_locked_down() {
+        let children = build(&InferenceNode::test());
+        let spec = pod_spec(&children);
+        let pod_sc = spec.security_context.as_ref().unwrap();
+        assert_eq!(pod_sc.run_as_non_root, Some(true));
+        assert_eq!(pod_sc.run_as_user, Some(65532));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+            assert_eq!(sc.run_as_non_root, Some(true), "{}", c.name);
+            let drop = sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap();
+            assert_eq!(drop, &["ALL"], "{}", c.name);
+            // A read-only root filesystem still needs writable scratch space.
+            assert!(
+                c.volume_mounts
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m.mount_path == SCRATCH_DIR && m.read_only.is_none())
+            );
+            let env = c.env.as_ref().unwrap();
+            assert!(
+                env.iter()
+                    .any(|e| e.name == "TMPDIR" && e.value.as_deref() == Some(SCRATCH_DIR))
+            );
+        }
+    }
+
+    #[test]
+    fn probes_check_health_and_stopping_drains_first() {
+        let children = build(&InferenceNode::test());
+        let c = server(&children);
+        for probe in [&c.startup_probe, &c.readiness_probe, &c.liveness_probe] {
+            let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(get.path.as_deref(), Some("/health"));
+            assert_eq!(get.port, IntOrString::String("http".into()));
+        }
+        // Loading a big model takes minutes: the startup probe allows 30 of them.
+        let startup = c.startup_probe.as_ref().unwrap();
+        assert_eq!(
+            startup.period_seconds.unwrap() * startup.failure_threshold.unwrap(),
+            1800
+        );
+        let pre_stop = c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+        assert_eq!(pre_stop.sleep.as_ref().unwrap().seconds, DRAIN_SECONDS);
+        assert!(
+            pod_spec(&children)
+                .termination_grace_period_seconds
+                .unwrap()
+                > DRAIN_SECONDS
+        );
+    }
+
+    #[test]
+    fn api_key_comes_from_the_secret() {
+        let children = build(&InferenceNode::test().with_api_key("gemma-keys", "api-key"));
+        let env = server(&children).env.as_ref().unwrap();
+        let key = env.iter().find(|e| e.name == API_KEY_ENV).unwrap();
+        assert!(
+            key.value.is_none(),
+            "the key itself never lands in the pod spec"
+        );
+        let secret = key
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(secret.name, "gemma-keys");
+        assert_eq!(secret.key, "api-key");
+    }
+
+    #[test]
+    fn identity_secret_is_mounted_for_the_per_pod_key() {
+        let children = build(&InferenceNode::test());
+        let identity = volume(pod_spec(&children), "identity");
+        assert_eq!(
+            identity.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("gemma-identity")
+        );
+        assert_eq!(identity_secret_name("gemma"), "gemma-identity");
+    }
+
+    #[test]
+    fn image_comes_from_the_spec_or_the_config() {
+        let config = OperatorConfig {
+            default_image: "registry.local/llamanet-node:dev".into(),
+            ..OperatorConfig::default()
+        };
+        let node = InferenceNode::test();
+        let children = desired(&node, &config).unwrap();
+        assert_eq!(
+            server(&children).image.as_deref(),
+            Some("registry.local/llamanet-node:dev")
+        );
+        let mut pinned = node;
+        pinned.spec.image = Some("ghcr.io/llamanet/llamanet-node:0.1.0-cuda".into());
+        let children = desired(&pinned, &config).unwrap();
+        assert_eq!(
+            server(&children).image.as_deref(),
+            Some("ghcr.io/llamanet/llamanet-node:0.1.0-cuda")
+        );
+    }
+
+    #[test]
+    fn services_expose_the_api_and_the_swarm() {
+        let mut node = InferenceNode::test();
+        node.spec.service.type_ = crate::crd::ServiceType::LoadBalancer;
+        node.spec.service.port = 80;
+        let children = build(&node);
+        let api = children.api_service.spec.as_ref().unwrap();
+        assert_eq!(children.api_service.metadata.name.as_deref(), Some("gemma"));
+        assert_eq!(api.type_.as_deref(), Some("LoadBalancer"));
+        let port = &api.ports.as_ref().unwrap()[0];
+        assert_eq!(port.port, 80);
+        assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+        assert_eq!(api.selector, Some(selector_labels("gemma")));
+
+        let swarm = children.swarm_service.spec.as_ref().unwrap();
+        assert_eq!(
+            children.swarm_service.metadata.name.as_deref(),
+            Some("gemma-swarm")
+        );
+        assert_eq!(swarm.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(swarm.publish_not_ready_addresses, Some(true));
+        assert_eq!(endpoint(&node), "http://gemma.ai.svc:80/v1");
+        assert_eq!(
+            selector_string("gemma"),
+            "app.kubernetes.io/instance=gemma,app.kubernetes.io/name=llamanet-node"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 # Stops what scripts/up.sh started: every pod process, the local node and
 # the control plane (llamanet-cluster does that in order on SIGTERM).
 source "$(dirname "$0")/common.sh"
-RUN_DIR=${LLAMANET_RUN_DIR:-/tmp/llamanet}
+RUN_DIR=${LLAMANET_RUN_DIR:-/var/tmp/llamanet}
 pidfile=$RUN_DIR/cluster.pid
 if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   pid=$(cat "$pidfile")

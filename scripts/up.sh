@@ -5,7 +5,7 @@
 # with scripts/down.sh.
 source "$(dirname "$0")/common.sh"
 
-RUN_DIR=${LLAMANET_RUN_DIR:-/tmp/llamanet}
+RUN_DIR=${LLAMANET_RUN_DIR:-/var/tmp/llamanet}
 "$ROOT/scripts/setup.sh"
 
 "$ROOT/scripts/down.sh" --quiet

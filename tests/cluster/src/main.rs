@@ -28,7 +28,7 @@ enum Command {
         #[arg(
             long,
             env = "LLAMANET_CLUSTER_DIR",
-            default_value = "/tmp/llamanet-cluster"
+            default_value = "/var/tmp/llamanet-cluster"
         )]
         dir: PathBuf,
         /// Number of local nodes.

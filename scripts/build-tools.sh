@@ -34,7 +34,8 @@ build "$K8S_BIN" etcd tests/cluster/k8s ./cmd/etcd "-s -w"
 for b in kube-apiserver kube-controller-manager kube-scheduler; do
   build "$K8S_BIN" "$b" tests/cluster/k8s "k8s.io/kubernetes/cmd/$b" "$k8s_ldflags"
 done
-build "$TOOLS_BIN" helm tests/cluster/tools/helm helm.sh/helm/v3/cmd/helm \
-  "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
-build "$TOOLS_BIN" promtool tests/cluster/tools/promtool github.com/prometheus/prometheus/cmd/promtool \
+k8s_minor=${K8S_VERSION#v1.}; k8s_minor=${k8s_minor%%.*}
+build "$HELM_BIN" helm tests/cluster/tools/helm helm.sh/helm/v3/cmd/helm \
+  "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor"
+build "$PROMTOOL_BIN" promtool tests/cluster/tools/promtool github.com/prometheus/prometheus/cmd/promtool \
   "-s -w -X github.com/prometheus/common/version.Version=${PROMTOOL_VERSION#v0.}"

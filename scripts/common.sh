@@ -12,7 +12,10 @@ HELM_VERSION=v3.22.0
 PROMTOOL_VERSION=v0.316.0
 
 K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
-TOOLS_BIN=$CACHE/tools-helm-$HELM_VERSION-promtool-$PROMTOOL_VERSION/bin
+# helm reports the Kubernetes minor it was built for as the default
+# capabilities of `helm template`, so it is part of the cache key.
+HELM_BIN=$CACHE/helm-$HELM_VERSION-k8s-${K8S_VERSION%.*}/bin
+PROMTOOL_BIN=$CACHE/promtool-$PROMTOOL_VERSION/bin
 MODEL_DIR=$CACHE/models
 DEFAULT_MODEL=$MODEL_DIR/gemma-3-270m-q4_k_m.gguf
 DEFAULT_MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818

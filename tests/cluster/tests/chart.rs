@@ -1,0 +1,115 @@
+//! The Helm chart: lints strictly, carries the generated CRD unchanged, and
+//! renders objects the real API server accepts (server-side dry run).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use llamanet_cluster::{Cluster, ClusterConfig};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `$LLAMANET_HELM`, else where scripts/build-tools.sh caches it.
+fn helm() -> PathBuf {
+    if let Some(p) = std::env::var_os("LLAMANET_HELM") {
+        return p.into();
+    }
+    let path = llamanet_cluster::control_plane::cache_dir()
+        .join("helm-v3.22.0-k8s-v1.34")
+        .join("bin/helm");
+    assert!(
+        path.is_file(),
+        "{} missing: run scripts/build-tools.sh",
+        path.display()
+    );
+    path
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn chart_carries_the_generated_crd() {
+    let generated = std::fs::read_to_string(repo().join("crds/inferencenode.yaml")).unwrap();
+    let in_chart =
+        std::fs::read_to_string(repo().join("charts/llamanet/crds/inferencenode.yaml")).unwrap();
+    assert!(
+        generated == in_chart,
+        "charts/llamanet/crds/inferencenode.yaml differs from crds/: cp crds/inferencenode.yaml charts/llamanet/crds/"
+    );
+}
+
+#[test]
+fn chart_lints_strictly_and_rejects_bad_values() {
+    let chart = repo().join("charts/llamanet");
+    run(Command::new(helm()).arg("lint").arg("--strict").arg(&chart));
+    let out = Command::new(helm())
+        .arg("lint")
+        .arg("--strict")
+        .arg(&chart)
+        .args(["--set", "replicas=-1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a negative replica count must fail");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/replicas"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_renders_objects_the_api_server_accepts() {
+    let cluster = Cluster::start(ClusterConfig::default()).await.unwrap();
+    let chart = repo().join("charts/llamanet");
+    run(cluster
+        .kubectl()
+        .args(["create", "namespace", "llamanet-system"]));
+    for values in [vec![], vec!["--set", "leaderElection=false,replicas=1"]] {
+        let rendered = run(Command::new(helm())
+            .args([
+                "template",
+                "llamanet",
+                "--namespace",
+                "llamanet-system",
+                "--include-crds",
+            ])
+            .arg(&chart)
+            .args(&values));
+        let mut apply = cluster
+            .kubectl()
+            .args(["apply", "--dry-run=server", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        apply
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(rendered.as_bytes())
+            .unwrap();
+        let out = apply.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "server-side dry run rejected the chart ({values:?}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let applied = String::from_utf8_lossy(&out.stdout);
+        for kind in [
+            "deployment.apps/llamanet",
+            "clusterrole.rbac.authorization.k8s.io/llamanet",
+        ] {
+            assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
+        }
+    }
+    cluster.shutdown().await;
+}

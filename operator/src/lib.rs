@@ -5,18 +5,164 @@
 //! cluster: [`crd`] holds the resource types (the single source of the CRD yaml), [`children`]
 //! turns a resource into the objects it owns (StatefulSet, Services), [`status`] turns what was
 //! observed (pods, heartbeats) into conditions and a phase, with [`conditions`] keeping the
-//! `metav1.Condition` rules. [`identity`] makes the replicas' swarm keys, [`heartbeat`] holds
-//! the newest heartbeat of every replica, and [`reconcile`] is the only part that talks to the
-//! API server. [`config`] is what the command line configures; `main.rs` wires it together.
+//! `metav1.Condition` rules and [`events`] the Events a status change announces. [`identity`]
+//! makes the replicas' swarm keys, [`heartbeat`] holds the newest heartbeat of every replica.
+//! [`reconcile`] is the only part that talks to the API server about InferenceNodes,
+//! [`leader`] the one that competes for the Lease, [`server`] serves [`metrics`] and the
+//! probes. [`config`] is what the command line configures; [`run`] wires the parts together
+//! and `main.rs` only parses the command line.
 
 pub mod children;
 pub mod conditions;
 pub mod config;
 pub mod crd;
 pub mod error;
+pub mod events;
 pub mod heartbeat;
 pub mod identity;
+pub mod leader;
+pub mod metrics;
 pub mod reconcile;
+pub mod server;
 pub mod status;
 
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kube::Client;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
 pub use error::{Error, Result};
+
+use crate::config::{LeaderElection, RunConfig};
+use crate::heartbeat::HeartbeatTable;
+use crate::leader::{Elector, Role};
+use crate::metrics::Metrics;
+use crate::reconcile::Context;
+use crate::server::{AppState, Readiness};
+
+/// Runs the operator until `shutdown` resolves: the metrics and probes server, and the
+/// controller — at once, or with leader election only while this replica holds the Lease.
+/// `heartbeats` is the table the swarm peer fills. On shutdown running reconciles finish,
+/// then the Lease is released. Fails only when the metrics address cannot be bound.
+pub async fn run(
+    client: Client,
+    config: RunConfig,
+    heartbeats: HeartbeatTable,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let watch_shutdown = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    let metrics = Arc::new(Metrics::new(heartbeats.clone()));
+    let readiness = Arc::new(Readiness::default());
+    let server = match config.metrics_addr {
+        Some(addr) => {
+            let state = AppState {
+                metrics: metrics.clone(),
+                readiness: readiness.clone(),
+            };
+            let served = server::serve(addr, state, stop.clone()).await;
+            Some(served.with_context(|| format!("serving metrics on {addr}"))?)
+        }
+        None => None,
+    };
+    // A fresh context per term of leadership: nothing remembered from an earlier term is
+    // trusted after another replica may have written in between.
+    let context = || {
+        Arc::new(Context::new(
+            client.clone(),
+            config.operator.clone(),
+            heartbeats.clone(),
+            metrics.clone(),
+            &config.identity,
+        ))
+    };
+
+    match config.leader_election.clone() {
+        None => reconcile::run(context(), readiness.clone(), stop.clone()).await,
+        Some(settings) => {
+            let elector = Elector::new(client.clone(), settings.clone(), config.identity.clone());
+            lead(elector, &settings, context, &readiness, &stop).await;
+        }
+    }
+
+    stop.cancel();
+    watch_shutdown.abort();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    Ok(())
+}
+
+/// Runs the controller during every term of leadership until `stop`, then releases the Lease.
+async fn lead(
+    mut elector: Elector,
+    settings: &LeaderElection,
+    context: impl Fn() -> Arc<Context>,
+    readiness: &Arc<Readiness>,
+    stop: &CancellationToken,
+) {
+    let (role_tx, role_rx) = watch::channel(Role::Candidate);
+    let elector = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            elector.run(&role_tx, &stop).await;
+            elector
+        }
+    });
+    let standby = tokio::spawn({
+        let readiness = readiness.clone();
+        let mut role = role_rx.clone();
+        async move {
+            loop {
+                let now = *role.borrow_and_update();
+                readiness.set_standing_by(now == Role::Follower);
+                if role.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    tracing::info!(lease = %settings.lease_name, namespace = %settings.namespace, "leader election: waiting for the Lease");
+
+    loop {
+        let mut role = role_rx.clone();
+        let leading = tokio::select! {
+            biased;
+            () = stop.cancelled() => false,
+            result = role.wait_for(|r| *r == Role::Leader) => result.is_ok(),
+        };
+        if !leading {
+            break;
+        }
+        // The term ends when the elector says so (renewal failed, Lease taken) or on stop.
+        let term = stop.child_token();
+        let term_watch = tokio::spawn({
+            let term = term.clone();
+            let mut role = role_rx.clone();
+            async move {
+                let _ = role.wait_for(|r| *r != Role::Leader).await;
+                term.cancel();
+            }
+        });
+        tracing::info!("leader election: leading, starting the controller");
+        reconcile::run(context(), readiness.clone(), term).await;
+        term_watch.abort();
+        tracing::info!("leader election: controller stopped");
+    }
+
+    standby.abort();
+    readiness.set_standing_by(false);
+    match elector.await {
+        Ok(elector) => elector.release().await,
+        Err(err) => tracing::error!(error = %err, "leader election task failed"),
+    }
+}

@@ -1,16 +1,16 @@
 //! `llamanet-operator`: parses the command line, sets up logging, checks that the
 //! InferenceNode CRD is installed (exiting with an install hint when it is not) and runs the
-//! controller. Everything else lives in the library.
+//! operator until SIGTERM or Ctrl-C. Everything else lives in the library.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{ArgAction, Parser, ValueEnum};
 use kube::{Client, CustomResourceExt};
-use llamanet_operator::config::{self, OperatorConfig};
+use llamanet_operator::config::{self, LeaderElection, OperatorConfig, RunConfig};
 use llamanet_operator::crd::InferenceNode;
 use llamanet_operator::heartbeat::HeartbeatTable;
-use llamanet_operator::reconcile::{self, Context};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -43,6 +43,27 @@ struct Cli {
     /// Seconds between a node's heartbeats; a replica is lost after three missed ones.
     #[arg(long, env = "LLAMANET_HEARTBEAT_INTERVAL", default_value_t = config::DEFAULT_HEARTBEAT_INTERVAL.as_secs_f64())]
     heartbeat_interval: f64,
+
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "LLAMANET_METRICS_ADDR", default_value = config::DEFAULT_METRICS_ADDR)]
+    metrics_addr: SocketAddr,
+
+    /// Act only while holding a Lease, so that of several replicas one acts (`=false` to act
+    /// at once, for a single replica).
+    #[arg(long, env = "LLAMANET_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    leader_election: bool,
+
+    /// Namespace of the Lease (default: the pod's namespace, else the kubeconfig's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+
+    /// Name of the Lease.
+    #[arg(long, default_value = config::DEFAULT_LEASE_NAME)]
+    leader_election_lease: String,
+
+    /// This replica's name in the Lease and in Events (default: POD_NAME, else hostname-pid).
+    #[arg(long)]
+    identity: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -88,20 +109,50 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let config = OperatorConfig {
-        default_image: cli.node_image,
-        bootstrap_peers: cli.bootstrap_peers,
-        heartbeat_interval,
+    let leader_election = cli.leader_election.then(|| {
+        let namespace = cli
+            .leader_election_namespace
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        LeaderElection {
+            lease_name: cli.leader_election_lease,
+            ..LeaderElection::in_namespace(namespace)
+        }
+    });
+    let config = RunConfig {
+        operator: OperatorConfig {
+            default_image: cli.node_image,
+            bootstrap_peers: cli.bootstrap_peers,
+            heartbeat_interval,
+        },
+        metrics_addr: Some(cli.metrics_addr),
+        leader_election,
+        identity: cli.identity.unwrap_or_else(config::default_identity),
     };
     tracing::info!(?config, "operator started");
-    reconcile::run(Context {
-        client,
-        config,
-        heartbeats: HeartbeatTable::default(),
-    })
-    .await;
+    let result =
+        llamanet_operator::run(client, config, HeartbeatTable::default(), shutdown_signal()).await;
+    if let Err(err) = result {
+        tracing::error!("{err:#}");
+        return ExitCode::FAILURE;
+    }
     tracing::info!("operator stopped");
     ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::warn!(error = %err, "no SIGTERM handler; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: stopping"),
+    }
 }
 
 /// Fails with an install hint unless the API server serves InferenceNodes. Uses discovery,

@@ -1,14 +1,23 @@
 //! The controller loop: for each InferenceNode, apply its children (server-side apply, owner
 //! references, so deleting the resource removes them) and write the status computed from its
-//! pods and the heartbeat table.
+//! pods and the heartbeat table, with an Event for every condition transition.
 //!
-//! What is built and what is observed are decided elsewhere (`children.rs`, `status.rs`); this
-//! file only talks to the API server. It is safe to restart at any point: every step is an
-//! idempotent apply of the full desired object under one field manager, so a restarted
-//! operator converges on the same objects without duplicates.
+//! What is built and what is observed are decided elsewhere (`children.rs`, `status.rs`,
+//! `events.rs`); this file only talks to the API server. It is safe to restart at any point:
+//! every step is an idempotent apply of the full desired object under one field manager, so a
+//! restarted operator converges on the same objects without duplicates.
+//!
+//! # When a resource is reconciled
+//! On any change of it or of its children and pods (watches), on every heartbeat of one of its
+//! replicas (the heartbeat table's update stream), and otherwise when its status could next
+//! change with time alone: the moment its first fresh heartbeat would go stale
+//! ([`status::next_change`]), within [`MIN_REQUEUE`]..[`MAX_REQUEUE`]. Status is written only
+//! when it changed, and at most once per [`MIN_PATCH_GAP`] per resource.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -17,34 +26,120 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action};
+use kube::runtime::events::{Event, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::children::{self, MANAGER};
 use crate::config::OperatorConfig;
-use crate::crd::InferenceNode;
+use crate::crd::{InferenceNode, InferenceNodeStatus};
 use crate::error::{Error, Result};
+use crate::events;
 use crate::heartbeat::HeartbeatTable;
 use crate::identity;
+use crate::metrics::Metrics;
+use crate::server::Readiness;
 use crate::status::{self, Observation, PodSummary};
 
-/// What every reconcile shares.
+/// Soonest time-driven reconcile of a resource: heartbeats and watches wake it sooner anyway.
+pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
+/// Latest one: a periodic look even when nothing depends on the clock.
+pub const MAX_REQUEUE: Duration = Duration::from_secs(60);
+/// Past the moment a heartbeat goes stale, so the reconcile then sees it stale (a heartbeat
+/// exactly three intervals old is still fresh).
+const STALE_MARGIN: Duration = Duration::from_millis(100);
+/// Least time between two status writes of one resource: replicas heartbeat every few
+/// seconds each, and a large InferenceNode must not turn that into a write storm.
+pub const MIN_PATCH_GAP: Duration = Duration::from_secs(1);
+/// Retry delay after a failed reconcile.
+const ERROR_REQUEUE: Duration = Duration::from_secs(5);
+
+/// What every reconcile of one controller run shares.
 pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
     pub heartbeats: HeartbeatTable,
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
+    /// The status this run last wrote per resource. The watch cache lags behind our own
+    /// writes; comparing against it would write (and announce) the same transition twice.
+    written: Mutex<HashMap<ResourceKey, Written>>,
 }
 
-/// Runs the controller until SIGTERM or Ctrl-C.
-pub async fn run(context: Context) {
+/// Namespace and name of an InferenceNode.
+type ResourceKey = (String, String);
+
+#[derive(Clone, Debug)]
+struct Written {
+    /// The resource it was written to (a deleted and recreated one is another).
+    uid: String,
+    status: InferenceNodeStatus,
+    at: Instant,
+}
+
+impl Context {
+    /// `identity` names this operator replica in the Events it publishes.
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        heartbeats: HeartbeatTable,
+        metrics: Arc<Metrics>,
+        identity: &str,
+    ) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: MANAGER.to_owned(),
+            instance: Some(identity.to_owned()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            heartbeats,
+            metrics,
+            written: Mutex::default(),
+        }
+    }
+
+    fn last_written(&self, key: &ResourceKey, uid: &str) -> Option<Written> {
+        let written = self.written.lock().expect("written statuses lock poisoned");
+        written.get(key).filter(|w| w.uid == uid).cloned()
+    }
+
+    fn remember(&self, key: ResourceKey, written: Written) {
+        let mut map = self.written.lock().expect("written statuses lock poisoned");
+        map.insert(key, written);
+    }
+
+    /// Forgets what this operator holds about a deleted resource.
+    fn forget(&self, namespace: &str, name: &str) {
+        self.heartbeats.forget(namespace, name);
+        self.metrics.forget(namespace, name);
+        let mut map = self.written.lock().expect("written statuses lock poisoned");
+        map.remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// Publishes an Event about `node`; a failure is logged, never fails the reconcile.
+    async fn publish(&self, node: &InferenceNode, event: Event) {
+        if let Err(err) = self.recorder.publish(&event, &node.object_ref(&())).await {
+            tracing::warn!(error = %err, reason = %event.reason, "publishing an event failed");
+        }
+    }
+}
+
+/// Runs the controller until `stop` is cancelled, then lets running reconciles finish.
+/// `readiness` learns when its watches have synced.
+pub async fn run(context: Arc<Context>, readiness: Arc<Readiness>, stop: CancellationToken) {
     let client = context.client.clone();
-    let heartbeats = context.heartbeats.clone();
     // Only objects this operator manages wake it up.
     let managed =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    Controller::new(
+    let mut heartbeat_updates = context.heartbeats.updates();
+    let controller = Controller::new(
         Api::<InferenceNode>::all(client.clone()),
         watcher::Config::default(),
     )
@@ -55,93 +150,174 @@ pub async fn run(context: Context) {
         let instance = pod.labels().get("app.kubernetes.io/instance")?.clone();
         Some(ObjectRef::<InferenceNode>::new(&instance).within(&pod.namespace()?))
     })
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, Arc::new(context))
-    .for_each(|result| {
-        match result {
-            Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-            // A deleted resource (its children go with the owner references): only our own
-            // memory of it needs clearing.
-            Err(controller::Error::ObjectNotFound(object)) => {
-                if let Some(namespace) = &object.namespace {
-                    heartbeats.forget(namespace, &object.name);
+    .reconcile_on(futures::stream::poll_fn(move |cx| {
+        heartbeat_updates.poll_recv(cx)
+    }))
+    .graceful_shutdown_on(stop.cancelled_owned());
+
+    let store = controller.store();
+    let synced = tokio::spawn({
+        let readiness = readiness.clone();
+        async move {
+            // Asked again and again rather than awaited once: kube-runtime 5's readiness signal
+            // wakes only the last task that polled it, and the controller itself polls it too.
+            loop {
+                let wait = store.wait_until_ready();
+                match tokio::time::timeout(Duration::from_millis(250), wait).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => return,
+                    Err(_) => {}
                 }
-                tracing::debug!(%object, "deleted");
             }
-            Err(err) => tracing::warn!(error = %err, "reconcile failed"),
+            tracing::info!("watches synced");
+            readiness.set_watches_synced(true);
         }
-        futures::future::ready(())
-    })
-    .await;
+    });
+    let ctx = context.clone();
+    controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                // A deleted resource (its children go with the owner references): only our own
+                // memory of it needs clearing.
+                Err(controller::Error::ObjectNotFound(object)) => {
+                    if let Some(namespace) = &object.namespace {
+                        ctx.forget(namespace, &object.name);
+                    }
+                    tracing::debug!(%object, "deleted");
+                }
+                Err(err) => tracing::warn!(error = %err, "reconcile failed"),
+            }
+            futures::future::ready(())
+        })
+        .await;
+    synced.abort();
+    readiness.set_watches_synced(false);
 }
 
 async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started();
     let namespace = node
         .namespace()
         .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let uid = node.uid().ok_or(Error::MissingObjectKey(".metadata.uid"))?;
     let name = node.name_any();
     if node.meta().deletion_timestamp.is_some() {
         // Being deleted (by someone's finalizer): nothing to build any more.
         return Ok(Action::await_change());
     }
-    let apply = PatchParams::apply(MANAGER).force();
 
     // The identity keys first: pods of new replicas mount them at start.
-    ensure_identity_keys(&ctx.client, &node, &namespace, &name, &apply).await?;
+    ensure_identity_keys(&ctx, &node, &namespace, &name).await?;
     let children = children::desired(&node, &ctx.config)?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
     for service in [&children.api_service, &children.swarm_service] {
-        services
-            .patch(&service.name_any(), &apply, &Patch::Apply(service))
-            .await?;
+        apply_child(&ctx, &node, &services, service).await?;
     }
-    Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace)
-        .patch(&name, &apply, &Patch::Apply(&children.stateful_set))
-        .await?;
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    apply_child(&ctx, &node, &stateful_sets, &children.stateful_set).await?;
 
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
         .list(&ListParams::default().labels(&children::selector_string(&name)))
         .await?;
     let summaries: Vec<PodSummary> = pods.items.iter().map(PodSummary::from_pod).collect();
+    let replicas = node.spec.replicas;
+    ctx.heartbeats
+        .retain_pods(&namespace, &name, |pod| is_wanted_pod(&name, replicas, pod));
     let heartbeats = ctx.heartbeats.for_resource(&namespace, &name);
-    let status = status::compute(
-        node.status.as_ref(),
-        &Observation {
-            name: &name,
-            generation: node.metadata.generation,
-            replicas: node.spec.replicas,
-            pods: &summaries,
-            heartbeats: &heartbeats,
-            heartbeat_interval: ctx.config.heartbeat_interval,
-            now: Timestamp::now(),
-            model: children::model_name(&node.spec.model),
-            endpoint: children::endpoint(&node),
-            selector: children::selector_string(&name),
+    let observation = Observation {
+        name: &name,
+        generation: node.metadata.generation,
+        replicas,
+        pods: &summaries,
+        heartbeats: &heartbeats,
+        heartbeat_interval: ctx.config.heartbeat_interval,
+        now: Timestamp::now(),
+        model: children::model_name(&node.spec.model),
+        endpoint: children::endpoint(&node),
+        selector: children::selector_string(&name),
+    };
+    let key = (namespace.clone(), name.clone());
+    let last_written = ctx.last_written(&key, &uid);
+    let previous = last_written
+        .as_ref()
+        .map(|w| &w.status)
+        .or(node.status.as_ref());
+    let status = status::compute(previous, &observation);
+    let mut requeue = requeue_after(status::next_change(&observation));
+
+    if previous == Some(&status) {
+        if let Some(phase) = status.phase {
+            ctx.metrics.set_phase(&namespace, &name, phase);
+        }
+        return Ok(Action::requeue(requeue));
+    }
+    if let Some(wait) = patch_wait(last_written.as_ref().map(|w| w.at), Instant::now()) {
+        // Written less than MIN_PATCH_GAP ago: write the newest status once the gap is over.
+        requeue = requeue.min(wait);
+        return Ok(Action::requeue(requeue));
+    }
+    let patch = json!({
+        "apiVersion": InferenceNode::api_version(&()),
+        "kind": InferenceNode::kind(&()),
+        "status": status,
+    });
+    Api::<InferenceNode>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.metrics.status_patched();
+    if let Some(phase) = status.phase {
+        ctx.metrics.set_phase(&namespace, &name, phase);
+    }
+    for event in events::transitions(previous, &status) {
+        ctx.publish(&node, event).await;
+    }
+    ctx.remember(
+        key,
+        Written {
+            uid,
+            status,
+            at: Instant::now(),
         },
     );
-    if node.status.as_ref() != Some(&status) {
-        let patch = json!({
-            "apiVersion": InferenceNode::api_version(&()),
-            "kind": InferenceNode::kind(&()),
-            "status": status,
-        });
-        Api::<InferenceNode>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(&name, &apply, &Patch::Apply(&patch))
-            .await?;
+    Ok(Action::requeue(requeue))
+}
+
+/// Server-side applies one child; a refusal becomes a Warning event on `node` and an error.
+async fn apply_child<K>(ctx: &Context, node: &InferenceNode, api: &Api<K>, child: &K) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = child.name_any();
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(child),
+        )
+        .await;
+    if let Err(source) = applied {
+        let kind = K::kind(&()).into_owned();
+        ctx.publish(node, events::apply_failed(&kind, &name, &source))
+            .await;
+        return Err(Error::Apply { kind, name, source });
     }
-    // Heartbeat freshness changes with time alone: look again within one interval.
-    Ok(Action::requeue(ctx.config.heartbeat_interval))
+    Ok(())
 }
 
 /// Adds a key for every replica without one to the Secret `<name>-identity`.
 async fn ensure_identity_keys(
-    client: &Client,
+    ctx: &Context,
     node: &InferenceNode,
     namespace: &str,
     name: &str,
-    apply: &PatchParams,
 ) -> Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret_name = children::identity_secret_name(name);
     let existing = secrets
         .get_opt(&secret_name)
@@ -156,7 +332,7 @@ async fn ensure_identity_keys(
         .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
     let secret = Secret {
         metadata: ObjectMeta {
-            name: Some(secret_name.clone()),
+            name: Some(secret_name),
             namespace: Some(namespace.to_owned()),
             labels: Some(children::labels(name, "identity")),
             owner_references: Some(vec![owner]),
@@ -165,13 +341,71 @@ async fn ensure_identity_keys(
         data: Some(data),
         ..Secret::default()
     };
-    secrets
-        .patch(&secret_name, apply, &Patch::Apply(&secret))
-        .await?;
-    Ok(())
+    apply_child(ctx, node, &secrets, &secret).await
 }
 
-fn error_policy(_node: Arc<InferenceNode>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(_node: Arc<InferenceNode>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error);
     tracing::warn!(reason = error.metric_label(), %error, "reconcile error, retrying");
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(ERROR_REQUEUE)
+}
+
+/// When to look again with nothing else happening: just after the status could next change
+/// on its own (`next_change`), bounded by [`MIN_REQUEUE`] and [`MAX_REQUEUE`].
+pub fn requeue_after(next_change: Option<Duration>) -> Duration {
+    next_change
+        .map_or(MAX_REQUEUE, |d| d.saturating_add(STALE_MARGIN))
+        .clamp(MIN_REQUEUE, MAX_REQUEUE)
+}
+
+/// How long a status write must wait when the last one was at `last` (`None`: write now).
+pub fn patch_wait(last: Option<Instant>, now: Instant) -> Option<Duration> {
+    let since = now.saturating_duration_since(last?);
+    MIN_PATCH_GAP.checked_sub(since).filter(|d| !d.is_zero())
+}
+
+/// Whether `pod` is one of the `replicas` pods `<name>-<ordinal>` the spec wants.
+fn is_wanted_pod(name: &str, replicas: i32, pod: &str) -> bool {
+    pod.strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|ordinal| ordinal.parse::<i32>().ok())
+        .is_some_and(|ordinal| (0..replicas).contains(&ordinal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requeue_follows_the_next_change_within_bounds() {
+        assert_eq!(requeue_after(None), MAX_REQUEUE);
+        assert_eq!(requeue_after(Some(Duration::ZERO)), MIN_REQUEUE);
+        assert_eq!(
+            requeue_after(Some(Duration::from_secs(5))),
+            Duration::from_millis(5100)
+        );
+        assert_eq!(requeue_after(Some(Duration::from_secs(3600))), MAX_REQUEUE);
+        assert_eq!(requeue_after(Some(Duration::MAX)), MAX_REQUEUE);
+    }
+
+    #[test]
+    fn status_writes_keep_a_gap() {
+        let now = Instant::now();
+        assert_eq!(patch_wait(None, now), None);
+        assert_eq!(
+            patch_wait(Some(now - Duration::from_millis(300)), now),
+            Some(Duration::from_millis(700))
+        );
+        assert_eq!(patch_wait(Some(now - MIN_PATCH_GAP), now), None);
+        assert_eq!(patch_wait(Some(now - Duration::from_secs(9)), now), None);
+    }
+
+    #[test]
+    fn only_the_wanted_ordinals_are_replicas() {
+        assert!(is_wanted_pod("gemma", 2, "gemma-0"));
+        assert!(is_wanted_pod("gemma", 2, "gemma-1"));
+        assert!(!is_wanted_pod("gemma", 2, "gemma-2"));
+        assert!(!is_wanted_pod("gemma", 2, "gemma-x-0"));
+        assert!(!is_wanted_pod("gemma", 0, "gemma-0"));
+    }
 }

@@ -336,6 +336,34 @@ pub fn compute(previous: Option<&InferenceNodeStatus>, obs: &Observation) -> Inf
     }
 }
 
+/// How long until a status computed from `obs` could change with nothing new observed: when
+/// the first fresh heartbeat goes stale, or a serving replica that was never heard from turns
+/// `NotJoined`. `None` when nothing depends on the clock.
+pub fn next_change(obs: &Observation) -> Option<Duration> {
+    let lost_after = signed(obs.heartbeat_interval * MISSED_HEARTBEATS);
+    let until = |t: Timestamp| {
+        let left = lost_after - obs.now.duration_since(t);
+        // Already past: that change has been computed, it is not a future one.
+        (left >= SignedDuration::ZERO).then(|| Duration::try_from(left).unwrap_or(Duration::MAX))
+    };
+    (0..obs.replicas.max(0))
+        .filter_map(|ordinal| {
+            let pod = pod_name(obs.name, ordinal);
+            match obs.heartbeats.iter().find(|h| h.pod == pod) {
+                Some(heartbeat) => until(heartbeat.received_at),
+                None => obs
+                    .pods
+                    .iter()
+                    .find(|p| p.name == pod)
+                    .and_then(|p| match p.stage {
+                        PodStage::Serving { since: Some(t) } => until(t),
+                        _ => None,
+                    }),
+            }
+        })
+        .min()
+}
+
 /// ModelLoaded from the most serious stage of any replica.
 fn mark_model_loaded(set: &mut ConditionSet, replicas: &[Replica]) {
     let named = |pred: &dyn Fn(&PodStage) -> bool| -> Vec<&str> {
@@ -1031,5 +1059,45 @@ mod tests {
             PodSummary::from_pod(&unschedulable).stage,
             PodStage::Unschedulable { .. }
         ));
+    }
+
+    #[test]
+    fn the_next_change_is_when_the_first_fresh_heartbeat_goes_stale() {
+        fn obs(
+            pods: &[PodSummary],
+            heartbeats: &[ReplicaHeartbeat],
+            now: Timestamp,
+        ) -> Option<Duration> {
+            next_change(&Observation {
+                name: "gemma",
+                generation: Some(1),
+                replicas: 3,
+                pods,
+                heartbeats,
+                heartbeat_interval: INTERVAL,
+                now,
+                model: String::new(),
+                endpoint: String::new(),
+                selector: String::new(),
+            })
+        }
+        // Lost after 6 s: gemma-1 (heard at 4) goes stale first, at 10.
+        let beats = [
+            beat("gemma-0", t(8), 1.0),
+            beat("gemma-1", t(4), 1.0),
+            // Scaled away: not a replica the spec wants.
+            beat("gemma-7", t(1), 1.0),
+        ];
+        assert_eq!(obs(&[], &beats, t(7)), Some(Duration::from_secs(3)));
+        // gemma-1 already stale: the next change is gemma-0's, at 14.
+        assert_eq!(obs(&[], &beats, t(11)), Some(Duration::from_secs(3)));
+        assert_eq!(obs(&[], &beats, t(15)), None);
+        // A replica serving since 5 without a heartbeat turns NotJoined at 11.
+        let pods = [PodSummary {
+            name: "gemma-2".into(),
+            stage: PodStage::Serving { since: Some(t(5)) },
+        }];
+        assert_eq!(obs(&pods, &beats[..1], t(9)), Some(Duration::from_secs(2)));
+        assert_eq!(obs(&[], &[], t(9)), None);
     }
 }

@@ -1,0 +1,294 @@
+//! The operator's Prometheus metrics: one registry, every metric name defined here and nowhere
+//! else. The reconciler records into [`Metrics`]; `server.rs` serves [`Metrics::encode`] on
+//! `/metrics`.
+//!
+//! Heartbeat ages are not stored: they grow with time alone, so a value set at the last
+//! reconcile would be wrong by the time it is scraped. A collector reads the heartbeat table at
+//! scrape time instead.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::crd::Phase;
+use crate::error::Error;
+use crate::heartbeat::HeartbeatTable;
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "llamanet_operator";
+
+/// Every metric the operator exports, as scraped (counters carry `_total`). Dashboards and
+/// alerts may name only these; a test checks the list against the encoded registry.
+pub const METRIC_NAMES: &[&str] = &[
+    "llamanet_operator_reconciles_total",
+    "llamanet_operator_reconcile_errors_total",
+    "llamanet_operator_reconcile_duration_seconds",
+    "llamanet_operator_inference_nodes",
+    "llamanet_operator_heartbeat_age_seconds",
+    "llamanet_operator_status_patches_total",
+];
+
+/// Every phase, so the phase gauge shows zeros instead of missing series.
+const PHASES: [Phase; 5] = [
+    Phase::Pending,
+    Phase::Loading,
+    Phase::Ready,
+    Phase::Degraded,
+    Phase::Failed,
+];
+
+/// Namespace and name of an InferenceNode.
+type ResourceKey = (String, String);
+
+/// The metrics registry and handles to its metrics. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    reconcile_errors: Family<[(&'static str, &'static str); 1], Counter>,
+    reconcile_duration: Histogram,
+    inference_nodes: Family<[(&'static str, &'static str); 1], Gauge>,
+    status_patches: Counter,
+    /// The phase of every resource the operator knows, from which the phase gauge is counted.
+    phases: Mutex<HashMap<ResourceKey, Phase>>,
+}
+
+impl Metrics {
+    /// A registry with every metric, heartbeat ages read from `heartbeats` at scrape time.
+    pub fn new(heartbeats: HeartbeatTable) -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let reconciles = Counter::default();
+        registry.register(
+            "reconciles",
+            "Reconciles of InferenceNodes started",
+            reconciles.clone(),
+        );
+        let reconcile_errors: Family<[(&'static str, &'static str); 1], Counter> =
+            Family::default();
+        for reason in Error::METRIC_LABELS {
+            // Created at zero; the returned guard only reads.
+            let _ = reconcile_errors.get_or_create(&[("reason", reason)]);
+        }
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by reason",
+            reconcile_errors.clone(),
+        );
+        // 5 ms .. ~10 s: a reconcile is a handful of API calls.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time a reconcile of one InferenceNode took",
+            reconcile_duration.clone(),
+        );
+        let inference_nodes: Family<[(&'static str, &'static str); 1], Gauge> = Family::default();
+        for phase in PHASES {
+            inference_nodes
+                .get_or_create(&[("phase", phase_label(phase))])
+                .set(0);
+        }
+        registry.register(
+            "inference_nodes",
+            "InferenceNodes by the phase their status shows",
+            inference_nodes.clone(),
+        );
+        let status_patches = Counter::default();
+        registry.register(
+            "status_patches",
+            "Status writes of InferenceNodes (only changed statuses are written)",
+            status_patches.clone(),
+        );
+        registry.register_collector(Box::new(HeartbeatAges(heartbeats)));
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            inference_nodes,
+            status_patches,
+            phases: Mutex::default(),
+        }
+    }
+
+    /// Counts a reconcile and, when it ends, its duration.
+    pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
+        self.reconciles.inc();
+        ReconcileTimer {
+            histogram: &self.reconcile_duration,
+            start: std::time::Instant::now(),
+        }
+    }
+
+    pub fn reconcile_failed(&self, error: &Error) {
+        self.reconcile_errors
+            .get_or_create(&[("reason", error.metric_label())])
+            .inc();
+    }
+
+    pub fn status_patched(&self) {
+        self.status_patches.inc();
+    }
+
+    /// Records the phase a resource's status now shows.
+    pub fn set_phase(&self, namespace: &str, name: &str, phase: Phase) {
+        let mut phases = self.phases.lock().expect("phase map lock poisoned");
+        phases.insert((namespace.to_owned(), name.to_owned()), phase);
+        self.count_phases(&phases);
+    }
+
+    /// Forgets a deleted resource.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let mut phases = self.phases.lock().expect("phase map lock poisoned");
+        phases.remove(&(namespace.to_owned(), name.to_owned()));
+        self.count_phases(&phases);
+    }
+
+    fn count_phases(&self, phases: &HashMap<ResourceKey, Phase>) {
+        for phase in PHASES {
+            let count = phases.values().filter(|p| **p == phase).count();
+            self.inference_nodes
+                .get_or_create(&[("phase", phase_label(phase))])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Observes a reconcile's duration when dropped, so failed reconciles count too.
+pub struct ReconcileTimer<'a> {
+    histogram: &'a Histogram,
+    start: std::time::Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+fn phase_label(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "Pending",
+        Phase::Loading => "Loading",
+        Phase::Ready => "Ready",
+        Phase::Degraded => "Degraded",
+        Phase::Failed => "Failed",
+    }
+}
+
+/// `heartbeat_age_seconds{namespace, name}`: per InferenceNode, the age of its stalest
+/// replica's newest heartbeat (the one an alert on lost replicas wants).
+#[derive(Debug)]
+struct HeartbeatAges(HeartbeatTable);
+
+impl Collector for HeartbeatAges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ages = self.0.oldest_heartbeats();
+        let mut metric = encoder.encode_descriptor(
+            "heartbeat_age_seconds",
+            "Age of the oldest newest heartbeat among an InferenceNode's replicas",
+            None,
+            MetricType::Gauge,
+        )?;
+        let now = Timestamp::now();
+        for ((namespace, name), oldest) in ages {
+            let age = now.duration_since(oldest);
+            let seconds = Duration::try_from(age).map_or(0.0, |d| d.as_secs_f64());
+            let labels = [("namespace", namespace), ("name", name)];
+            let gauge = prometheus_client::metrics::gauge::ConstGauge::new(seconds);
+            gauge.encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::ReplicaHeartbeat;
+
+    #[test]
+    fn every_listed_metric_is_exported_and_no_other() {
+        let heartbeats = HeartbeatTable::default();
+        heartbeats.record(
+            "ai",
+            "gemma",
+            ReplicaHeartbeat {
+                pod: "gemma-0".into(),
+                peer_id: "12D3KooW".into(),
+                received_at: Timestamp::now(),
+                tokens_per_second: 1.0,
+                slots_busy: 0,
+                slots_total: 1,
+            },
+        );
+        let metrics = Metrics::new(heartbeats);
+        metrics.reconcile_failed(&Error::MissingObjectKey(".metadata.uid"));
+        drop(metrics.reconcile_started());
+        let text = metrics.encode();
+        let exported: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        // OpenMetrics names counter families without `_total`.
+        let listed: Vec<String> = METRIC_NAMES
+            .iter()
+            .map(|n| n.trim_end_matches("_total").to_owned())
+            .collect();
+        let mut exported_sorted: Vec<String> = exported.iter().map(|s| s.to_string()).collect();
+        exported_sorted.sort();
+        let mut listed_sorted = listed.clone();
+        listed_sorted.sort();
+        assert_eq!(exported_sorted, listed_sorted, "{text}");
+        for name in METRIC_NAMES {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+        assert!(text.contains(r#"reconcile_errors_total{reason="missing_object_key"} 1"#));
+        assert!(text.contains(r#"heartbeat_age_seconds{namespace="ai",name="gemma"}"#));
+    }
+
+    #[test]
+    fn the_phase_gauge_counts_resources_per_phase() {
+        let metrics = Metrics::new(HeartbeatTable::default());
+        metrics.set_phase("ai", "a", Phase::Loading);
+        metrics.set_phase("ai", "b", Phase::Loading);
+        metrics.set_phase("ai", "a", Phase::Ready);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"inference_nodes{phase="Ready"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"inference_nodes{phase="Loading"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"inference_nodes{phase="Failed"} 0"#),
+            "{text}"
+        );
+        metrics.forget("ai", "a");
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"inference_nodes{phase="Ready"} 0"#)
+        );
+    }
+}

@@ -1,0 +1,632 @@
+//! The operator against a real control plane (`llamanet_cluster`): two operator replicas with
+//! leader election run in this process, each on its own tokio runtime so that one can be
+//! killed outright (its runtime dropped: no Lease release, like a crashed pod).
+//!
+//! The InferenceNode's pods are not expected to become Ready (the node image's binary is not
+//! built into this crate's target folder, so they show ErrImagePull); what is checked is the
+//! operator's side: children with owner references, status conditions, events, heartbeats
+//! into status, scaling, leader election and failover, garbage collection on delete, and the
+//! API server's validation of `deploy/examples/invalid/`.
+//!
+//! Needs the control plane binaries (`scripts/build-k8s.sh`) and `kubectl` on PATH.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use llamanet_cluster::{Cluster, ClusterConfig};
+use llamanet_operator::config::{LeaderElection, OperatorConfig, RunConfig};
+use llamanet_operator::crd::{ConditionStatus, ConditionType, InferenceNode};
+use llamanet_operator::heartbeat::HeartbeatTable;
+use llamanet_operator::status::ReplicaHeartbeat;
+use tokio::sync::oneshot;
+
+const NAMESPACE: &str = "default";
+const NAME: &str = "e2e";
+const LEASE: &str = "llamanet-operator";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with `what`.
+async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn kubectl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = cluster.kubectl();
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn kubectl_ok(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(cluster, args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One operator replica on its own runtime.
+struct Operator {
+    identity: String,
+    metrics_port: u16,
+    heartbeats: HeartbeatTable,
+    runtime: Option<tokio::runtime::Runtime>,
+    shutdown: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+impl Operator {
+    fn start(cluster: &Cluster, identity: &str) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let metrics_port = llamanet_cluster::control_plane::free_port().unwrap();
+        let heartbeats = HeartbeatTable::default();
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel();
+        let config = RunConfig {
+            operator: OperatorConfig::default(),
+            metrics_addr: Some(([127, 0, 0, 1], metrics_port).into()),
+            leader_election: Some(LeaderElection::in_namespace(NAMESPACE)),
+            identity: identity.to_owned(),
+        };
+        let kubeconfig = cluster.kubeconfig().to_path_buf();
+        let table = heartbeats.clone();
+        runtime.spawn(async move {
+            // Its own client, so its connections die with its runtime.
+            let client = llamanet_cluster::control_plane::client_from_kubeconfig(&kubeconfig)
+                .await
+                .unwrap();
+            let shutdown = async move {
+                let _ = shutdown_rx.await;
+            };
+            llamanet_operator::run(client, config, table, shutdown)
+                .await
+                .unwrap();
+            let _ = done_tx.send(());
+        });
+        Self {
+            identity: identity.to_owned(),
+            metrics_port,
+            heartbeats,
+            runtime: Some(runtime),
+            shutdown: Some(shutdown_tx),
+            done: Some(done_rx),
+        }
+    }
+
+    /// Graceful stop: what SIGTERM does. Returns once `run` has returned.
+    async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            tokio::time::timeout(Duration::from_secs(30), done)
+                .await
+                .expect("operator stops within 30 s")
+                .expect("operator ran to its end");
+        }
+    }
+
+    /// Like a crash: every task of this replica ends at once, nothing is released.
+    fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    /// Status and body of a GET on its metrics server; status 0 while it does not listen yet.
+    async fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
+        match reqwest::get(url).await {
+            Ok(response) => (response.status().as_u16(), response.text().await.unwrap()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// A counter or gauge sample from /metrics (0 when absent).
+    async fn metric(&self, sample: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn lease_holder(client: &Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), NAMESPACE)
+        .get_opt(LEASE)
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
+async fn inference_node(client: &Client) -> InferenceNode {
+    Api::<InferenceNode>::namespaced(client.clone(), NAMESPACE)
+        .get(NAME)
+        .await
+        .unwrap()
+}
+
+async fn operator_events(client: &Client) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), NAMESPACE)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(NAME)
+                && e.reporting_controller.as_deref() == Some("llamanet-operator")
+        })
+        .collect()
+}
+
+fn inference_node_yaml(model: &Path) -> String {
+    format!(
+        r#"
+apiVersion: llamanet.io/v1alpha1
+kind: InferenceNode
+metadata:
+  name: {NAME}
+  namespace: {NAMESPACE}
+spec:
+  replicas: 1
+  model:
+    path: {}
+"#,
+        model.display()
+    )
+}
+
+/// `deploy/examples/invalid/*.yaml` with the message of each one's `# expect:` line.
+fn invalid_examples() -> Vec<(PathBuf, String)> {
+    let dir = repo_root().join("deploy/examples/invalid");
+    let mut found: Vec<(PathBuf, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let expect = text
+                .lines()
+                .find_map(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_else(|| panic!("{} has no `# expect:` line", path.display()))
+                .trim()
+                .to_owned();
+            (path, expect)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+// Multi-threaded: kubectl calls block this thread while the local node's tasks keep running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_reconciles_on_a_real_control_plane() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("LLAMANET_TEST_LOG")
+                .unwrap_or_else(|_| "info,kube=warn,llamanet_cluster=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let started = Instant::now();
+    let cluster = Cluster::start(ClusterConfig::default())
+        .await
+        .expect("local cluster starts (run scripts/build-k8s.sh first)");
+    let client = cluster.client();
+    eprintln!("cluster up after {:?}", started.elapsed());
+
+    let crd = repo_root().join("crds/inferencenode.yaml");
+    kubectl_ok(
+        &cluster,
+        &["apply", "--server-side", "-f", crd.to_str().unwrap()],
+        None,
+    );
+    kubectl_ok(
+        &cluster,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/inferencenodes.llamanet.io",
+        ],
+        None,
+    );
+
+    // The API server rejects every invalid example with the message its file promises.
+    let invalid = invalid_examples();
+    assert!(!invalid.is_empty());
+    for (path, expect) in &invalid {
+        let out = kubectl(
+            &cluster,
+            &["apply", "--dry-run=server", "-f", path.to_str().unwrap()],
+            None,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{} was accepted", path.display());
+        assert!(
+            stderr.contains(expect.as_str()),
+            "{}: expected {expect:?} in: {stderr}",
+            path.display()
+        );
+        eprintln!(
+            "rejected {}: {}",
+            path.file_name().unwrap().to_string_lossy(),
+            stderr.trim()
+        );
+    }
+
+    // Two replicas: exactly one takes the Lease and acts; the other stands by, Ready too.
+    let mut operators = [
+        Operator::start(&cluster, "operator-a"),
+        Operator::start(&cluster, "operator-b"),
+    ];
+    let leader = eventually(Duration::from_secs(30), "a replica takes the Lease", || {
+        lease_holder(&client)
+    })
+    .await;
+    eprintln!("{leader} leads");
+    let (leading, standby) = if leader == operators[0].identity {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    for operator in &operators {
+        assert_eq!(operator.get("/healthz").await.0, 200);
+        let identity = operator.identity.clone();
+        eventually(Duration::from_secs(20), "both replicas Ready", || async {
+            (operator.get("/readyz").await.0 == 200).then_some(())
+        })
+        .await;
+        eprintln!("{identity} ready");
+    }
+
+    // The model: any file will do, the pods are not expected to load it.
+    let model_dir = tempfile::Builder::new()
+        .prefix("llamanet-e2e-model-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let model = model_dir.path().join("tiny.gguf");
+    std::fs::write(&model, b"GGUF not really").unwrap();
+    kubectl_ok(
+        &cluster,
+        &["apply", "-f", "-"],
+        Some(&inference_node_yaml(&model)),
+    );
+    let node = inference_node(&client).await;
+    let uid = node.uid().unwrap();
+
+    // Children, each owned (controller reference) by the InferenceNode.
+    let owned_by_node = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.owner_references.as_ref().is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.uid == uid && r.controller == Some(true) && r.kind == "InferenceNode")
+        })
+    };
+    let stateful_sets = Api::<StatefulSet>::namespaced(client.clone(), NAMESPACE);
+    let services = Api::<Service>::namespaced(client.clone(), NAMESPACE);
+    let secrets = Api::<Secret>::namespaced(client.clone(), NAMESPACE);
+    let sts = eventually(Duration::from_secs(30), "StatefulSet created", || async {
+        stateful_sets.get_opt(NAME).await.unwrap()
+    })
+    .await;
+    assert!(owned_by_node(&sts.metadata));
+    for service in [NAME.to_owned(), format!("{NAME}-swarm")] {
+        let svc = eventually(Duration::from_secs(10), "Services created", || async {
+            services.get_opt(&service).await.unwrap()
+        })
+        .await;
+        assert!(owned_by_node(&svc.metadata), "{service} not owned");
+    }
+    let identity = secrets.get(&format!("{NAME}-identity")).await.unwrap();
+    assert!(owned_by_node(&identity.metadata));
+    assert!(identity.data.unwrap().contains_key("e2e-0"));
+
+    // Status: every condition, computed for the current generation.
+    let generation = node.metadata.generation;
+    let status = eventually(
+        Duration::from_secs(30),
+        "status with conditions",
+        || async {
+            let status = inference_node(&client).await.status?;
+            (status.conditions.len() == 4).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(status.observed_generation, generation);
+    for condition in &status.conditions {
+        assert_eq!(condition.observed_generation, generation, "{condition:?}");
+    }
+    eprintln!(
+        "status: phase {:?}, conditions {:?}",
+        status.phase,
+        status
+            .conditions
+            .iter()
+            .map(|c| format!("{:?}={:?}/{}", c.type_, c.status, c.reason))
+            .collect::<Vec<_>>()
+    );
+
+    // Events for the transitions, with the conditions' reasons.
+    let ready_reason = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::Ready)
+        .unwrap()
+        .reason
+        .clone();
+    let events = eventually(Duration::from_secs(20), "transition events", || async {
+        let events = operator_events(&client).await;
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some(ready_reason.as_str()))
+            .then_some(events)
+    })
+    .await;
+    for event in &events {
+        eprintln!(
+            "event {} {}: {}",
+            event.type_.as_deref().unwrap_or_default(),
+            event.reason.as_deref().unwrap_or_default(),
+            event.note.as_deref().unwrap_or_default()
+        );
+        assert_eq!(
+            event.reporting_instance.as_deref(),
+            Some(leader.as_str()),
+            "only the leader acts"
+        );
+    }
+
+    // A heartbeat reaches the status without polling: the table wakes the reconciler.
+    let beat_at = Timestamp::now();
+    let sent = Instant::now();
+    operators[leading].heartbeats.record(
+        NAMESPACE,
+        NAME,
+        ReplicaHeartbeat {
+            pod: format!("{NAME}-0"),
+            peer_id: "12D3KooWE2eTestPeer".into(),
+            received_at: beat_at,
+            tokens_per_second: 12.5,
+            slots_busy: 0,
+            slots_total: 2,
+        },
+    );
+    eventually(Duration::from_secs(5), "heartbeat in status", || async {
+        let status = inference_node(&client).await.status?;
+        status.peers.iter().any(|p| p.pod == "e2e-0").then_some(())
+    })
+    .await;
+    let heartbeat_to_status = sent.elapsed();
+    eprintln!("heartbeat to status: {heartbeat_to_status:?}");
+    assert!(heartbeat_to_status < Duration::from_secs(3));
+
+    // No further heartbeat: lost after three intervals (6 s), seen without any poll loop
+    // thanks to the requeue at the staleness deadline.
+    let lost = eventually(Duration::from_secs(15), "HeartbeatLost", || async {
+        let status = inference_node(&client).await.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| {
+                c.type_ == ConditionType::HeartbeatFresh
+                    && c.status == ConditionStatus::False
+                    && c.reason == "HeartbeatLost"
+            })
+            .then(Instant::now)
+    })
+    .await;
+    let stale_at = sent + Duration::from_secs(6);
+    eprintln!(
+        "HeartbeatLost in status {:?} after the heartbeat went stale",
+        lost.saturating_duration_since(stale_at)
+    );
+    assert!(lost >= stale_at, "lost before three intervals passed");
+    assert!(lost - stale_at < Duration::from_secs(3));
+    eventually(Duration::from_secs(10), "HeartbeatLost event", || async {
+        operator_events(&client)
+            .await
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("HeartbeatLost")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .then_some(())
+    })
+    .await;
+
+    // kubectl scale goes through the scale subresource to the StatefulSet.
+    kubectl_ok(
+        &cluster,
+        &["scale", "inferencenode", NAME, "--replicas=2"],
+        None,
+    );
+    eventually(
+        Duration::from_secs(15),
+        "StatefulSet scaled to 2",
+        || async {
+            let sts = stateful_sets.get(NAME).await.unwrap();
+            (sts.spec?.replicas == Some(2)).then_some(())
+        },
+    )
+    .await;
+    let scaled = eventually(Duration::from_secs(15), "status of 2 replicas", || async {
+        let node = inference_node(&client).await;
+        let status = node.status.clone()?;
+        (status.replicas == 2 && status.observed_generation == node.metadata.generation)
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(scaled.replicas_ready.as_deref(), Some("0/2"));
+
+    // Once more in a steadier state (the first heartbeat may have waited out the one-second
+    // gap between status writes).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = Instant::now();
+    operators[leading].heartbeats.record(
+        NAMESPACE,
+        NAME,
+        ReplicaHeartbeat {
+            pod: format!("{NAME}-1"),
+            peer_id: "12D3KooWE2eTestPeer1".into(),
+            received_at: Timestamp::now(),
+            tokens_per_second: 3.0,
+            slots_busy: 1,
+            slots_total: 2,
+        },
+    );
+    eventually(
+        Duration::from_secs(5),
+        "second heartbeat in status",
+        || async {
+            let status = inference_node(&client).await.status?;
+            status.peers.iter().any(|p| p.pod == "e2e-1").then_some(())
+        },
+    )
+    .await;
+    eprintln!("heartbeat to status (second): {:?}", sent.elapsed());
+
+    // Only the leader reconciled.
+    let reconciles = "llamanet_operator_reconciles_total";
+    assert!(operators[leading].metric(reconciles).await > 0.0);
+    assert_eq!(operators[standby].metric(reconciles).await, 0.0);
+    let (_, body) = operators[leading].get("/metrics").await;
+    for name in llamanet_operator::metrics::METRIC_NAMES {
+        assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
+    }
+    assert!(
+        operators[leading]
+            .metric(r#"llamanet_operator_status_patches_total"#)
+            .await
+            >= 2.0
+    );
+
+    // The leader crashes (no release): the standby takes over once the Lease expires.
+    let crashed = Instant::now();
+    operators[leading].kill();
+    let new_leader = eventually(
+        Duration::from_secs(25),
+        "the standby takes over",
+        || async {
+            lease_holder(&client)
+                .await
+                .filter(|h| *h == operators[standby].identity)
+        },
+    )
+    .await;
+    let failover = crashed.elapsed();
+    eprintln!("failover after a crash: {failover:?} ({new_leader} leads)");
+    assert!(failover < Duration::from_secs(20));
+    // It acts: a spec change reaches the StatefulSet.
+    kubectl_ok(
+        &cluster,
+        &["scale", "inferencenode", NAME, "--replicas=1"],
+        None,
+    );
+    eventually(
+        Duration::from_secs(15),
+        "the new leader reconciles",
+        || async {
+            let sts = stateful_sets.get(NAME).await.unwrap();
+            (sts.spec?.replicas == Some(1)).then_some(())
+        },
+    )
+    .await;
+    assert!(operators[standby].metric(reconciles).await > 0.0);
+
+    // Delete: the garbage collector removes every child through the owner references.
+    kubectl_ok(
+        &cluster,
+        &["delete", "inferencenode", NAME, "--wait=false"],
+        None,
+    );
+    let deleted = Instant::now();
+    eventually(
+        Duration::from_secs(60),
+        "children garbage-collected",
+        || async {
+            let sts = stateful_sets.get_opt(NAME).await.unwrap();
+            let api = services.get_opt(NAME).await.unwrap();
+            let swarm = services.get_opt(&format!("{NAME}-swarm")).await.unwrap();
+            let secret = secrets.get_opt(&format!("{NAME}-identity")).await.unwrap();
+            (sts.is_none() && api.is_none() && swarm.is_none() && secret.is_none()).then_some(())
+        },
+    )
+    .await;
+    eprintln!("children gone {:?} after delete", deleted.elapsed());
+
+    // A graceful stop releases the Lease: a standby takes over at its next look.
+    let mut third = Operator::start(&cluster, "operator-c");
+    eventually(
+        Duration::from_secs(20),
+        "the third replica stands by",
+        || async { (third.get("/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+    let stopping = Instant::now();
+    operators[standby].stop().await;
+    eventually(
+        Duration::from_secs(10),
+        "handover after a release",
+        || async { lease_holder(&client).await.filter(|h| *h == third.identity) },
+    )
+    .await;
+    eprintln!("failover after a graceful stop: {:?}", stopping.elapsed());
+    third.stop().await;
+    assert_eq!(
+        lease_holder(&client).await,
+        None,
+        "the Lease is released on shutdown"
+    );
+    eprintln!("test took {:?}", started.elapsed());
+    drop(operators);
+    cluster.shutdown().await;
+}

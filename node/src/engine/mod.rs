@@ -1,25 +1,40 @@
-//! The llama.cpp engine (cargo feature `engine`): backend start-up, model loading and
-//! token generation on top of the `llama-cpp-2` crate.
+//! The llama.cpp engine (cargo feature `engine`): backend start-up, model loading, and
+//! serving many requests at once with continuous batching.
 //!
 //! - [`backend`]: the process-wide llama.cpp backend (initialised once) and the CPU/GPU
 //!   features the linked build uses.
-//! - [`settings`]: thread count, context size, GPU offload, with the defaults in one place.
+//! - [`settings`]: threads, context size, batch size, slots, queue, with the defaults in one
+//!   place.
 //! - [`model`]: a GGUF model loaded into llama.cpp ([`Model`]).
-//! - [`session`]: a context on a loaded model and the decode loop ([`Session::generate`]).
+//! - [`Engine`] (`handle.rs`): the handle request handlers use; it checks and queues
+//!   requests (bounded) and hands back a per-request event channel.
+//! - `batcher.rs`: the engine thread, which owns the context and the samplers and runs one
+//!   `decode` per step over all slots; [`scheduler`] holds its model-free decisions (slot
+//!   choice by longest cached prefix, prompt chunking) and [`stop`] the stop-string matcher.
+//! - [`request`]: what goes in and comes out, free of llama.cpp objects.
+//! - [`session`]: a one-sequence greedy loop for the `generate` command and smoke tests.
 //!
-//! llama.cpp contexts, batches and samplers are not `Sync`, so the serving path will give
-//! one engine thread the [`Model`] and its context and let request handlers talk to it over
-//! channels; a continuous-batching scheduler over several sequence slots grows from
-//! [`Session`]. Verifying and downloading model files is `crate::model`, which needs no
+//! llama.cpp contexts, batches and samplers are not `Send`, which is why one thread owns
+//! them all. Verifying and downloading model files is `crate::model`, which needs no
 //! llama.cpp.
 
 pub mod backend;
+mod batcher;
+mod handle;
 pub mod model;
+pub mod request;
+mod sampling;
+pub mod scheduler;
 pub mod session;
 pub mod settings;
+pub mod stop;
 
+pub use handle::{Engine, EngineInfo, EngineLoad};
 pub use model::Model;
-pub use session::{FinishReason, Generation, GenerationStats, Session};
+pub use request::{
+    FinishReason, GenerationEvent, GenerationRequest, SamplingParams, SubmitError, Usage,
+};
+pub use session::{Generation, GenerationStats, Session};
 pub use settings::EngineSettings;
 
 use std::path::PathBuf;
@@ -60,6 +75,9 @@ pub enum EngineError {
         prompt_tokens: usize,
         context_size: u32,
     },
+
+    #[error("the engine thread failed: {0}")]
+    Thread(String),
 
     #[error("llama.cpp decode failed: {0}")]
     Decode(llama_cpp_2::DecodeError),

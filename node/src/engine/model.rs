@@ -7,9 +7,11 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::token::LlamaToken;
 
 use super::EngineError;
 use super::backend::backend;
@@ -25,6 +27,7 @@ pub struct Model {
     threads: NonZeroU32,
     context_size: NonZeroU32,
     batch_size: NonZeroU32,
+    parallel: NonZeroU32,
 }
 
 impl Model {
@@ -55,8 +58,9 @@ impl Model {
             }
         })?;
 
-        // A context beyond the trained length only produces garbage, so cap it there.
-        let trained = inner.n_ctx_train();
+        // A sequence beyond the trained length only produces garbage, so cap each slot's
+        // share of the context there.
+        let trained = inner.n_ctx_train().saturating_mul(settings.parallel.get());
         let context_size = match NonZeroU32::new(trained) {
             Some(trained) if trained < settings.context_size => {
                 tracing::warn!(
@@ -75,6 +79,7 @@ impl Model {
             threads,
             context_size,
             batch_size: settings.batch_size.min(context_size),
+            parallel: settings.parallel,
         };
         tracing::info!(
             path = %path.display(),
@@ -106,6 +111,107 @@ impl Model {
                 cause,
             })?;
         Ok(Session::new(self, context))
+    }
+
+    /// The context the serving engine decodes in: `parallel` sequences, each with its own
+    /// `context_size / parallel` cells (llama.cpp's non-unified KV cache). Split rather than
+    /// shared, so that a slot's capacity is known when a request is admitted and one long
+    /// conversation cannot evict the others; attention also only spans a sequence's own
+    /// cells, which keeps batched decode cheaper than a unified cache. The sliding-window
+    /// cache is kept full size (`swa_full`) so that a slot's prefix can be cut at any
+    /// position for prompt reuse.
+    pub(crate) fn serving_context(&self) -> Result<LlamaContext<'_>, EngineError> {
+        let threads = i32::try_from(self.threads.get()).unwrap_or(i32::MAX);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(Some(self.context_size))
+            .with_n_batch(self.batch_size.get())
+            .with_n_ubatch(self.batch_size.get())
+            .with_n_seq_max(self.parallel.get())
+            .with_kv_unified(false)
+            .with_swa_full(true)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        self.inner
+            .new_context(backend()?, params)
+            .map_err(|cause| EngineError::Context {
+                context_size: self.context_size.get(),
+                cause,
+            })
+    }
+
+    /// A one-sequence context that returns mean-pooled hidden states instead of logits,
+    /// for `/v1/embeddings`. Each slot's share of the context bounds the input length.
+    pub(crate) fn embedding_context(&self) -> Result<LlamaContext<'_>, EngineError> {
+        let threads = i32::try_from(self.threads.get()).unwrap_or(i32::MAX);
+        let size = self.slot_context_size();
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(size))
+            .with_n_batch(size)
+            .with_n_ubatch(size)
+            .with_embeddings(true)
+            .with_pooling_type(LlamaPoolingType::Mean)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        self.inner
+            .new_context(backend()?, params)
+            .map_err(|cause| EngineError::Context {
+                context_size: size,
+                cause,
+            })
+    }
+
+    /// Tokens one slot holds: prompt plus generated tokens of a request fit in this.
+    pub fn slot_context_size(&self) -> u32 {
+        self.context_size.get() / self.parallel.get()
+    }
+
+    /// Slots (sequences decoded together).
+    pub fn parallel(&self) -> NonZeroU32 {
+        self.parallel
+    }
+
+    /// Tokenizes `text`; special tokens written in it (`<start_of_turn>`) are honoured.
+    /// `add_bos` prepends the model's BOS token where its vocabulary asks for one.
+    pub fn tokenize(&self, text: &str, add_bos: bool) -> Vec<LlamaToken> {
+        self.inner.vocab().tokenize(text.as_bytes(), add_bos, true)
+    }
+
+    /// The text of a special token such as BOS (`<bos>`), empty where the model has none.
+    pub fn token_text(&self, token: LlamaToken) -> String {
+        String::from_utf8_lossy(&self.inner.vocab().token_to_piece(token, true, None)).into_owned()
+    }
+
+    pub fn bos_text(&self) -> String {
+        self.token_text(self.inner.vocab().bos())
+    }
+
+    pub fn eos_text(&self) -> String {
+        self.token_text(self.inner.vocab().eos())
+    }
+
+    /// Size of the vocabulary: valid token ids are `0..n_vocab`.
+    pub fn n_vocab(&self) -> i32 {
+        self.inner.n_vocab()
+    }
+
+    /// Width of an embedding vector.
+    pub fn embedding_size(&self) -> usize {
+        usize::try_from(self.inner.n_embd()).unwrap_or(0)
+    }
+
+    /// The Jinja chat template from the GGUF metadata (`tokenizer.chat_template`), if any.
+    pub fn chat_template(&self) -> Option<String> {
+        self.inner
+            .meta_val_str("tokenizer.chat_template")
+            .ok()
+            .filter(|template| !template.trim().is_empty())
+    }
+
+    /// The model architecture from the GGUF metadata (`general.architecture`).
+    pub fn architecture(&self) -> String {
+        self.inner
+            .meta_val_str("general.architecture")
+            .unwrap_or_default()
     }
 
     /// The model's name from its GGUF metadata (`general.name`), else the file name.

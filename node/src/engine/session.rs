@@ -15,18 +15,10 @@ use llama_cpp_2::sampling::LlamaSampler;
 
 use super::EngineError;
 use super::model::Model;
+pub use super::request::FinishReason;
 
 /// The KV-cache sequence id this single-sequence session writes to.
 const SEQUENCE: i32 = 0;
-
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// The model produced an end-of-generation token.
-    Stop,
-    /// `max_tokens` was reached, or the context is full.
-    Length,
-}
 
 /// Token counts and timings of one generation.
 #[derive(Debug, Clone, Copy, PartialEq)]

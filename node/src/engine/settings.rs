@@ -9,6 +9,12 @@ pub const DEFAULT_CONTEXT_SIZE: u32 = 4096;
 /// Tokens handed to one `llama_decode` call at most (llama.cpp's own default).
 pub const DEFAULT_BATCH_SIZE: u32 = 2048;
 
+/// Sequence slots served at once when none is given.
+pub const DEFAULT_PARALLEL: u32 = 4;
+
+/// Requests that may wait for a free slot when none is given; more get "queue full".
+pub const DEFAULT_QUEUE: usize = 64;
+
 /// How the engine runs a model. `None` fields are resolved at load time from the machine
 /// and the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +28,13 @@ pub struct EngineSettings {
     /// Layers offloaded to the GPU; `None` means all of them when the build has a GPU
     /// backend and none otherwise.
     pub gpu_layers: Option<u32>,
+    /// Sequences decoded together (slots). The context is split evenly between them: each
+    /// slot holds `context_size / parallel` tokens.
+    pub parallel: NonZeroU32,
+    /// Requests that may wait for a slot; zero means none wait.
+    pub queue: usize,
+    /// Also create an embeddings context (mean-pooled hidden states) for `/v1/embeddings`.
+    pub embeddings: bool,
 }
 
 impl Default for EngineSettings {
@@ -31,6 +44,9 @@ impl Default for EngineSettings {
             context_size: NonZeroU32::new(DEFAULT_CONTEXT_SIZE).expect("non-zero constant"),
             batch_size: NonZeroU32::new(DEFAULT_BATCH_SIZE).expect("non-zero constant"),
             gpu_layers: None,
+            parallel: NonZeroU32::new(DEFAULT_PARALLEL).expect("non-zero constant"),
+            queue: DEFAULT_QUEUE,
+            embeddings: false,
         }
     }
 }

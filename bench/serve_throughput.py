@@ -1,0 +1,83 @@
+"""Aggregate generated tokens/s of `llamanet serve` with 1, 2, 4 and 8 concurrent clients.
+
+A quick measurement, not the full comparison with llama.cpp's llama-server (see issue 3).
+Usage: bench/serve_throughput.py [--bin PATH] [--model PATH] [--tokens N]
+Runs the server on a free loopback port with 8 slots; every client streams one completion
+of up to N sampled tokens from a fixed prompt (EOS may end one early), and the figure is the sum of
+completion tokens over the wall time of the round.
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+HOME = Path.home()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def complete(base, tokens, seed):
+    body = json.dumps({"model": "bench", "prompt": "Write a long story about a dragon:",
+                       "max_tokens": tokens, "temperature": 0.8, "seed": seed}).encode()
+    request = urllib.request.Request(base + "/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.loads(response.read())["usage"]["completion_tokens"]
+
+
+def main():
+    target = Path(os.environ.get("CARGO_TARGET_DIR", HOME / ".cache/llamanet/target"))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", default=str(target / "release/llamanet"))
+    parser.add_argument("--model", default=str(HOME / ".cache/llamanet/models/gemma-3-270m-q4_k_m.gguf"))
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--clients", default="1,2,4,8")
+    args = parser.parse_args()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([args.bin, "serve", "--model", args.model, "--host", "127.0.0.1",
+                               "--port", str(port), "--model-id", "bench", "--parallel", "8",
+                               "--ctx-size", "8192"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("server not ready")
+            time.sleep(0.1)
+        complete(base, 8, 0)  # warm-up
+        for clients in [int(c) for c in args.clients.split(",")]:
+            counts = [0] * clients
+            def run(i):
+                counts[i] = complete(base, args.tokens, i + 1)
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+            started = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(600)
+            elapsed = time.monotonic() - started
+            print(f"{clients} client(s): {sum(counts)} tokens in {elapsed:.2f} s = "
+                  f"{sum(counts) / elapsed:.1f} tokens/s aggregate", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=40)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+//! `POST /v1/completions`: raw text prompts (one string, or several with one choice each),
+//! generated as they are, without a chat template.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::Response;
+
+use super::error::ApiError;
+use super::generation::{self, Kind, Shape};
+use super::types::{CompletionRequest, PromptField};
+use super::{AppState, OpenAiJson};
+
+/// Most prompts in one request: each takes a slot or a queue place.
+const MAX_PROMPTS: usize = 64;
+
+pub async fn create(
+    State(state): State<AppState>,
+    OpenAiJson(request): OpenAiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let loaded = state.ready()?;
+    state.check_model(&request.model)?;
+    let options = request.fields.validate()?;
+    if request.echo == Some(true) {
+        return Err(ApiError::invalid_param(
+            "echo",
+            "echo is not supported by this server",
+        ));
+    }
+    if request
+        .suffix
+        .as_deref()
+        .is_some_and(|suffix| !suffix.is_empty())
+    {
+        return Err(ApiError::invalid_param(
+            "suffix",
+            "suffix is not supported by this server",
+        ));
+    }
+    let texts = match request.prompt {
+        PromptField::One(text) => vec![text],
+        PromptField::Many(texts) => texts,
+    };
+    if texts.is_empty() || texts.len() > MAX_PROMPTS {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!(
+                "prompt must be a string or 1 to {MAX_PROMPTS} strings, got {}",
+                texts.len()
+            ),
+        ));
+    }
+    let mut prompts = Vec::with_capacity(texts.len());
+    for (index, text) in texts.iter().enumerate() {
+        if text.is_empty() {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                format!("prompt {index} is empty: nothing to complete"),
+            ));
+        }
+        prompts.push(loaded.engine.tokenize(text, true));
+    }
+    let requests = generation::requests(prompts, &options)?;
+    let shape = Shape::new(Kind::Completion, &state.config.model_id, "/v1/completions");
+    generation::respond(&state, &loaded.engine, shape, requests, &options, received).await
+}

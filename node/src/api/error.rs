@@ -1,0 +1,206 @@
+//! The one error type of the HTTP API and its response: the OpenAI error object
+//! `{"error":{"message","type","param","code"}}` with the matching status code, plus
+//! `Retry-After` where trying again later helps (loading, queue full, shutting down).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::engine::SubmitError;
+
+/// An API failure as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// OpenAI's error `type`: `invalid_request_error`, `authentication_error`, …
+    pub kind: &'static str,
+    /// The request field at fault, where there is one.
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+    /// Seconds after which a retry may succeed.
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400: the request is malformed or asks for something this server cannot do.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    /// 400 about one field.
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            param: Some(param.to_string()),
+            ..Self::invalid(message)
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError {
+            code: Some("invalid_api_key"),
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid or missing API key: send `Authorization: Bearer <key>`",
+            )
+        }
+    }
+
+    pub fn model_not_found(model: &str, served: &str) -> Self {
+        ApiError {
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("the model `{model}` does not exist on this node; it serves `{served}`"),
+            )
+        }
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("no route for {path}"),
+        )
+    }
+
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// 503 while the model loads.
+    pub fn loading() -> Self {
+        ApiError {
+            code: Some("model_loading"),
+            retry_after: Some(5),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the model is still loading; try again shortly",
+            )
+        }
+    }
+
+    pub fn shutting_down() -> Self {
+        ApiError {
+            code: Some("shutting_down"),
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "this node is shutting down; send the request to another node",
+            )
+        }
+    }
+
+    pub fn timeout(seconds: u64) -> Self {
+        ApiError {
+            code: Some("timeout"),
+            ..Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                format!("the request did not finish within the {seconds} s request timeout"),
+            )
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    /// The OpenAI error object, also used inside a stream after an error.
+    pub fn body(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<SubmitError> for ApiError {
+    fn from(err: SubmitError) -> Self {
+        match err {
+            SubmitError::QueueFull { .. } => ApiError {
+                code: Some("queue_full"),
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    err.to_string(),
+                )
+            },
+            SubmitError::Stopped => ApiError::shutting_down(),
+            SubmitError::ContextExceeded { .. } | SubmitError::PromptTooLong { .. } => ApiError {
+                code: Some("context_length_exceeded"),
+                ..ApiError::invalid_param("messages", err.to_string())
+            },
+            SubmitError::UnknownToken(_) => ApiError::invalid_param("logit_bias", err.to_string()),
+            SubmitError::EmptyPrompt => ApiError::invalid_param("prompt", err.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_object_has_the_openai_shape() {
+        let body = ApiError::invalid_param("temperature", "too hot").body();
+        assert_eq!(body["error"]["message"], "too hot");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["param"], "temperature");
+        assert!(body["error"]["code"].is_null());
+    }
+
+    #[test]
+    fn queue_full_is_503_with_retry_after() {
+        let err = ApiError::from(SubmitError::QueueFull { slots: 2, queue: 3 });
+        assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
+        let response = err.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+}

@@ -1,0 +1,234 @@
+//! Chat templates: turning OpenAI `messages` into the prompt text a model was trained on.
+//!
+//! The template is the model's own Jinja `tokenizer.chat_template` from its GGUF metadata,
+//! rendered with minijinja and the variables Hugging Face templates expect (`messages`,
+//! `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`). GGUF files
+//! converted without one (the default Gemma 3 270M file among them) get a built-in
+//! template for their architecture's known turn format, or ChatML, or an explicit
+//! `--chat-template` file. A few Python string methods that templates call
+//! (`strip`, `startswith`, …) are provided because minijinja has no Python compatibility
+//! layer of its own.
+
+use minijinja::value::{Serde, Value, ValueKind, from_args};
+use minijinja::{Environment, Error, ErrorKind};
+use serde::Serialize;
+
+/// Gemma's turn format: system text is folded into the first user turn, the assistant
+/// role is called `model`, and every turn ends with `<end_of_turn>`.
+pub const GEMMA_TEMPLATE: &str = r#"{{- bos_token -}}
+{%- set ns = namespace(system='', first=true) -%}
+{%- for m in messages if m.role == 'system' -%}
+{%- set ns.system = ns.system ~ (m.content | trim) ~ '\n\n' -%}
+{%- endfor -%}
+{%- for m in messages if m.role != 'system' -%}
+{%- set role = 'model' if m.role == 'assistant' else 'user' -%}
+{{- '<start_of_turn>' ~ role ~ '\n' -}}
+{%- if ns.first and role == 'user' -%}{{- ns.system -}}{%- endif -%}
+{{- (m.content | trim) ~ '<end_of_turn>\n' -}}
+{%- set ns.first = false -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}"#;
+
+/// ChatML (`<|im_start|>role … <|im_end|>`), the most common format, for models whose
+/// metadata names no template and whose architecture has no known one.
+pub const CHATML_TEMPLATE: &str = r#"{%- for m in messages -%}
+{{- '<|im_start|>' ~ m.role ~ '\n' ~ m.content ~ '<|im_end|>\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"#;
+
+/// The built-in template for a GGUF `general.architecture` with no template of its own.
+pub fn builtin_for(architecture: &str) -> &'static str {
+    if architecture.starts_with("gemma") {
+        GEMMA_TEMPLATE
+    } else {
+        CHATML_TEMPLATE
+    }
+}
+
+/// One message as the template sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TemplateMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A compiled chat template with the model's special tokens.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+const NAME: &str = "chat";
+
+impl ChatTemplate {
+    /// Compiles `source`; a syntax error is reported here, at start-up, not per request.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, Error> {
+        let mut env = Environment::new();
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<Value, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
+        env.set_unknown_method_callback(python_string_methods);
+        env.add_template_owned(NAME, source.to_string())?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    /// The prompt text for `messages`, ending with the assistant's turn opening when
+    /// `add_generation_prompt` is set. Template errors (`raise_exception` included) come
+    /// back as text for a 400.
+    pub fn render(
+        &self,
+        messages: &[TemplateMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
+        let template = self.env.get_template(NAME).map_err(|err| err.to_string())?;
+        template
+            .render(minijinja::context! {
+                messages => Value::from(Serde(messages)),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token.as_str(),
+                eos_token => self.eos_token.as_str(),
+            })
+            .map_err(|err| format!("the chat template failed: {err}"))
+    }
+
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+}
+
+/// `str.strip()` and friends, which Hugging Face templates use freely.
+fn python_string_methods(
+    _state: &mut minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, Error> {
+    let unknown = || Error::from(ErrorKind::UnknownMethod);
+    if value.kind() == ValueKind::Map && method == "items" {
+        let _: () = from_args(args)?;
+        let pairs: Vec<Value> = value
+            .try_iter()?
+            .map(|key| {
+                let item = value.get_item(&key).unwrap_or(Value::UNDEFINED);
+                Value::from(vec![key, item])
+            })
+            .collect();
+        return Ok(Value::from(pairs));
+    }
+    let Some(text) = value.as_str() else {
+        return Err(unknown());
+    };
+    let result = match method {
+        "strip" | "lstrip" | "rstrip" => {
+            let (chars,): (Option<String>,) = from_args(args)?;
+            let set: Vec<char> = chars.map_or_else(Vec::new, |c| c.chars().collect());
+            let pattern = |c: char| {
+                if set.is_empty() {
+                    c.is_whitespace()
+                } else {
+                    set.contains(&c)
+                }
+            };
+            let out = match method {
+                "strip" => text.trim_matches(pattern),
+                "lstrip" => text.trim_start_matches(pattern),
+                _ => text.trim_end_matches(pattern),
+            };
+            Value::from(out)
+        }
+        "startswith" => {
+            let (prefix,): (String,) = from_args(args)?;
+            Value::from(text.starts_with(&prefix))
+        }
+        "endswith" => {
+            let (suffix,): (String,) = from_args(args)?;
+            Value::from(text.ends_with(&suffix))
+        }
+        "upper" => Value::from(text.to_uppercase()),
+        "lower" => Value::from(text.to_lowercase()),
+        "split" => {
+            let (separator,): (Option<String>,) = from_args(args)?;
+            let parts: Vec<Value> = match separator {
+                Some(separator) => text.split(separator.as_str()).map(Value::from).collect(),
+                None => text.split_whitespace().map(Value::from).collect(),
+            };
+            Value::from(parts)
+        }
+        "replace" => {
+            let (from, to): (String, String) = from_args(args)?;
+            Value::from(text.replace(&from, &to))
+        }
+        _ => return Err(unknown()),
+    };
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> TemplateMessage {
+        TemplateMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn gemma_turns_with_system_folded_into_the_first_user_turn() {
+        let template = ChatTemplate::new(GEMMA_TEMPLATE, "<bos>", "<eos>").unwrap();
+        let text = template
+            .render(
+                &[
+                    msg("system", "Be brief."),
+                    msg("user", "Hi"),
+                    msg("assistant", "Hello!"),
+                    msg("user", "Bye "),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            text,
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n\
+             <start_of_turn>model\nHello!<end_of_turn>\n\
+             <start_of_turn>user\nBye<end_of_turn>\n\
+             <start_of_turn>model\n"
+        );
+    }
+
+    #[test]
+    fn chatml_without_generation_prompt() {
+        let template = ChatTemplate::new(CHATML_TEMPLATE, "", "").unwrap();
+        let text = template.render(&[msg("user", "Hi")], false).unwrap();
+        assert_eq!(text, "<|im_start|>user\nHi<|im_end|>\n");
+    }
+
+    #[test]
+    fn hugging_face_style_template_with_python_methods_and_exceptions() {
+        let source = "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}\
+                      {% for m in messages %}[{{ m.role.upper() }}]{{ m.content.strip() }}\
+                      {% if m.content.startswith(' ') %}!{% endif %}{% endfor %}{{ eos_token }}";
+        let template = ChatTemplate::new(source, "<s>", "</s>").unwrap();
+        assert_eq!(
+            template.render(&[msg("user", " x ")], false).unwrap(),
+            "[USER]x!</s>"
+        );
+        let err = template.render(&[msg("system", "x")], false).unwrap_err();
+        assert!(err.contains("first must be user"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_are_found_at_start_up() {
+        assert!(ChatTemplate::new("{% for %}", "", "").is_err());
+    }
+}

@@ -1,0 +1,416 @@
+//! OpenAI request bodies, parsed leniently (unknown fields are ignored, as OpenAI does)
+//! and then validated strictly: every field this server reads is range-checked, and a
+//! field it cannot honour (`n` > 1, `logprobs`, image parts) is refused with a 400 rather
+//! than silently ignored. Numbers are parsed wide (`i64`, `f64`) so that a negative or huge
+//! value gets a clear message instead of a serde type error.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::ApiError;
+use crate::engine::SamplingParams;
+
+/// `stop`: one string or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// `response_format`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsonSchemaFormat {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub schema: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// The sampling and limit fields shared by chat and text completions.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenerationFields {
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
+    pub seed: Option<i64>,
+    pub stop: Option<StopField>,
+    pub n: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub logit_bias: Option<HashMap<String, f64>>,
+    pub logprobs: Option<Value>,
+    pub top_logprobs: Option<i64>,
+    pub response_format: Option<ResponseFormat>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// One chat message. `content` may be a string or an array of parts.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    pub fields: GenerationFields,
+}
+
+/// `prompt`: a string or an array of strings (one choice each).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: PromptField,
+    #[serde(default)]
+    pub echo: Option<bool>,
+    #[serde(default)]
+    pub suffix: Option<String>,
+    #[serde(flatten)]
+    pub fields: GenerationFields,
+}
+
+/// `input` of an embeddings request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: EmbeddingInput,
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+}
+
+/// What the engine needs from the shared fields, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationOptions {
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub sampling: SamplingParams,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// A JSON schema the output must follow (`response_format`), still to be turned into
+    /// a grammar.
+    pub json_schema: Option<Value>,
+}
+
+/// Most stop strings accepted (OpenAI allows 4; a few more cost nothing).
+const MAX_STOP_STRINGS: usize = 16;
+
+impl GenerationFields {
+    /// Checks every field and converts it for the engine.
+    pub fn validate(&self) -> Result<GenerationOptions, ApiError> {
+        if let Some(n) = self.n
+            && n != 1
+        {
+            return Err(ApiError::invalid_param(
+                "n",
+                format!("n must be 1 on this server (got {n}); send several requests instead"),
+            ));
+        }
+        if self
+            .logprobs
+            .as_ref()
+            .is_some_and(|v| v != &Value::Bool(false) && !v.is_null())
+            || self.top_logprobs.is_some_and(|n| n > 0)
+        {
+            return Err(ApiError::invalid_param(
+                "logprobs",
+                "logprobs are not supported by this server",
+            ));
+        }
+        let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(value), _) => Some(positive("max_completion_tokens", value)?),
+            (None, Some(value)) => Some(positive("max_tokens", value)?),
+            (None, None) => None,
+        };
+        let temperature = within("temperature", self.temperature, 0.0, 2.0, 1.0)?;
+        let top_p = within("top_p", self.top_p, 0.0, 1.0, 1.0)?;
+        let min_p = within("min_p", self.min_p, 0.0, 1.0, 0.0)?;
+        let presence_penalty = within("presence_penalty", self.presence_penalty, -2.0, 2.0, 0.0)?;
+        let frequency_penalty =
+            within("frequency_penalty", self.frequency_penalty, -2.0, 2.0, 0.0)?;
+        let top_k = match self.top_k {
+            None => 0,
+            Some(k) if (0..=i64::from(i32::MAX)).contains(&k) => k as i32,
+            Some(k) => {
+                return Err(ApiError::invalid_param(
+                    "top_k",
+                    format!("top_k must be 0 (off) or positive, got {k}"),
+                ));
+            }
+        };
+        // Any integer is a valid seed; only its low 32 bits reach llama.cpp.
+        let seed = self.seed.map(|seed| seed as u32);
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(StopField::One(stop)) => vec![stop.clone()],
+            Some(StopField::Many(stops)) => stops.clone(),
+        };
+        if stop.len() > MAX_STOP_STRINGS {
+            return Err(ApiError::invalid_param(
+                "stop",
+                format!(
+                    "at most {MAX_STOP_STRINGS} stop strings are allowed, got {}",
+                    stop.len()
+                ),
+            ));
+        }
+        let mut logit_bias = Vec::new();
+        for (key, &bias) in self.logit_bias.iter().flatten() {
+            let token: i32 = key.trim().parse().map_err(|_| {
+                ApiError::invalid_param(
+                    "logit_bias",
+                    format!("logit_bias keys are token ids, got `{key}`"),
+                )
+            })?;
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err(ApiError::invalid_param(
+                    "logit_bias",
+                    format!("logit_bias values must be between -100 and 100, got {bias}"),
+                ));
+            }
+            // -100 bans a token outright, as OpenAI documents.
+            let bias = if bias <= -100.0 {
+                f32::NEG_INFINITY
+            } else {
+                bias as f32
+            };
+            logit_bias.push((llama_cpp_2::token::LlamaToken::new(token), bias));
+        }
+        let json_schema = match &self.response_format {
+            None | Some(ResponseFormat::Text) => None,
+            Some(ResponseFormat::JsonObject) => Some(serde_json::json!({"type": "object"})),
+            Some(ResponseFormat::JsonSchema { json_schema }) => Some(
+                json_schema
+                    .schema
+                    .clone()
+                    .unwrap_or_else(|| serde_json::json!({})),
+            ),
+        };
+        Ok(GenerationOptions {
+            max_tokens,
+            stop,
+            sampling: SamplingParams {
+                temperature,
+                top_p,
+                top_k,
+                min_p,
+                seed,
+                presence_penalty,
+                frequency_penalty,
+                logit_bias,
+                grammar: None,
+            },
+            stream: self.stream,
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|options| options.include_usage),
+            json_schema,
+        })
+    }
+}
+
+fn positive(param: &str, value: i64) -> Result<usize, ApiError> {
+    usize::try_from(value)
+        .ok()
+        .filter(|&value| value >= 1)
+        .ok_or_else(|| {
+            ApiError::invalid_param(param, format!("{param} must be at least 1, got {value}"))
+        })
+}
+
+fn within(
+    param: &str,
+    value: Option<f64>,
+    min: f64,
+    max: f64,
+    default: f64,
+) -> Result<f32, ApiError> {
+    match value {
+        None => Ok(default as f32),
+        Some(value) if value.is_finite() && (min..=max).contains(&value) => Ok(value as f32),
+        Some(value) => Err(ApiError::invalid_param(
+            param,
+            format!("{param} must be between {min} and {max}, got {value}"),
+        )),
+    }
+}
+
+impl MessageContent {
+    /// The message text: a string as is, text parts joined. Other parts are refused.
+    pub fn text(&self) -> Result<String, ApiError> {
+        match self {
+            MessageContent::Text(text) => Ok(text.clone()),
+            MessageContent::Parts(parts) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (part.kind.as_str(), &part.text) {
+                        ("text", Some(piece)) => text.push_str(piece),
+                        ("text", None) => {
+                            return Err(ApiError::invalid_param(
+                                "messages",
+                                "a text content part has no `text`",
+                            ));
+                        }
+                        (other, _) => {
+                            return Err(ApiError::invalid_param(
+                                "messages",
+                                format!(
+                                    "content parts of type `{other}` are not supported; only `text`"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Ok(text)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(json: Value) -> GenerationFields {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_openai() {
+        let options = fields(serde_json::json!({})).validate().unwrap();
+        assert_eq!(options.max_tokens, None);
+        assert_eq!(options.sampling.temperature, 1.0);
+        assert!(!options.stream);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_param() {
+        for (json, param) in [
+            (serde_json::json!({"max_tokens": -1}), "max_tokens"),
+            (serde_json::json!({"max_tokens": 0}), "max_tokens"),
+            (serde_json::json!({"temperature": 2.5}), "temperature"),
+            (serde_json::json!({"top_p": 1.5}), "top_p"),
+            (serde_json::json!({"n": 2}), "n"),
+            (serde_json::json!({"logprobs": true}), "logprobs"),
+            (serde_json::json!({"logit_bias": {"abc": 1}}), "logit_bias"),
+            (serde_json::json!({"logit_bias": {"5": 200}}), "logit_bias"),
+            (
+                serde_json::json!({"presence_penalty": 3}),
+                "presence_penalty",
+            ),
+        ] {
+            let err = fields(json.clone()).validate().unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{json}");
+            assert_eq!(err.status, 400);
+        }
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_and_stop_accepts_both_shapes() {
+        let options = fields(serde_json::json!({
+            "max_tokens": 5, "max_completion_tokens": 7, "stop": "x"
+        }))
+        .validate()
+        .unwrap();
+        assert_eq!(options.max_tokens, Some(7));
+        assert_eq!(options.stop, vec!["x".to_string()]);
+        let options = fields(serde_json::json!({"stop": ["a", "b"]}))
+            .validate()
+            .unwrap();
+        assert_eq!(options.stop.len(), 2);
+    }
+
+    #[test]
+    fn response_formats_become_schemas() {
+        let options = fields(serde_json::json!({"response_format": {"type": "json_object"}}))
+            .validate()
+            .unwrap();
+        assert_eq!(
+            options.json_schema,
+            Some(serde_json::json!({"type": "object"}))
+        );
+        let options = fields(serde_json::json!({"response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "integer"}}
+        }}))
+        .validate()
+        .unwrap();
+        assert_eq!(
+            options.json_schema,
+            Some(serde_json::json!({"type": "integer"}))
+        );
+    }
+
+    #[test]
+    fn content_parts_are_joined_and_images_refused() {
+        let content: MessageContent = serde_json::from_value(serde_json::json!([
+            {"type": "text", "text": "a"}, {"type": "text", "text": "b"}
+        ]))
+        .unwrap();
+        assert_eq!(content.text().unwrap(), "ab");
+        let content: MessageContent = serde_json::from_value(serde_json::json!([
+            {"type": "image_url", "image_url": {"url": "x"}}
+        ]))
+        .unwrap();
+        assert!(content.text().is_err());
+    }
+}

@@ -1,0 +1,699 @@
+//! The engine thread: it loads the model, owns the llama.cpp context and every sampler,
+//! and runs continuous batching over a fixed set of slots (KV-cache sequences).
+//!
+//! Each step:
+//! 1. takes waiting requests off the channel while a slot is free, placing each in the free
+//!    slot whose cached tokens share the longest prefix with its prompt (only the rest of
+//!    the prompt is evaluated);
+//! 2. frees the slots of requests whose client went away (their receiver was dropped);
+//! 3. fills ONE batch with the next token of every generating slot plus as many pending
+//!    prompt tokens as fit, and calls `decode` once;
+//! 4. samples a token for every slot that got logits, turns it into text, applies stop
+//!    strings and limits, and sends the text on the request's channel.
+//!
+//! A slot keeps its tokens in the KV cache after its request ends, so a follow-up request
+//! (the same conversation plus one more turn) reuses them.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::{mpsc, oneshot};
+
+use super::EngineError;
+use super::handle::EngineLoad;
+use super::model::Model;
+use super::request::{EmbeddingJob, FinishReason, GenerationEvent, Job, Usage, Work};
+use super::sampling;
+use super::scheduler::{self, FreeSlot};
+use super::settings::EngineSettings;
+use super::stop::{StopMatcher, StopOutcome};
+
+/// What the thread reports once the model is loaded and the context exists.
+#[derive(Debug)]
+pub(crate) struct Ready {
+    pub model: Arc<Model>,
+    pub load_time: Duration,
+    pub embeddings: bool,
+}
+
+/// Body of the engine thread. Returns when every [`super::Engine`] handle is gone and the
+/// requests in flight have finished.
+pub(crate) fn run(
+    path: &Path,
+    settings: &EngineSettings,
+    work: mpsc::Receiver<Work>,
+    load: Arc<EngineLoad>,
+    ready: oneshot::Sender<Result<Ready, EngineError>>,
+) {
+    let started = Instant::now();
+    let model = match Model::load(path, settings) {
+        Ok(model) => Arc::new(model),
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    let context = match model.serving_context() {
+        Ok(context) => context,
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    let embedding = if settings.embeddings {
+        match model.embedding_context() {
+            Ok(context) => Some(context),
+            Err(err) => {
+                let _ = ready.send(Err(err));
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let announced = ready.send(Ok(Ready {
+        model: Arc::clone(&model),
+        load_time: started.elapsed(),
+        embeddings: embedding.is_some(),
+    }));
+    if announced.is_err() {
+        // Nobody waits for this engine any more.
+        return;
+    }
+    tracing::info!(
+        slots = model.parallel().get(),
+        slot_context = model.slot_context_size(),
+        batch_size = model.batch_size().get(),
+        embeddings = embedding.is_some(),
+        "engine ready"
+    );
+    Batcher::new(&model, context, embedding, load).run(work);
+    tracing::info!("engine stopped");
+}
+
+/// One KV-cache sequence and the request using it, if any.
+struct Slot {
+    seq: i32,
+    /// Tokens whose KV entries are in this sequence, in position order.
+    cached: Vec<LlamaToken>,
+    last_used: u64,
+    active: Option<Active>,
+}
+
+/// A request being served by a slot.
+struct Active {
+    events: mpsc::UnboundedSender<GenerationEvent>,
+    /// Held while the request runs: its admission place.
+    _place: tokio::sync::OwnedSemaphorePermit,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens in the cache (reused ones included); the prompt is done when this
+    /// reaches its length.
+    evaluated: usize,
+    cached_tokens: usize,
+    max_tokens: usize,
+    sampler: LlamaSampler,
+    stop: StopMatcher,
+    /// Bytes of a character that the next token completes.
+    pending_bytes: Vec<u8>,
+    generated: usize,
+    /// Sampled and sent, to be decoded next step.
+    next_token: Option<LlamaToken>,
+    /// Where this slot's logits are in the current batch.
+    logits_at: Option<i32>,
+    order: u64,
+    admitted: Instant,
+    queued: Duration,
+    first_token: Option<Duration>,
+}
+
+struct Batcher<'m> {
+    model: &'m Model,
+    context: LlamaContext<'m>,
+    embedding: Option<LlamaContext<'m>>,
+    batch: LlamaBatch<'static>,
+    slots: Vec<Slot>,
+    slot_context: usize,
+    batch_size: usize,
+    load: Arc<EngineLoad>,
+    /// Monotonic counter for "last used" and admission order.
+    clock: u64,
+    rate: TokenRate,
+}
+
+impl<'m> Batcher<'m> {
+    fn new(
+        model: &'m Model,
+        context: LlamaContext<'m>,
+        embedding: Option<LlamaContext<'m>>,
+        load: Arc<EngineLoad>,
+    ) -> Self {
+        let batch_size = usize::try_from(context.n_batch()).unwrap_or(usize::MAX);
+        let slots = (0..model.parallel().get())
+            .map(|seq| Slot {
+                seq: i32::try_from(seq).expect("slot count fits i32"),
+                cached: Vec::new(),
+                last_used: 0,
+                active: None,
+            })
+            .collect();
+        Batcher {
+            model,
+            context,
+            embedding,
+            batch: LlamaBatch::new(batch_size, 1),
+            slots,
+            slot_context: model.slot_context_size() as usize,
+            batch_size,
+            load,
+            clock: 0,
+            rate: TokenRate::default(),
+        }
+    }
+
+    fn run(mut self, mut work: mpsc::Receiver<Work>) {
+        while self.admit(&mut work) {
+            self.drop_cancelled();
+            self.step();
+            self.publish();
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn busy(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| slot.active.is_some())
+            .count()
+    }
+
+    /// Takes requests while a slot is free. Blocks only when nothing is being generated.
+    /// `false` once the channel is closed and every request has finished.
+    fn admit(&mut self, work: &mut mpsc::Receiver<Work>) -> bool {
+        while self.busy() < self.slots.len() {
+            let item = if self.busy() > 0 {
+                match work.try_recv() {
+                    Ok(item) => item,
+                    // Closed: finish what runs, then the blocking branch sees the end.
+                    Err(_) => return true,
+                }
+            } else {
+                self.rate.idle();
+                self.publish();
+                match work.blocking_recv() {
+                    Some(item) => item,
+                    None => return false,
+                }
+            };
+            match item {
+                Work::Generate(job) => self.start(job),
+                Work::Embed(job) => self.embed(job),
+            }
+        }
+        true
+    }
+
+    /// Puts a request into the best free slot and prepares its sampler.
+    fn start(&mut self, job: Job) {
+        if job.events.is_closed() {
+            // The client left while the request waited in the queue.
+            return;
+        }
+        let queued = job.submitted.elapsed();
+        let prompt = job.request.prompt;
+        let free: Vec<FreeSlot<'_, LlamaToken>> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.active.is_none())
+            .map(|(index, slot)| FreeSlot {
+                index,
+                cached: &slot.cached,
+                last_used: slot.last_used,
+            })
+            .collect();
+        let Some(placement) = scheduler::place(&free, &prompt) else {
+            // admit() only calls this with a free slot.
+            let _ = job
+                .events
+                .send(GenerationEvent::Failed("no free slot".into()));
+            return;
+        };
+        let max_tokens = match scheduler::generation_room(
+            prompt.len(),
+            job.request.max_tokens,
+            self.slot_context,
+        ) {
+            Ok(room) => room,
+            Err(_) => {
+                // Handle::submit checked this already; kept for direct callers.
+                let _ = job.events.send(GenerationEvent::Failed(format!(
+                        "the prompt ({} tokens) and max_tokens do not fit the slot context of {} tokens",
+                        prompt.len(),
+                        self.slot_context
+                    )));
+                return;
+            }
+        };
+        let sampler = match sampling::build(self.model, &job.request.sampling, self.slot_context) {
+            Ok(sampler) => sampler,
+            Err(message) => {
+                let _ = job.events.send(GenerationEvent::Failed(message));
+                return;
+            }
+        };
+        let order = self.tick();
+        let slot = &mut self.slots[placement.slot];
+        // Keep the shared prefix, drop the rest of what this sequence held.
+        slot.cached.truncate(placement.reused);
+        let position = u32::try_from(placement.reused).unwrap_or(u32::MAX);
+        let seq = u32::try_from(slot.seq).unwrap_or(0);
+        if let Err(err) = self
+            .context
+            .clear_kv_cache_seq(Some(seq), Some(position), None)
+        {
+            tracing::warn!(%err, seq, "could not trim a slot's cache; evaluating the whole prompt");
+            let _ = self.context.clear_kv_cache_seq(Some(seq), None, None);
+            slot.cached.clear();
+        }
+        let reused = slot.cached.len();
+        tracing::debug!(
+            slot = slot.seq,
+            prompt_tokens = prompt.len(),
+            reused,
+            max_tokens,
+            "request admitted"
+        );
+        slot.active = Some(Active {
+            events: job.events,
+            _place: job.place,
+            prompt,
+            evaluated: reused,
+            cached_tokens: reused,
+            max_tokens,
+            sampler,
+            stop: StopMatcher::new(job.request.stop),
+            pending_bytes: Vec::new(),
+            generated: 0,
+            next_token: None,
+            logits_at: None,
+            order,
+            admitted: Instant::now(),
+            queued,
+            first_token: None,
+        });
+    }
+
+    /// Frees the slots whose client dropped its receiver. What the slot decoded stays in
+    /// its cache for reuse.
+    fn drop_cancelled(&mut self) {
+        let now = self.clock + 1;
+        let mut freed = false;
+        for slot in &mut self.slots {
+            if slot
+                .active
+                .as_ref()
+                .is_some_and(|active| active.events.is_closed())
+            {
+                tracing::debug!(slot = slot.seq, "client went away; slot freed");
+                slot.active = None;
+                slot.last_used = now;
+                freed = true;
+            }
+        }
+        if freed {
+            self.clock = now;
+        }
+    }
+
+    /// One batch, one decode, one round of sampling.
+    fn step(&mut self) {
+        self.batch.clear();
+        let mut in_batch: Vec<usize> = Vec::new();
+        let mut failure: Option<String> = None;
+
+        // The next token of every generating slot.
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(active) = slot.active.as_mut() else {
+                continue;
+            };
+            let Some(token) = active.next_token.take() else {
+                continue;
+            };
+            let position = position(slot.cached.len());
+            if let Err(err) = self.batch.add(token, position, &[slot.seq], true) {
+                failure = Some(err.to_string());
+                break;
+            }
+            slot.cached.push(token);
+            active.logits_at = Some(self.batch.n_tokens() - 1);
+            in_batch.push(index);
+        }
+
+        // Then prompt tokens, oldest request first, as far as the batch allows.
+        let mut prefilling: Vec<(u64, usize)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| {
+                let active = slot.active.as_ref()?;
+                (active.evaluated < active.prompt.len()).then_some((active.order, index))
+            })
+            .collect();
+        prefilling.sort_unstable();
+        let wants: Vec<usize> = prefilling
+            .iter()
+            .map(|&(_, index)| {
+                let active = self.slots[index].active.as_ref().expect("filtered above");
+                active.prompt.len() - active.evaluated
+            })
+            .collect();
+        let used = usize::try_from(self.batch.n_tokens()).unwrap_or(0);
+        let shares = scheduler::share_prompt_budget(self.batch_size.saturating_sub(used), &wants);
+        let mut prompt_tokens = 0u64;
+        for (&(_, index), &take) in prefilling.iter().zip(&shares) {
+            if take == 0 || failure.is_some() {
+                continue;
+            }
+            let slot = &mut self.slots[index];
+            let active = slot.active.as_mut().expect("filtered above");
+            let last = active.prompt.len() - 1;
+            for offset in active.evaluated..active.evaluated + take {
+                let wants_logits = offset == last;
+                let position = position(slot.cached.len());
+                let token = active.prompt[offset];
+                if let Err(err) = self.batch.add(token, position, &[slot.seq], wants_logits) {
+                    failure = Some(err.to_string());
+                    break;
+                }
+                slot.cached.push(token);
+                if wants_logits {
+                    active.logits_at = Some(self.batch.n_tokens() - 1);
+                }
+            }
+            active.evaluated += take;
+            prompt_tokens += take as u64;
+            in_batch.push(index);
+        }
+
+        if self.batch.n_tokens() == 0 && failure.is_none() {
+            return;
+        }
+        let started = Instant::now();
+        if failure.is_none()
+            && let Err(err) = self.context.decode(&mut self.batch)
+        {
+            failure = Some(format!("llama.cpp decode failed: {err}"));
+        }
+        if let Some(message) = failure {
+            tracing::error!(%message, slots = in_batch.len(), "step failed");
+            for index in in_batch {
+                self.fail(index, &message);
+            }
+            return;
+        }
+        self.load
+            .prompt_tokens_evaluated
+            .fetch_add(prompt_tokens, Ordering::Relaxed);
+
+        let mut generated = 0u64;
+        for index in in_batch {
+            if self.sample(index) {
+                generated += 1;
+            }
+        }
+        self.load
+            .generated_tokens
+            .fetch_add(generated, Ordering::Relaxed);
+        self.rate.record(generated, started.elapsed());
+    }
+
+    /// Samples the next token of the slot at `index` if it has logits in this batch.
+    /// `true` when a token was generated (an end-of-generation token is not counted).
+    fn sample(&mut self, index: usize) -> bool {
+        let model = self.model;
+        let vocab = model.llama().vocab();
+        let context = &self.context;
+        let Some(active) = self.slots[index].active.as_mut() else {
+            return false;
+        };
+        let Some(at) = active.logits_at.take() else {
+            return false;
+        };
+        let token = active.sampler.sample(context, at);
+        if active.first_token.is_none() {
+            active.first_token = Some(active.admitted.elapsed());
+        }
+        if vocab.is_eog(token) {
+            self.finish(index, FinishReason::Stop, true);
+            return false;
+        }
+        active.generated += 1;
+        vocab.token_to_piece_into(token, &mut active.pending_bytes, false, None);
+        let text = take_utf8(&mut active.pending_bytes);
+        let (text, stopped) = match active.stop.push(&text) {
+            StopOutcome::Continue(text) => (text, false),
+            StopOutcome::Stopped(text) => (text, true),
+        };
+        if !text.is_empty() {
+            let _ = active.events.send(GenerationEvent::Text(text));
+        }
+        if stopped {
+            self.finish(index, FinishReason::Stop, false);
+        } else if active.generated >= active.max_tokens {
+            self.finish(index, FinishReason::Length, true);
+        } else {
+            active.next_token = Some(token);
+        }
+        true
+    }
+
+    /// Ends the request in slot `index`; `flush` sends text still held back (not after a
+    /// stop string, whose candidates are part of the stop).
+    fn finish(&mut self, index: usize, finish_reason: FinishReason, flush: bool) {
+        let now = self.tick();
+        let slot = &mut self.slots[index];
+        let Some(mut active) = slot.active.take() else {
+            return;
+        };
+        slot.last_used = now;
+        if flush {
+            let mut text = String::from_utf8_lossy(&active.pending_bytes).into_owned();
+            text.push_str(&active.stop.finish());
+            if !text.is_empty() {
+                let _ = active.events.send(GenerationEvent::Text(text));
+            }
+        }
+        let usage = Usage {
+            prompt_tokens: active.prompt.len(),
+            cached_tokens: active.cached_tokens,
+            completion_tokens: active.generated,
+            time_to_first_token: active.first_token.unwrap_or_default(),
+            queued: active.queued,
+        };
+        tracing::debug!(slot = slot.seq, ?finish_reason, ?usage, "request finished");
+        let _ = active.events.send(GenerationEvent::Done {
+            finish_reason,
+            usage,
+        });
+    }
+
+    /// Ends the request in slot `index` with an error and forgets the slot's cache, whose
+    /// state after a failed decode is unknown.
+    fn fail(&mut self, index: usize, message: &str) {
+        let now = self.tick();
+        let slot = &mut self.slots[index];
+        if let Some(active) = slot.active.take() {
+            let _ = active
+                .events
+                .send(GenerationEvent::Failed(message.to_string()));
+        }
+        slot.last_used = now;
+        slot.cached.clear();
+        let seq = u32::try_from(slot.seq).unwrap_or(0);
+        let _ = self.context.clear_kv_cache_seq(Some(seq), None, None);
+    }
+
+    /// Embeds each input in the embeddings context, one at a time (between steps).
+    fn embed(&mut self, job: EmbeddingJob) {
+        let Some(context) = self.embedding.as_mut() else {
+            let _ = job
+                .reply
+                .send(Err("model does not support embeddings".to_string()));
+            return;
+        };
+        let capacity = usize::try_from(context.n_batch()).unwrap_or(usize::MAX);
+        let mut batch = LlamaBatch::new(capacity, 1);
+        let mut vectors = Vec::with_capacity(job.inputs.len());
+        for (index, tokens) in job.inputs.iter().enumerate() {
+            if tokens.is_empty() {
+                let _ = job.reply.send(Err(format!("input {index} is empty")));
+                return;
+            }
+            if tokens.len() > capacity {
+                let _ = job.reply.send(Err(format!(
+                    "input {index} has {} tokens; at most {capacity} fit",
+                    tokens.len()
+                )));
+                return;
+            }
+            context.clear_kv_cache();
+            batch.clear();
+            if let Err(err) = batch.add_sequence(tokens, 0, true) {
+                let _ = job.reply.send(Err(err.to_string()));
+                return;
+            }
+            if let Err(err) = context.decode(&mut batch) {
+                let _ = job
+                    .reply
+                    .send(Err(format!("llama.cpp decode failed: {err}")));
+                return;
+            }
+            match context.embeddings_seq_ith(0) {
+                Ok(vector) => vectors.push(normalized(vector)),
+                Err(err) => {
+                    let _ = job.reply.send(Err(err.to_string()));
+                    return;
+                }
+            }
+        }
+        let _ = job.reply.send(Ok(vectors));
+    }
+
+    /// Publishes the load figures for metrics and heartbeats.
+    fn publish(&self) {
+        self.load.busy_slots.store(self.busy(), Ordering::Relaxed);
+        let cells = self.slots.iter().map(|slot| slot.cached.len()).sum();
+        self.load.kv_cells_used.store(cells, Ordering::Relaxed);
+        self.load.set_tokens_per_second(self.rate.per_second());
+    }
+}
+
+/// Generated tokens per second over roughly the last few seconds of work: both the token
+/// count and the time decay exponentially, so old steps fade out.
+#[derive(Debug, Default)]
+struct TokenRate {
+    tokens: f64,
+    seconds: f64,
+}
+
+impl TokenRate {
+    const HALF_LIFE_SECONDS: f64 = 3.0;
+
+    fn record(&mut self, tokens: u64, elapsed: Duration) {
+        let dt = elapsed.as_secs_f64();
+        let decay = (-dt * std::f64::consts::LN_2 / Self::HALF_LIFE_SECONDS).exp();
+        self.tokens = self.tokens * decay + tokens as f64;
+        self.seconds = self.seconds * decay + dt;
+    }
+
+    fn idle(&mut self) {
+        *self = TokenRate::default();
+    }
+
+    fn per_second(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.tokens / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Moves the complete UTF-8 text at the front of `bytes` out; an incomplete character at
+/// the end stays for the next token, invalid bytes become U+FFFD.
+fn take_utf8(bytes: &mut Vec<u8>) -> String {
+    let mut text = String::new();
+    let mut rest: &[u8] = bytes;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(valid) => {
+                text.push_str(valid);
+                rest = &[];
+                break;
+            }
+            Err(err) => {
+                let (valid, after) = rest.split_at(err.valid_up_to());
+                text.push_str(std::str::from_utf8(valid).expect("checked valid"));
+                match err.error_len() {
+                    Some(bad) => {
+                        text.push(char::REPLACEMENT_CHARACTER);
+                        rest = &after[bad..];
+                    }
+                    None => {
+                        rest = after;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let keep = rest.len();
+    bytes.drain(..bytes.len() - keep);
+    text
+}
+
+fn normalized(vector: &[f32]) -> Vec<f32> {
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter().map(|x| x / norm).collect()
+    } else {
+        vector.to_vec()
+    }
+}
+
+/// KV position of the `index`-th token of a sequence; bounded by the slot context.
+fn position(index: usize) -> i32 {
+    i32::try_from(index).expect("token position fits the context size")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_split_over_tokens_is_joined() {
+        let mut bytes = "é".as_bytes()[..1].to_vec();
+        assert_eq!(take_utf8(&mut bytes), "");
+        assert_eq!(bytes.len(), 1);
+        bytes.extend_from_slice(&"é".as_bytes()[1..]);
+        bytes.extend_from_slice(b"x");
+        assert_eq!(take_utf8(&mut bytes), "éx");
+        assert!(bytes.is_empty());
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_held() {
+        let mut bytes = vec![b'a', 0xff, b'b'];
+        assert_eq!(take_utf8(&mut bytes), "a\u{fffd}b");
+        assert!(bytes.is_empty());
+    }
+
+    #[test]
+    fn token_rate_tracks_recent_steps() {
+        let mut rate = TokenRate::default();
+        assert_eq!(rate.per_second(), 0.0);
+        for _ in 0..10 {
+            rate.record(4, Duration::from_millis(100));
+        }
+        assert!((rate.per_second() - 40.0).abs() < 1e-6);
+        rate.idle();
+        assert_eq!(rate.per_second(), 0.0);
+    }
+
+    #[test]
+    fn normalized_vectors_have_unit_length() {
+        let v = normalized(&[3.0, 4.0]);
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        assert_eq!(normalized(&[0.0]), vec![0.0]);
+    }
+}

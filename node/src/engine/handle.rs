@@ -1,0 +1,234 @@
+//! [`Engine`]: the cheap, cloneable handle that request handlers use to reach the engine
+//! thread. It starts the thread (which loads the model and owns every llama.cpp object),
+//! checks and tokenizes requests on the caller's thread, and enforces the bounded queue.
+//!
+//! Admission is a semaphore with `slots + queue` places: a request holds one from submission
+//! until it ends (finished, failed or cancelled), so when every place is taken the next
+//! request is refused at once with "queue full". The requests holding a place but no slot
+//! are the queue.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::EngineError;
+use super::batcher;
+use super::model::Model;
+use super::request::{EmbeddingJob, GenerationEvent, GenerationRequest, Job, SubmitError, Work};
+use super::scheduler::generation_room;
+use super::settings::EngineSettings;
+
+/// Embeddings requests that may wait besides the generation places.
+const EMBEDDING_BACKLOG: usize = 16;
+
+/// Load figures the engine thread publishes after every step, read by metrics and (later)
+/// heartbeats without asking the thread.
+#[derive(Debug, Default)]
+pub struct EngineLoad {
+    pub busy_slots: AtomicUsize,
+    /// KV cells holding a token of some slot (cached prefixes included).
+    pub kv_cells_used: AtomicUsize,
+    /// Generated tokens per second over recent steps (an `f64` as bits).
+    tokens_per_second_bits: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub prompt_tokens_evaluated: AtomicU64,
+}
+
+impl EngineLoad {
+    pub fn tokens_per_second(&self) -> f64 {
+        f64::from_bits(self.tokens_per_second_bits.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_tokens_per_second(&self, value: f64) {
+        self.tokens_per_second_bits
+            .store(value.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Facts about the loaded model and how it is served.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    pub path: PathBuf,
+    pub description: String,
+    pub architecture: String,
+    pub slots: usize,
+    pub queue: usize,
+    pub slot_context: usize,
+    pub threads: NonZeroU32,
+    pub chat_template: Option<String>,
+    pub bos_text: String,
+    pub eos_text: String,
+    pub embeddings: bool,
+    pub load_time: Duration,
+}
+
+#[derive(Debug)]
+struct Shared {
+    work: mpsc::Sender<Work>,
+    places: Arc<Semaphore>,
+    model: Arc<Model>,
+    info: EngineInfo,
+    load: Arc<EngineLoad>,
+}
+
+/// Handle on a running engine. Dropping the last handle stops the thread once the requests
+/// in flight have finished.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Starts the engine thread, loads the model there and waits until it serves.
+    pub async fn start(path: &Path, settings: EngineSettings) -> Result<Engine, EngineError> {
+        let places = settings.parallel.get() as usize + settings.queue;
+        // Every admitted request fits in the channel; embeddings requests get the rest.
+        let (work_tx, work_rx) = mpsc::channel(places + EMBEDDING_BACKLOG);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let load = Arc::new(EngineLoad::default());
+        let thread_load = Arc::clone(&load);
+        let path_owned = path.to_path_buf();
+        let queue = settings.queue;
+        std::thread::Builder::new()
+            .name("llamanet-engine".into())
+            .spawn(move || batcher::run(&path_owned, &settings, work_rx, thread_load, ready_tx))
+            .map_err(|err| EngineError::Thread(err.to_string()))?;
+        let batcher::Ready {
+            model,
+            load_time,
+            embeddings,
+        } = ready_rx
+            .await
+            .map_err(|_| EngineError::Thread("the engine thread ended while loading".into()))??;
+        let info = EngineInfo {
+            path: path.to_path_buf(),
+            description: model.description(),
+            architecture: model.architecture(),
+            slots: model.parallel().get() as usize,
+            queue,
+            slot_context: model.slot_context_size() as usize,
+            threads: model.threads(),
+            chat_template: model.chat_template(),
+            bos_text: model.bos_text(),
+            eos_text: model.eos_text(),
+            embeddings,
+            load_time,
+        };
+        Ok(Engine {
+            shared: Arc::new(Shared {
+                work: work_tx,
+                places: Arc::new(Semaphore::new(places)),
+                model,
+                info,
+                load,
+            }),
+        })
+    }
+
+    pub fn info(&self) -> &EngineInfo {
+        &self.shared.info
+    }
+
+    pub fn load(&self) -> &EngineLoad {
+        &self.shared.load
+    }
+
+    /// Requests waiting for a slot.
+    pub fn queue_depth(&self) -> usize {
+        let info = &self.shared.info;
+        let taken = info.slots + info.queue - self.shared.places.available_permits();
+        taken.saturating_sub(self.shared.load.busy_slots.load(Ordering::Relaxed))
+    }
+
+    /// Tokenizes `text`; `add_bos` adds the model's BOS token where it wants one.
+    pub fn tokenize(&self, text: &str, add_bos: bool) -> Vec<LlamaToken> {
+        self.shared.model.tokenize(text, add_bos)
+    }
+
+    /// Valid token ids are `0..n_vocab`.
+    pub fn n_vocab(&self) -> i32 {
+        self.shared.model.n_vocab()
+    }
+
+    /// Queues a generation. Events arrive on the returned channel; dropping the receiver
+    /// cancels the request (its slot is freed at the next step).
+    pub fn submit(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<mpsc::UnboundedReceiver<GenerationEvent>, SubmitError> {
+        self.check(&request)?;
+        let info = &self.shared.info;
+        let place = Arc::clone(&self.shared.places)
+            .try_acquire_owned()
+            .map_err(|_| SubmitError::QueueFull {
+                slots: info.slots,
+                queue: info.queue,
+            })?;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let job = Job {
+            request,
+            events: events_tx,
+            submitted: Instant::now(),
+            place,
+        };
+        self.enqueue(Work::Generate(job))?;
+        Ok(events_rx)
+    }
+
+    /// Mean-pooled embeddings of each input, computed between generation steps. Fails
+    /// where the engine was started without embeddings.
+    pub async fn embed(&self, inputs: Vec<Vec<LlamaToken>>) -> Result<Vec<Vec<f32>>, String> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Work::Embed(EmbeddingJob { inputs, reply }))
+            .map_err(|err| err.to_string())?;
+        answer
+            .await
+            .map_err(|_| "the engine stopped before answering".to_string())?
+    }
+
+    fn check(&self, request: &GenerationRequest) -> Result<(), SubmitError> {
+        if request.prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        let slot_context = self.shared.info.slot_context;
+        generation_room(request.prompt.len(), request.max_tokens, slot_context).map_err(
+            |asked| match asked {
+                Some(max_tokens) => SubmitError::ContextExceeded {
+                    prompt_tokens: request.prompt.len(),
+                    max_tokens,
+                    slot_context,
+                },
+                None => SubmitError::PromptTooLong {
+                    prompt_tokens: request.prompt.len(),
+                    slot_context,
+                },
+            },
+        )?;
+        let n_vocab = self.n_vocab();
+        if let Some(&(token, _)) = request
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|(token, _)| !(0..n_vocab).contains(&token.0))
+        {
+            return Err(SubmitError::UnknownToken(token.0));
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, work: Work) -> Result<(), SubmitError> {
+        let info = &self.shared.info;
+        self.shared.work.try_send(work).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => SubmitError::QueueFull {
+                slots: info.slots,
+                queue: info.queue,
+            },
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
+        })
+    }
+}

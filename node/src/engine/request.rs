@@ -1,0 +1,166 @@
+//! What a caller hands the engine (a tokenized prompt, limits, sampling settings) and what
+//! comes back on the request's own channel (text pieces, then one final summary).
+//!
+//! These types carry no llama.cpp objects apart from token ids, so the API layer builds
+//! and reads them on any thread; samplers are built from [`SamplingParams`] on the engine
+//! thread, which owns everything llama.cpp.
+
+use std::time::Duration;
+
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc;
+
+/// How the next token is chosen. Defaults follow the OpenAI API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 picks the most likely token every time (greedy).
+    pub temperature: f32,
+    /// Nucleus sampling; 1 disables it.
+    pub top_p: f32,
+    /// Only the `top_k` most likely tokens; 0 disables it.
+    pub top_k: i32,
+    /// Tokens below `min_p` times the best token's probability are dropped; 0 disables it.
+    pub min_p: f32,
+    /// Seed of the random choice; `None` picks a fresh one per request.
+    pub seed: Option<u32>,
+    /// Subtracted once from the logit of every token already generated.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated.
+    pub frequency_penalty: f32,
+    /// Added to the logits of the given token ids.
+    pub logit_bias: Vec<(LlamaToken, f32)>,
+    /// A GBNF grammar (root rule `root`) the output must follow.
+    pub grammar: Option<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            grammar: None,
+        }
+    }
+}
+
+/// One generation to run.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// The prompt, already tokenized (with BOS where the model wants it).
+    pub prompt: Vec<LlamaToken>,
+    /// Most tokens to generate; `None` means until the slot's context is full.
+    pub max_tokens: Option<usize>,
+    /// Strings that end generation; they and what follows are not returned.
+    pub stop: Vec<String>,
+    pub sampling: SamplingParams,
+}
+
+/// Why a generation ended (the OpenAI `finish_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached, or the slot's context is full.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Token counts and timings of a finished generation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV entries were reused from the slot's earlier request.
+    pub cached_tokens: usize,
+    /// Sampled tokens, including those that formed a stop string; an end-of-generation
+    /// token is not counted.
+    pub completion_tokens: usize,
+    /// From admission to a slot until the first sampled token.
+    pub time_to_first_token: Duration,
+    /// Time spent waiting for a slot.
+    pub queued: Duration,
+}
+
+/// What the engine sends back for one request, in order: any number of `Text`, then
+/// exactly one `Done` or `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// Output text (complete UTF-8, stop-string candidates held back).
+    Text(String),
+    Done {
+        finish_reason: FinishReason,
+        usage: Usage,
+    },
+    /// The request could not be served; the message says why.
+    Failed(String),
+}
+
+/// Why a request was not accepted. Checked before it is queued, so the client gets a
+/// clear answer at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the prompt is empty: nothing to generate from")]
+    EmptyPrompt,
+    #[error(
+        "this model's context per request is {slot_context} tokens, but the prompt has \
+         {prompt_tokens} tokens and max_tokens asks for {max_tokens} more; shorten the prompt \
+         or lower max_tokens"
+    )]
+    ContextExceeded {
+        prompt_tokens: usize,
+        max_tokens: usize,
+        slot_context: usize,
+    },
+    #[error(
+        "this model's context per request is {slot_context} tokens, but the prompt has \
+         {prompt_tokens} tokens, which leaves no room to generate; shorten the prompt"
+    )]
+    PromptTooLong {
+        prompt_tokens: usize,
+        slot_context: usize,
+    },
+    #[error("token id {0} in logit_bias is not in the model's vocabulary")]
+    UnknownToken(i32),
+    #[error("the server is busy: all {slots} slots are in use and {queue} requests are waiting")]
+    QueueFull { slots: usize, queue: usize },
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// A request on its way to the engine thread with the channel its answer goes to.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub request: GenerationRequest,
+    pub events: mpsc::UnboundedSender<GenerationEvent>,
+    pub submitted: std::time::Instant,
+    /// One of the `slots + queue` places; dropped (freeing the place) when the request
+    /// ends, however it ends.
+    pub place: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// An embeddings request: texts in, one vector each out.
+#[derive(Debug)]
+pub(crate) struct EmbeddingJob {
+    pub inputs: Vec<Vec<LlamaToken>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+}
+
+/// Work for the engine thread.
+#[derive(Debug)]
+pub(crate) enum Work {
+    Generate(Job),
+    Embed(EmbeddingJob),
+}

@@ -1,0 +1,334 @@
+//! The node's Prometheus metrics: one `prometheus-client` registry holding every metric
+//! name (prefix `llamanet_`), rendered as text for `GET /metrics`.
+//!
+//! Request handlers count requests, tokens and latencies as they happen. Figures that
+//! belong to someone else (the engine's busy slots, queue and KV cache; the process and the
+//! machine through `sysinfo`) are read when Prometheus scrapes, so they are never stale and
+//! nothing polls in between. This module does not depend on the engine: the API layer
+//! passes an [`EngineGauges`] snapshot in.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+/// Labels of the request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route path, e.g. `/v1/chat/completions`.
+    pub endpoint: String,
+    /// HTTP status code.
+    pub status: String,
+}
+
+/// Labels of per-endpoint histograms.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+/// Engine figures at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EngineGauges {
+    pub slots_busy: i64,
+    pub slots_total: i64,
+    pub queue_depth: i64,
+    pub queue_capacity: i64,
+    pub kv_cache_cells_used: i64,
+    pub kv_cache_cells_total: i64,
+    pub tokens_per_second: f64,
+}
+
+/// Every metric of the node, registered once in [`Metrics::new`].
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub prompt_tokens: Counter,
+    pub cached_prompt_tokens: Counter,
+    pub generated_tokens: Counter,
+    pub time_to_first_token: Histogram,
+    pub request_duration: Family<EndpointLabels, Histogram>,
+    tokens_per_second: Gauge<f64, AtomicU64>,
+    slots_busy: Gauge,
+    slots_total: Gauge,
+    queue_depth: Gauge,
+    queue_capacity: Gauge,
+    kv_cache_cells_used: Gauge,
+    kv_cache_cells_total: Gauge,
+    pub model_load_seconds: Gauge<f64, AtomicU64>,
+    pub model_loaded: Gauge,
+    process_cpu_cores: Gauge<f64, AtomicU64>,
+    process_resident_memory: Gauge,
+    system_cpu_usage: Gauge<f64, AtomicU64>,
+    system_memory_used: Gauge,
+    system_memory_total: Gauge,
+    /// `None` where sysinfo cannot read this platform; the system gauges then stay 0.
+    system: Mutex<Option<System>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("llamanet");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests answered, by endpoint and status code",
+            requests.clone(),
+        );
+        let prompt_tokens = Counter::default();
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens of finished generations (cached ones included)",
+            prompt_tokens.clone(),
+        );
+        let cached_prompt_tokens = Counter::default();
+        registry.register(
+            "cached_prompt_tokens",
+            "Prompt tokens served from a slot's cached prefix instead of being evaluated",
+            cached_prompt_tokens.clone(),
+        );
+        let generated_tokens = Counter::default();
+        registry.register(
+            "generated_tokens",
+            "Tokens generated for clients",
+            generated_tokens.clone(),
+        );
+        let time_to_first_token = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register_with_unit(
+            "time_to_first_token",
+            "From receiving a generation request to its first token (queueing included)",
+            Unit::Seconds,
+            time_to_first_token.clone(),
+        );
+        let request_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 14))
+        });
+        registry.register_with_unit(
+            "request_duration",
+            "From receiving a request to its last byte, by endpoint",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let tokens_per_second = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "tokens_per_second",
+            "Generated tokens per second over the last few seconds, all slots together",
+            tokens_per_second.clone(),
+        );
+        let slots_busy = Gauge::default();
+        registry.register("slots_busy", "Slots serving a request", slots_busy.clone());
+        let slots_total = Gauge::default();
+        registry.register(
+            "slots_total",
+            "Slots (sequences decoded together)",
+            slots_total.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Requests waiting for a free slot",
+            queue_depth.clone(),
+        );
+        let queue_capacity = Gauge::default();
+        registry.register(
+            "queue_capacity",
+            "Requests that may wait before new ones are refused",
+            queue_capacity.clone(),
+        );
+        let kv_cache_cells_used = Gauge::default();
+        registry.register(
+            "kv_cache_cells_used",
+            "KV cache cells holding a token (cached prefixes included)",
+            kv_cache_cells_used.clone(),
+        );
+        let kv_cache_cells_total = Gauge::default();
+        registry.register(
+            "kv_cache_cells_total",
+            "KV cache cells over all slots",
+            kv_cache_cells_total.clone(),
+        );
+        let model_load_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "model_load",
+            "Time the model took to load",
+            Unit::Seconds,
+            model_load_seconds.clone(),
+        );
+        let model_loaded = Gauge::default();
+        registry.register(
+            "model_loaded",
+            "1 once the model is loaded and requests are served",
+            model_loaded.clone(),
+        );
+        let process_cpu_cores = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "process_cpu_cores",
+            "CPU cores this process kept busy since the previous scrape",
+            process_cpu_cores.clone(),
+        );
+        let process_resident_memory = Gauge::default();
+        registry.register_with_unit(
+            "process_resident_memory",
+            "Resident memory of this process",
+            Unit::Bytes,
+            process_resident_memory.clone(),
+        );
+        let system_cpu_usage = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "system_cpu_usage_ratio",
+            "Busy share of all CPUs of the machine since the previous scrape",
+            system_cpu_usage.clone(),
+        );
+        let system_memory_used = Gauge::default();
+        registry.register_with_unit(
+            "system_memory_used",
+            "Memory in use on the machine",
+            Unit::Bytes,
+            system_memory_used.clone(),
+        );
+        let system_memory_total = Gauge::default();
+        registry.register_with_unit(
+            "system_memory_total",
+            "Memory of the machine",
+            Unit::Bytes,
+            system_memory_total.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            prompt_tokens,
+            cached_prompt_tokens,
+            generated_tokens,
+            time_to_first_token,
+            request_duration,
+            tokens_per_second,
+            slots_busy,
+            slots_total,
+            queue_depth,
+            queue_capacity,
+            kv_cache_cells_used,
+            kv_cache_cells_total,
+            model_load_seconds,
+            model_loaded,
+            process_cpu_cores,
+            process_resident_memory,
+            system_cpu_usage,
+            system_memory_used,
+            system_memory_total,
+            system: Mutex::new(System::new().ok()),
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn count_request(&self, endpoint: &str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records the duration of one request to `endpoint`.
+    pub fn observe_duration(&self, endpoint: &str, seconds: f64) {
+        self.request_duration
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Refreshes the scrape-time figures and renders everything in the Prometheus text
+    /// format (OpenMetrics flavour, ending in `# EOF`).
+    pub fn render(&self, engine: Option<EngineGauges>) -> String {
+        if let Some(engine) = engine {
+            self.slots_busy.set(engine.slots_busy);
+            self.slots_total.set(engine.slots_total);
+            self.queue_depth.set(engine.queue_depth);
+            self.queue_capacity.set(engine.queue_capacity);
+            self.kv_cache_cells_used.set(engine.kv_cache_cells_used);
+            self.kv_cache_cells_total.set(engine.kv_cache_cells_total);
+            self.tokens_per_second.set(engine.tokens_per_second);
+        }
+        self.refresh_system();
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    fn refresh_system(&self) {
+        let Ok(mut guard) = self.system.lock() else {
+            return;
+        };
+        let Some(system) = guard.as_mut() else {
+            return;
+        };
+        system.refresh_cpu_usage();
+        system.refresh_memory();
+        self.system_cpu_usage
+            .set(f64::from(system.global_cpu_usage()) / 100.0);
+        self.system_memory_used
+            .set(i64::try_from(system.used_memory()).unwrap_or(i64::MAX));
+        self.system_memory_total
+            .set(i64::try_from(system.total_memory()).unwrap_or(i64::MAX));
+        let pid = Pid::from_u32(std::process::id());
+        system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[pid]),
+            true,
+            ProcessRefreshKind::nothing().with_cpu().with_memory(),
+        );
+        if let Some(process) = system.process(pid) {
+            self.process_cpu_cores
+                .set(f64::from(process.cpu_usage()) / 100.0);
+            self.process_resident_memory
+                .set(i64::try_from(process.memory()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_every_family_with_the_prefix() {
+        let metrics = Metrics::new();
+        metrics.count_request("/v1/completions", 200);
+        metrics.observe_duration("/v1/completions", 0.5);
+        metrics.generated_tokens.inc_by(7);
+        let text = metrics.render(Some(EngineGauges {
+            slots_busy: 1,
+            slots_total: 4,
+            ..EngineGauges::default()
+        }));
+        for name in [
+            "llamanet_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 1",
+            "llamanet_generated_tokens_total 7",
+            "llamanet_slots_busy 1",
+            "llamanet_slots_total 4",
+            "llamanet_time_to_first_token_seconds_bucket",
+            "llamanet_request_duration_seconds_count{endpoint=\"/v1/completions\"} 1",
+            "llamanet_system_memory_total_bytes",
+            "llamanet_process_resident_memory_bytes",
+            "llamanet_model_load_seconds",
+        ] {
+            assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

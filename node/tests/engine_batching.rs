@@ -1,0 +1,268 @@
+//! The continuous-batching engine on the real default model (Gemma 3 270M Q4_K_M): several
+//! requests at once all finish with the right counts, a seed reproduces its output, a
+//! dropped receiver frees its slot, prompt prefixes are reused, stop strings cut output,
+//! a JSON grammar holds, and oversized requests are refused before they are queued.
+//!
+//! One engine serves every check (loading per test would dominate the run time), so the
+//! checks run in sequence inside one test. Speed is printed, never asserted.
+
+#![cfg(feature = "engine")]
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use llamanet_node::engine::{
+    Engine, EngineSettings, FinishReason, GenerationEvent, GenerationRequest, SamplingParams,
+    SubmitError, Usage,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+fn model_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("LLAMANET_MODEL") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    PathBuf::from(home).join(".cache/llamanet/models/gemma-3-270m-q4_k_m.gguf")
+}
+
+struct Outcome {
+    text: String,
+    finish: FinishReason,
+    usage: Usage,
+}
+
+async fn collect(mut events: UnboundedReceiver<GenerationEvent>) -> Outcome {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("generation finishes in time")
+            .expect("engine answers");
+        match event {
+            GenerationEvent::Text(piece) => text.push_str(&piece),
+            GenerationEvent::Done {
+                finish_reason,
+                usage,
+            } => {
+                return Outcome {
+                    text,
+                    finish: finish_reason,
+                    usage,
+                };
+            }
+            GenerationEvent::Failed(message) => panic!("generation failed: {message}"),
+        }
+    }
+}
+
+fn request(
+    engine: &Engine,
+    prompt: &str,
+    max_tokens: usize,
+    sampling: SamplingParams,
+) -> GenerationRequest {
+    GenerationRequest {
+        prompt: engine.tokenize(prompt, true),
+        max_tokens: Some(max_tokens),
+        stop: Vec::new(),
+        sampling,
+    }
+}
+
+fn greedy() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        ..SamplingParams::default()
+    }
+}
+
+async fn wait_until_idle(engine: &Engine) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine
+        .load()
+        .busy_slots
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+    {
+        assert!(Instant::now() < deadline, "slots were not freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_batching_on_the_default_model() {
+    let path = model_path();
+    assert!(
+        path.is_file(),
+        "model file {} is missing; see engine_smoke.rs",
+        path.display()
+    );
+    let settings = EngineSettings {
+        parallel: NonZeroU32::new(4).unwrap(),
+        context_size: NonZeroU32::new(4096).unwrap(),
+        batch_size: NonZeroU32::new(256).unwrap(),
+        queue: 4,
+        ..EngineSettings::default()
+    };
+    let engine = Engine::start(&path, settings).await.expect("engine starts");
+    assert_eq!(engine.info().slots, 4);
+    assert_eq!(engine.info().slot_context, 1024);
+
+    // Greedy is deterministic: alone and batched with others, the same text.
+    let alone = collect(
+        engine
+            .submit(request(&engine, "The capital of France is", 24, greedy()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(alone.usage.completion_tokens, 24);
+    assert_eq!(alone.finish, FinishReason::Length);
+
+    // Six requests on four slots and a queue of four: all finish, counts are exact.
+    let started = Instant::now();
+    let prompts = [
+        "The capital of France is",
+        "Once upon a time",
+        "List three fruits:",
+        "The sun rises in the",
+        "Water boils at",
+        "My favourite colour is",
+    ];
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|prompt| {
+            engine
+                .submit(request(&engine, prompt, 32, greedy()))
+                .unwrap()
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for receiver in receivers {
+        outcomes.push(collect(receiver).await);
+    }
+    let elapsed = started.elapsed();
+    let generated: usize = outcomes.iter().map(|o| o.usage.completion_tokens).sum();
+    println!(
+        "6 requests on 4 slots: {generated} tokens in {:.2} s, {:.1} tokens/s aggregate",
+        elapsed.as_secs_f64(),
+        generated as f64 / elapsed.as_secs_f64()
+    );
+    for outcome in &outcomes {
+        assert!(outcome.usage.completion_tokens <= 32);
+        if outcome.finish == FinishReason::Length {
+            assert_eq!(outcome.usage.completion_tokens, 32);
+        }
+    }
+    assert!(
+        outcomes[0]
+            .text
+            .starts_with(&alone.text[..alone.text.len().min(20)]),
+        "batched greedy output differs: {:?} vs {:?}",
+        outcomes[0].text,
+        alone.text
+    );
+
+    // Prefix reuse: the same prompt again reuses all but its last token.
+    let again = collect(
+        engine
+            .submit(request(&engine, "The capital of France is", 4, greedy()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(again.usage.cached_tokens, again.usage.prompt_tokens - 1);
+
+    // A seed reproduces sampled output.
+    let seeded = || SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: Some(1234),
+        ..SamplingParams::default()
+    };
+    let first = collect(
+        engine
+            .submit(request(
+                &engine,
+                "Write a poem about the sea:",
+                24,
+                seeded(),
+            ))
+            .unwrap(),
+    )
+    .await;
+    let second = collect(
+        engine
+            .submit(request(
+                &engine,
+                "Write a poem about the sea:",
+                24,
+                seeded(),
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(first.text, second.text, "same seed, same text");
+
+    // Stop strings end the output and are not part of it.
+    let mut stopping = request(&engine, "Count: 1, 2, 3, 4, 5, 6,", 40, greedy());
+    stopping.stop = vec![" 9".into()];
+    let stopped = collect(engine.submit(stopping).unwrap()).await;
+    assert_eq!(
+        stopped.finish,
+        FinishReason::Stop,
+        "text: {:?}",
+        stopped.text
+    );
+    assert!(!stopped.text.contains(" 9"), "{:?}", stopped.text);
+
+    // A grammar forces JSON.
+    let grammar = llama_cpp_2::json_schema_to_grammar(
+        r#"{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},"required":["name","age"]}"#,
+    )
+    .unwrap();
+    let mut json_request = request(&engine, "A person as JSON:", 64, greedy());
+    json_request.sampling.grammar = Some(grammar);
+    let json = collect(engine.submit(json_request).unwrap()).await;
+    let value: serde_json::Value = serde_json::from_str(&json.text).expect("grammar gives JSON");
+    assert!(value["age"].is_i64(), "{value}");
+
+    // Cancellation: dropping the receiver frees the slot within a step or two.
+    let long = engine
+        .submit(request(&engine, "Tell me a long story:", 500, greedy()))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(long);
+    wait_until_idle(&engine).await;
+
+    // Requests that cannot fit are refused before queueing.
+    let too_long = request(&engine, "Hello", 2000, greedy());
+    assert!(matches!(
+        engine.submit(too_long),
+        Err(SubmitError::ContextExceeded { .. })
+    ));
+    let empty = GenerationRequest {
+        prompt: Vec::new(),
+        max_tokens: Some(1),
+        stop: Vec::new(),
+        sampling: greedy(),
+    };
+    assert_eq!(engine.submit(empty).unwrap_err(), SubmitError::EmptyPrompt);
+
+    // A full queue is refused at once: 4 slots busy + 4 waiting, the ninth is turned away.
+    let mut held = Vec::new();
+    let mut refused = false;
+    for _ in 0..12 {
+        match engine.submit(request(&engine, "Tell me a long story:", 200, greedy())) {
+            Ok(receiver) => held.push(receiver),
+            Err(SubmitError::QueueFull { .. }) => {
+                refused = true;
+                break;
+            }
+            Err(other) => panic!("unexpected refusal: {other}"),
+        }
+    }
+    assert!(refused, "the queue never filled");
+    drop(held);
+    wait_until_idle(&engine).await;
+}

@@ -1,0 +1,108 @@
+//! Forwarding counters, as plain atomics: the router bumps them on the request path without
+//! locks, and the Prometheus registry (`crate::metrics`) reads them at scrape time. The
+//! outcome names double as metric label values.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How one forwarded request ended, as seen before its body streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForwardOutcome {
+    /// The first peer tried answered.
+    Ok,
+    /// A later peer answered after at least one failover.
+    Failover,
+    /// No peer answered.
+    Failed,
+}
+
+impl ForwardOutcome {
+    pub const ALL: [ForwardOutcome; 3] = [
+        ForwardOutcome::Ok,
+        ForwardOutcome::Failover,
+        ForwardOutcome::Failed,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardOutcome::Ok => "ok",
+            ForwardOutcome::Failover => "failover",
+            ForwardOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Counters of the router. Shared as `Arc<RouteMetrics>`.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    forwards: [AtomicU64; 3],
+    /// Individual failovers: one per peer given up on before the first byte.
+    failovers: AtomicU64,
+    /// Streams that broke after the first byte (ended with an error event).
+    broken_streams: AtomicU64,
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteMetricsSnapshot {
+    pub forwards_ok: u64,
+    pub forwards_failover: u64,
+    pub forwards_failed: u64,
+    pub failovers: u64,
+    pub broken_streams: u64,
+}
+
+impl RouteMetrics {
+    pub fn record(&self, outcome: ForwardOutcome) {
+        self.forwards[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_failover(&self) {
+        self.failovers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_broken_stream(&self) {
+        self.broken_streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Forwards that ended with `outcome`.
+    pub fn forwards(&self, outcome: ForwardOutcome) -> u64 {
+        self.forwards[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> RouteMetricsSnapshot {
+        RouteMetricsSnapshot {
+            forwards_ok: self.forwards(ForwardOutcome::Ok),
+            forwards_failover: self.forwards(ForwardOutcome::Failover),
+            forwards_failed: self.forwards(ForwardOutcome::Failed),
+            failovers: self.failovers.load(Ordering::Relaxed),
+            broken_streams: self.broken_streams.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_count_separately() {
+        let metrics = RouteMetrics::default();
+        metrics.record(ForwardOutcome::Ok);
+        metrics.record(ForwardOutcome::Ok);
+        metrics.record(ForwardOutcome::Failed);
+        metrics.record_failover();
+        let snap = metrics.snapshot();
+        assert_eq!(
+            (
+                snap.forwards_ok,
+                snap.forwards_failover,
+                snap.forwards_failed
+            ),
+            (2, 0, 1)
+        );
+        assert_eq!(snap.failovers, 1);
+        let labels: Vec<&str> = ForwardOutcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(labels, ["ok", "failover", "failed"]);
+    }
+}

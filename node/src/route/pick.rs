@@ -1,0 +1,558 @@
+//! Choosing where a request runs: here, or on which peer, and in which order to try peers
+//! if the first fails. Pure: the peer table comes in through [`PeerSource`], randomness
+//! through an `Rng`, so every decision is reproducible in tests.
+//!
+//! The rules, in order:
+//! 1. Candidates are live, healthy peers that serve the model and announce an endpoint,
+//!    this node excluded.
+//! 2. The preferred candidate is the less loaded of two picked at random (power of two
+//!    choices: close to always taking the least loaded, without every router stampeding the
+//!    same idle peer between two heartbeats). With prompt-prefix affinity, the peer that
+//!    rendezvous hashing assigns to the prefix is preferred instead while its load is not
+//!    clearly worse, so repeated prefixes meet a warm KV cache.
+//! 3. A node that serves the model itself forwards only when that candidate is clearly less
+//!    loaded, or when it is saturated and the candidate is less loaded: a hop costs a
+//!    connection and a copy, so near-ties stay local.
+//!
+//! Load is `(slots_busy + queue_depth) / slots_total` as the heartbeats report it.
+
+use libp2p::PeerId;
+use rand::Rng;
+
+use crate::swarm::{Heartbeat, SwarmHandle};
+
+/// Where peers and their load come from: the swarm's peer table in a node, a fixed list in
+/// tests.
+pub trait PeerSource: Send + Sync {
+    /// Latest heartbeats of live, healthy peers serving `model` (any order).
+    fn peers_serving(&self, model: &str) -> Vec<Heartbeat>;
+    /// Every model served in the swarm, sorted.
+    fn models(&self) -> Vec<String>;
+}
+
+impl PeerSource for SwarmHandle {
+    fn peers_serving(&self, model: &str) -> Vec<Heartbeat> {
+        SwarmHandle::peers_serving(self, model)
+    }
+
+    fn models(&self) -> Vec<String> {
+        SwarmHandle::models(self).into_keys().collect()
+    }
+}
+
+/// A fixed set of heartbeats (tests, benchmarks). Unhealthy ones are skipped, as the peer
+/// table skips them.
+impl PeerSource for Vec<Heartbeat> {
+    fn peers_serving(&self, model: &str) -> Vec<Heartbeat> {
+        self.iter()
+            .filter(|h| h.status.healthy && h.status.serves(model))
+            .cloned()
+            .collect()
+    }
+
+    fn models(&self) -> Vec<String> {
+        let mut models: Vec<String> = self
+            .iter()
+            .filter(|h| h.status.healthy)
+            .flat_map(|h| h.status.models.iter().map(|m| m.id.clone()))
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+    }
+}
+
+/// The knobs of [`pick`]. `Default` is what a node uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PickPolicy {
+    /// A peer is "clearly less loaded" when our load exceeds its load by at least this much.
+    pub clearly_less: f64,
+    /// At or above this load we count as saturated (every slot busy): then any less loaded
+    /// peer is worth a hop.
+    pub saturated: f64,
+    /// The affine peer is kept unless its load exceeds the best random choice's by this
+    /// much.
+    pub affinity_slack: f64,
+    /// Characters of the prompt that make the affinity key; 0 turns affinity off.
+    pub affinity_chars: usize,
+    /// Peers tried per request: the chosen one plus failovers.
+    pub max_attempts: usize,
+}
+
+impl Default for PickPolicy {
+    fn default() -> Self {
+        PickPolicy {
+            clearly_less: 0.5,
+            saturated: 1.0,
+            affinity_slack: 0.5,
+            // About a system prompt's worth: long enough to tell conversations apart, short
+            // enough that requests sharing a system prompt land together.
+            affinity_chars: 512,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// What is being routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteRequest<'a> {
+    pub model: &'a str,
+    /// Hash of the prompt prefix ([`affinity_of`]); `None` for no affinity.
+    pub affinity: Option<u64>,
+}
+
+/// This node's side of a decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LocalState {
+    pub peer_id: PeerId,
+    /// Whether this node serves the model (loaded and healthy).
+    pub serves: bool,
+    /// This node's load, same formula as the heartbeats'.
+    pub load: f64,
+}
+
+/// A peer to send to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub peer_id: PeerId,
+    /// Base URL of its OpenAI API, e.g. `http://10.0.0.7:8080`.
+    pub endpoint: String,
+    pub load: f64,
+}
+
+impl Target {
+    fn from_heartbeat(heartbeat: &Heartbeat) -> Option<Self> {
+        Some(Target {
+            peer_id: heartbeat.peer_id,
+            endpoint: heartbeat.status.endpoints.first()?.clone(),
+            load: heartbeat.status.load(),
+        })
+    }
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// Serve here.
+    Local,
+    /// Forward: try these in order (the chosen peer, then failover candidates).
+    Forward(Vec<Target>),
+    /// Nobody, this node included, serves the model.
+    NotServed,
+}
+
+/// Decides where a request for `request.model` runs (see the module docs for the rules).
+pub fn pick(
+    peers: &dyn PeerSource,
+    local: &LocalState,
+    request: &RouteRequest<'_>,
+    policy: &PickPolicy,
+    rng: &mut impl Rng,
+) -> Route {
+    let mut candidates: Vec<Target> = peers
+        .peers_serving(request.model)
+        .iter()
+        .filter(|h| h.peer_id != local.peer_id)
+        .filter_map(Target::from_heartbeat)
+        .collect();
+    // Least loaded first (ties by peer id) so failover order does not depend on the source.
+    candidates.sort_by(|a, b| {
+        a.load
+            .total_cmp(&b.load)
+            .then_with(|| a.peer_id.cmp(&b.peer_id))
+    });
+    if candidates.is_empty() {
+        return if local.serves {
+            Route::Local
+        } else {
+            Route::NotServed
+        };
+    }
+
+    let chosen = choose(&candidates, request.affinity, policy, rng);
+    if local.serves {
+        let peer_load = candidates[chosen].load;
+        let clearly_less = local.load - peer_load >= policy.clearly_less;
+        let saturated = local.load >= policy.saturated && peer_load < local.load;
+        if !(clearly_less || saturated) {
+            return Route::Local;
+        }
+    }
+    let first = candidates.remove(chosen);
+    let mut targets = vec![first];
+    targets.extend(candidates);
+    targets.truncate(policy.max_attempts.max(1));
+    Route::Forward(targets)
+}
+
+/// Index of the preferred candidate among `candidates` (non-empty, sorted by load).
+fn choose(
+    candidates: &[Target],
+    affinity: Option<u64>,
+    policy: &PickPolicy,
+    rng: &mut impl Rng,
+) -> usize {
+    let n = candidates.len();
+    let random = if n == 1 {
+        0
+    } else {
+        let a = rng.gen_range(0..n);
+        // A second, different index: draw from n-1 and skip over `a`.
+        let b = (a + 1 + rng.gen_range(0..n - 1)) % n;
+        if candidates[b].load < candidates[a].load {
+            b
+        } else {
+            a
+        }
+    };
+    let Some(key) = affinity.filter(|_| policy.affinity_chars > 0) else {
+        return random;
+    };
+    let affine = candidates
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, c)| rendezvous_score(key, &c.peer_id))
+        .map(|(i, _)| i)
+        .expect("candidates is not empty");
+    if candidates[affine].load - candidates[random].load < policy.affinity_slack {
+        affine
+    } else {
+        random
+    }
+}
+
+/// Rendezvous (highest random weight) hashing: every router ranks peers for a key the same
+/// way, and removing a peer moves only the keys it owned.
+fn rendezvous_score(key: u64, peer: &PeerId) -> u64 {
+    mix(key ^ fnv1a(&peer.to_bytes()))
+}
+
+/// The affinity key of a request body: a hash of the first `chars` characters of its
+/// prompt (`prompt` of a completion, or the roles and text of a chat's `messages`). `None`
+/// when affinity is off (`chars == 0`) or the body has no prompt.
+pub fn affinity_of(body: &[u8], chars: usize) -> Option<u64> {
+    if chars == 0 {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut prefix = String::new();
+    if let Some(messages) = value.get("messages").and_then(|m| m.as_array()) {
+        for message in messages {
+            if prefix.chars().count() >= chars {
+                break;
+            }
+            if let Some(role) = message.get("role").and_then(|r| r.as_str()) {
+                prefix.push_str(role);
+                prefix.push('\n');
+            }
+            push_text(&mut prefix, message.get("content"));
+            prefix.push('\n');
+        }
+    } else {
+        push_text(&mut prefix, value.get("prompt"));
+    }
+    if prefix.is_empty() {
+        return None;
+    }
+    let cut = prefix
+        .char_indices()
+        .nth(chars)
+        .map_or(prefix.len(), |(i, _)| i);
+    Some(fnv1a(&prefix.as_bytes()[..cut]))
+}
+
+/// Appends the text of an OpenAI content value: a string, an array of strings (a batch
+/// prompt: the first counts) or of `{"type":"text","text":...}` parts.
+fn push_text(out: &mut String, content: Option<&serde_json::Value>) {
+    match content {
+        Some(serde_json::Value::String(text)) => out.push_str(text),
+        Some(serde_json::Value::Array(parts)) => {
+            for part in parts {
+                if let Some(text) = part.as_str() {
+                    out.push_str(text);
+                    return;
+                }
+                if let Some(text) = part.get("text").and_then(|t| t.as_str()) {
+                    out.push_str(text);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// FNV-1a, 64 bit: stable across builds and machines (std's hasher promises neither), so
+/// every router in a mixed-version swarm maps a prefix to the same peer.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// splitmix64's finalizer: spreads FNV's weak low bits before comparing scores.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+    use crate::swarm::{ModelInfo, NodeStatus};
+
+    const MODEL: &str = "qwen2.5-0.5b";
+
+    fn peer(busy: u32, queue: u32) -> Heartbeat {
+        let peer_id = PeerId::random();
+        Heartbeat {
+            peer_id,
+            seq: 1,
+            started_at_ms: 0,
+            timestamp_ms: 0,
+            interval_ms: 2000,
+            uptime_s: 0,
+            status: NodeStatus {
+                endpoints: vec![format!("http://{peer_id}")],
+                models: vec![ModelInfo {
+                    id: MODEL.into(),
+                    context_size: 4096,
+                    quantization: String::new(),
+                }],
+                slots_busy: busy,
+                slots_total: 4,
+                queue_depth: queue,
+                healthy: true,
+                ..NodeStatus::default()
+            },
+        }
+    }
+
+    fn router_only() -> LocalState {
+        LocalState {
+            peer_id: PeerId::random(),
+            serves: false,
+            load: f64::INFINITY,
+        }
+    }
+
+    fn serving(load: f64) -> LocalState {
+        LocalState {
+            serves: true,
+            load,
+            ..router_only()
+        }
+    }
+
+    fn ask(affinity: Option<u64>) -> RouteRequest<'static> {
+        RouteRequest {
+            model: MODEL,
+            affinity,
+        }
+    }
+
+    fn forwarded_to(route: Route) -> Vec<PeerId> {
+        match route {
+            Route::Forward(targets) => targets.into_iter().map(|t| t.peer_id).collect(),
+            other => panic!("expected a forward, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nobody_serving_is_not_served_unless_we_do() {
+        let peers: Vec<Heartbeat> = Vec::new();
+        let mut rng = StdRng::seed_from_u64(1);
+        let policy = PickPolicy::default();
+        assert_eq!(
+            pick(&peers, &router_only(), &ask(None), &policy, &mut rng),
+            Route::NotServed
+        );
+        assert_eq!(
+            pick(&peers, &serving(3.0), &ask(None), &policy, &mut rng),
+            Route::Local
+        );
+    }
+
+    #[test]
+    fn self_unhealthy_and_endpointless_peers_are_never_candidates() {
+        let local = serving(2.0);
+        let mut me = peer(0, 0);
+        me.peer_id = local.peer_id;
+        let mut sick = peer(0, 0);
+        sick.status.healthy = false;
+        let mut silent = peer(0, 0);
+        silent.status.endpoints.clear();
+        let peers = vec![me, sick, silent];
+        let mut rng = StdRng::seed_from_u64(2);
+        let route = pick(&peers, &local, &ask(None), &PickPolicy::default(), &mut rng);
+        assert_eq!(route, Route::Local);
+    }
+
+    #[test]
+    fn power_of_two_never_picks_the_busiest_and_favours_the_idle() {
+        let peers = vec![peer(0, 0), peer(2, 0), peer(4, 0), peer(4, 4)];
+        let names: HashMap<PeerId, &str> = peers
+            .iter()
+            .map(|h| h.peer_id)
+            .zip(["idle", "half", "busy", "full"])
+            .collect();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut counts: HashMap<&str, u32> = HashMap::new();
+        for _ in 0..1000 {
+            let route = pick(
+                &peers,
+                &router_only(),
+                &ask(None),
+                &PickPolicy::default(),
+                &mut rng,
+            );
+            *counts.entry(names[&forwarded_to(route)[0]]).or_default() += 1;
+        }
+        assert_eq!(counts.get("full"), None, "{counts:?}");
+        assert!(counts["idle"] > 400, "{counts:?}");
+        assert!(counts["idle"] > counts["half"] && counts["half"] > counts["busy"]);
+    }
+
+    #[test]
+    fn failover_order_is_chosen_then_least_loaded_capped_at_three() {
+        let peers = vec![peer(3, 0), peer(0, 0), peer(1, 0), peer(2, 0), peer(4, 0)];
+        let by_load: Vec<PeerId> = [1, 2, 3, 0, 4].iter().map(|&i| peers[i].peer_id).collect();
+        let mut rng = StdRng::seed_from_u64(3);
+        let targets = forwarded_to(pick(
+            &peers,
+            &router_only(),
+            &ask(None),
+            &PickPolicy::default(),
+            &mut rng,
+        ));
+        assert_eq!(targets.len(), 3);
+        let rest: Vec<PeerId> = by_load
+            .iter()
+            .copied()
+            .filter(|p| *p != targets[0])
+            .take(2)
+            .collect();
+        assert_eq!(targets[1..], rest[..]);
+    }
+
+    #[test]
+    fn a_serving_node_forwards_only_to_a_clearly_less_loaded_peer() {
+        let policy = PickPolicy::default();
+        let mut rng = StdRng::seed_from_u64(4);
+        // One peer at 0.25: we at 0.5 keep it, at 0.75 forward.
+        let peers = vec![peer(1, 0)];
+        assert_eq!(
+            pick(&peers, &serving(0.5), &ask(None), &policy, &mut rng),
+            Route::Local
+        );
+        assert_eq!(
+            forwarded_to(pick(&peers, &serving(0.75), &ask(None), &policy, &mut rng)),
+            vec![peers[0].peer_id]
+        );
+    }
+
+    #[test]
+    fn a_saturated_node_forwards_to_any_less_loaded_peer() {
+        let policy = PickPolicy::default();
+        let mut rng = StdRng::seed_from_u64(5);
+        let peers = vec![peer(4, 0)];
+        // Peer at 1.0: not less loaded than our 1.0; at 1.25 (queue) we hand it over.
+        assert_eq!(
+            pick(&peers, &serving(1.0), &ask(None), &policy, &mut rng),
+            Route::Local
+        );
+        assert_eq!(
+            forwarded_to(pick(&peers, &serving(1.25), &ask(None), &policy, &mut rng)).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn same_prefix_goes_to_the_same_peer_while_it_is_not_clearly_busier() {
+        let peers: Vec<Heartbeat> = (0..5).map(|_| peer(1, 0)).collect();
+        let key = affinity_of(br#"{"prompt":"You are a helpful assistant. Hi"}"#, 512);
+        let policy = PickPolicy::default();
+        let mut rng = StdRng::seed_from_u64(6);
+        let first = forwarded_to(pick(&peers, &router_only(), &ask(key), &policy, &mut rng))[0];
+        for _ in 0..50 {
+            let again = forwarded_to(pick(&peers, &router_only(), &ask(key), &policy, &mut rng));
+            assert_eq!(again[0], first);
+        }
+        // The affine peer fills up: now clearly busier than the others, affinity yields.
+        let peers: Vec<Heartbeat> = peers
+            .into_iter()
+            .map(|mut h| {
+                if h.peer_id == first {
+                    h.status.slots_busy = 4;
+                }
+                h
+            })
+            .collect();
+        for _ in 0..50 {
+            let route = pick(&peers, &router_only(), &ask(key), &policy, &mut rng);
+            assert_ne!(forwarded_to(route)[0], first);
+        }
+    }
+
+    #[test]
+    fn different_prefixes_spread_over_peers() {
+        let peers: Vec<Heartbeat> = (0..4).map(|_| peer(0, 0)).collect();
+        let mut rng = StdRng::seed_from_u64(8);
+        let mut owners = std::collections::HashSet::new();
+        for i in 0..64 {
+            let body = format!(r#"{{"prompt":"conversation {i}"}}"#);
+            let key = affinity_of(body.as_bytes(), 512);
+            let route = pick(
+                &peers,
+                &router_only(),
+                &ask(key),
+                &PickPolicy::default(),
+                &mut rng,
+            );
+            owners.insert(forwarded_to(route)[0]);
+        }
+        assert_eq!(owners.len(), 4);
+    }
+
+    #[test]
+    fn affinity_key_reads_chat_messages_and_prompts_up_to_the_prefix() {
+        let chat = |user: &str| {
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"system","content":"Be brief."}},{{"role":"user","content":[{{"type":"text","text":"{user}"}}]}}]}}"#
+            )
+        };
+        let a = affinity_of(chat("hello").as_bytes(), 512);
+        assert!(a.is_some());
+        assert_eq!(a, affinity_of(chat("hello").as_bytes(), 512));
+        assert_ne!(a, affinity_of(chat("goodbye").as_bytes(), 512));
+        // Only the first 10 characters count: "system\nBe " is all the same.
+        assert_eq!(
+            affinity_of(chat("hello").as_bytes(), 10),
+            affinity_of(chat("goodbye").as_bytes(), 10)
+        );
+        assert_eq!(
+            affinity_of(br#"{"prompt":["abc","zzz"]}"#, 512),
+            affinity_of(br#"{"prompt":"abc"}"#, 512)
+        );
+        assert_eq!(affinity_of(br#"{"prompt":"abc"}"#, 0), None);
+        assert_eq!(affinity_of(br#"{"input":"abc"}"#, 512), None);
+        assert_eq!(affinity_of(b"not json", 512), None);
+    }
+
+    #[test]
+    fn the_heartbeat_list_source_lists_healthy_models_once() {
+        let mut other = peer(0, 0);
+        other.status.models[0].id = "llama-3.2-1b".into();
+        let mut sick = peer(0, 0);
+        sick.status.healthy = false;
+        sick.status.models[0].id = "only-sick".into();
+        let peers = vec![peer(0, 0), peer(1, 0), other, sick];
+        assert_eq!(peers.models(), vec!["llama-3.2-1b", MODEL]);
+        assert_eq!(PeerSource::peers_serving(&peers, MODEL).len(), 2);
+    }
+}

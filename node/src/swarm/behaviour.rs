@@ -1,0 +1,239 @@
+//! The libp2p parts of a node and how they are put together: the transport (TCP or, for
+//! in-process simulations, memory; optionally behind a pre-shared key; then Noise and Yamux;
+//! DNS on top) and one `NetworkBehaviour` combining Kademlia, identify, ping and gossipsub.
+//!
+//! Only construction lives here. What happens with the events is `event_loop.rs`.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, MemoryTransport};
+use libp2p::core::upgrade::Version;
+use libp2p::futures::{AsyncRead, AsyncWrite};
+use libp2p::identity::Keypair;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    PeerId, StreamProtocol, Swarm, Transport, gossipsub, identify, kad, noise, ping, tcp, yamux,
+};
+
+use super::SwarmConfig;
+
+/// The Kademlia protocol name. Our own, not `/ipfs/kad/1.0.0`, so a LlamaNet DHT never
+/// merges with the IPFS one (or any other) through a misconfigured bootstrap address.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/llamanet/kad/1.0.0");
+
+/// Identify's protocol version string; peers announcing another one are still talked to
+/// (identify does not filter), it is informational.
+pub const PROTOCOL_VERSION: &str = "/llamanet/1.0.0";
+
+/// The gossipsub topic heartbeats travel on.
+pub const HEARTBEAT_TOPIC: &str = "/llamanet/heartbeat/1";
+
+/// Providers kept per key by our DHT stores. Model keys are sharded (see `providers.rs`) so
+/// the default of 20 would already do for most swarms; a larger cap gives headroom for
+/// uneven shards. Kept well under what fits one Kademlia response (16 KiB default packet).
+const MAX_PROVIDERS_PER_KEY: usize = 64;
+
+/// Everything the swarm speaks.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub kad: kad::Behaviour<MemoryStore>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub gossipsub: gossipsub::Behaviour,
+}
+
+impl Behaviour {
+    fn new(key: &Keypair, config: &SwarmConfig) -> io::Result<Self> {
+        let peer_id = key.public().to_peer_id();
+
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config
+            .set_query_timeout(config.query_timeout)
+            // Liveness comes from heartbeats; provider records only help a newcomer find
+            // candidates before gossip arrives, so they may be short-lived.
+            .set_provider_record_ttl(Some(config.provider_ttl))
+            .set_provider_publication_interval(Some(config.provider_ttl / 2));
+        let store = MemoryStore::with_config(
+            peer_id,
+            MemoryStoreConfig {
+                max_providers_per_key: MAX_PROVIDERS_PER_KEY,
+                ..MemoryStoreConfig::default()
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+        // Server mode unconditionally: nodes in pods have no "confirmed external address" for
+        // libp2p to switch on automatically, yet they must answer DHT queries. Light peers
+        // (tools, the operator) stay clients so they never appear in anyone's routing table.
+        kad.set_mode(Some(if config.dht_server {
+            kad::Mode::Server
+        } else {
+            kad::Mode::Client
+        }));
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
+                .with_agent_version(format!("llamanet/{}", env!("CARGO_PKG_VERSION")))
+                .with_push_listen_addr_updates(true),
+        );
+
+        let gossipsub_config = gossipsub::ConfigBuilder::default()
+            // Strict: every message signed by its source and carrying a sequence number, so
+            // the transport-level author is known and can be compared with the heartbeat's.
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            // Messages wait for our verdict before being forwarded: a forged heartbeat stops
+            // at the first honest peer instead of flooding the swarm.
+            .validate_messages()
+            .heartbeat_interval(config.gossip_heartbeat)
+            // Publish to the mesh only, not to every subscribed peer we are connected to:
+            // every copy a peer receives costs it a signature check before deduplication,
+            // and with hundreds of nodes flooding made that the swarm's dominant CPU cost.
+            .flood_publish(false)
+            .max_transmit_size(64 * 1024)
+            .build()
+            .map_err(|err| io::Error::other(format!("gossipsub config: {err}")))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossipsub_config,
+        )
+        .map_err(|err| io::Error::other(format!("gossipsub: {err}")))?;
+
+        Ok(Behaviour {
+            kad,
+            identify,
+            ping: ping::Behaviour::new(ping::Config::new()),
+            gossipsub,
+        })
+    }
+}
+
+/// Which wire the swarm uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// TCP (with DNS resolution of `/dns*` addresses): what nodes use.
+    #[default]
+    Tcp,
+    /// libp2p's in-process memory transport (`/memory/<n>` addresses), for simulations of
+    /// many peers in one process without sockets.
+    Memory,
+}
+
+/// Reads a pre-shared key file in the standard `/key/swarm/psk/1.0.0/` format (the one
+/// IPFS private networks use: three lines, the last 64 hex digits).
+pub fn load_psk(path: &Path) -> io::Result<PreSharedKey> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        io::Error::new(
+            err.kind(),
+            format!("cannot read swarm key {}: {err}", path.display()),
+        )
+    })?;
+    text.parse().map_err(|err| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "swarm key {} is not a /key/swarm/psk/1.0.0/ file: {err}",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// Builds the swarm: transport, behaviour, connection settings.
+pub(crate) fn build(key: &Keypair, config: &SwarmConfig) -> io::Result<Swarm<Behaviour>> {
+    let transport = match config.transport {
+        TransportKind::Tcp => secure(
+            tcp::tokio::Transport::new(tcp::Config::new().nodelay(true)),
+            key,
+            config,
+        ),
+        TransportKind::Memory => secure(MemoryTransport::default(), key, config),
+    }?;
+    let behaviour = Behaviour::new(key, config)?;
+    let idle = config.idle_connection_timeout;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_other_transport(|_| transport)
+        .map_err(|err| io::Error::other(err.to_string()))?
+        .with_dns()?
+        .with_behaviour(|_| behaviour)
+        .map_err(|err| io::Error::other(err.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
+    Ok(swarm)
+}
+
+/// Adds the optional pre-shared-key layer, then Noise and Yamux, to a raw transport.
+fn secure<T>(
+    base: T,
+    key: &Keypair,
+    config: &SwarmConfig,
+) -> io::Result<Boxed<(PeerId, StreamMuxerBox)>>
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    let timeout = config.handshake_timeout;
+    match config.psk {
+        // The pnet handshake runs before anything else on the socket: a peer without the key
+        // fails there, before Noise, so outsiders learn nothing and cannot even identify us.
+        Some(psk) => authenticate(
+            base.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket)),
+            key,
+            timeout,
+        ),
+        None => authenticate(base, key, timeout),
+    }
+}
+
+fn authenticate<T>(
+    base: T,
+    key: &Keypair,
+    timeout: Duration,
+) -> io::Result<Boxed<(PeerId, StreamMuxerBox)>>
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    let noise = noise::Config::new(key).map_err(|err| io::Error::other(err.to_string()))?;
+    Ok(base
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(timeout)
+        .boxed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psk_file_in_the_standard_format_loads_and_garbage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("swarm.key");
+        std::fs::write(
+            &good,
+            format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", "ab".repeat(32)),
+        )
+        .unwrap();
+        let psk = load_psk(&good).unwrap();
+        assert_eq!(psk.to_key_file().lines().last().unwrap(), "ab".repeat(32));
+
+        let bad = dir.path().join("bad.key");
+        std::fs::write(&bad, "hello").unwrap();
+        let err = load_psk(&bad).unwrap_err();
+        assert!(err.to_string().contains("bad.key"), "{err}");
+        let missing = load_psk(&dir.path().join("missing")).unwrap_err();
+        assert!(missing.to_string().contains("missing"), "{missing}");
+    }
+}

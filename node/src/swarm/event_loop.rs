@@ -1,0 +1,700 @@
+//! The one task that owns the libp2p `Swarm`.
+//!
+//! It reacts to four things: network events (connections, identify, gossip, DHT query
+//! progress), commands from [`SwarmHandle`](super::SwarmHandle)s, its own timers (publish a
+//! heartbeat, sweep the peer table, retry bootstrap dials) and changes of the node status.
+//! Nothing else touches the swarm, so none of this needs locks beyond the peer table, which
+//! readers share.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use super::behaviour::{self, Behaviour, BehaviourEvent, HEARTBEAT_TOPIC, KAD_PROTOCOL};
+use super::bootstrap::BootstrapTarget;
+use super::heartbeat::{self, Heartbeat, NodeStatus, RejectReason, SignedHeartbeat, unix_ms};
+use super::metrics::SwarmMetrics;
+use super::peer_table::{SharedPeerTable, Update};
+use super::{Command, PeerEvent, SwarmConfig, SwarmError, providers, write};
+
+/// The channels and shared state the loop works with.
+pub(crate) struct Channels {
+    pub commands: mpsc::Receiver<Command>,
+    pub status: watch::Receiver<NodeStatus>,
+    pub events: broadcast::Sender<PeerEvent>,
+    pub table: SharedPeerTable,
+    pub metrics: Arc<SwarmMetrics>,
+    pub listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
+}
+
+/// A provider lookup over all shards of one model.
+struct ProviderLookup {
+    /// Shard queries not finished yet.
+    pending: usize,
+    found: HashSet<PeerId>,
+    reply: oneshot::Sender<Vec<PeerId>>,
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    key: Keypair,
+    config: SwarmConfig,
+    channels: Channels,
+    topic: gossipsub::IdentTopic,
+    /// This run's heartbeat counter and start, stamped into every heartbeat.
+    seq: u64,
+    started: Instant,
+    started_at_ms: u64,
+    last_published: Option<Instant>,
+    bootstrap: Vec<BootstrapTarget>,
+    /// Bootstrap dials in flight, by connection, to the target index.
+    bootstrap_dials: HashMap<ConnectionId, usize>,
+    /// Provider keys this node announces, by model.
+    provided: HashMap<String, kad::RecordKey>,
+    lookups: HashMap<u64, ProviderLookup>,
+    lookup_queries: HashMap<QueryId, u64>,
+    next_lookup: u64,
+    /// Whether the DHT routing table has had anyone in it yet.
+    reached_dht: bool,
+}
+
+impl EventLoop {
+    pub fn new(key: Keypair, config: SwarmConfig, channels: Channels) -> Result<Self, SwarmError> {
+        let mut swarm = behaviour::build(&key, &config)?;
+        let topic = gossipsub::IdentTopic::new(HEARTBEAT_TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|err| SwarmError::Publish(err.to_string()))?;
+        let now = Instant::now();
+        let bootstrap = config
+            .bootstrap
+            .iter()
+            .map(|addr| BootstrapTarget::new(addr.clone(), now))
+            .collect();
+        Ok(EventLoop {
+            swarm,
+            key,
+            config,
+            channels,
+            topic,
+            seq: 0,
+            started: now,
+            started_at_ms: unix_ms(SystemTime::now()),
+            last_published: None,
+            bootstrap,
+            bootstrap_dials: HashMap::new(),
+            provided: HashMap::new(),
+            lookups: HashMap::new(),
+            lookup_queries: HashMap::new(),
+            next_lookup: 0,
+            reached_dht: false,
+        })
+    }
+
+    /// Starts every listener and waits until each has an address (bounded), so callers get
+    /// real ports from `listen_addrs` as soon as `start` returns.
+    pub async fn listen(&mut self) -> Result<(), SwarmError> {
+        let mut waiting = HashSet::new();
+        for addr in self.config.listen.clone() {
+            let id = self
+                .swarm
+                .listen_on(addr.clone())
+                .map_err(|err| SwarmError::Listen {
+                    addr: addr.clone(),
+                    reason: err.to_string(),
+                })?;
+            waiting.insert(id);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !waiting.is_empty() {
+            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+                .await
+                .map_err(|_| SwarmError::Timeout(Duration::from_secs(10)))?;
+            match event {
+                SwarmEvent::NewListenAddr { listener_id, .. } => {
+                    waiting.remove(&listener_id);
+                    self.on_swarm_event(event);
+                }
+                SwarmEvent::ListenerClosed {
+                    addresses, reason, ..
+                } => {
+                    return Err(SwarmError::Listen {
+                        addr: addresses.first().cloned().unwrap_or_else(Multiaddr::empty),
+                        reason: format!("{reason:?}"),
+                    });
+                }
+                other => self.on_swarm_event(other),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn run(mut self) {
+        info!(
+            peer_id = %self.swarm.local_peer_id(),
+            listen = ?self.channels.listen_addrs.read().map(|a| a.clone()).unwrap_or_default(),
+            bootstrap = ?self.config.bootstrap,
+            private = self.config.psk.is_some(),
+            "swarm started"
+        );
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Sweeps often relative to the interval so a dead peer leaves the table close to its
+        // deadline; queries hide expired entries anyway, this is for the events and gauges.
+        let sweep_every = (self.config.heartbeat_interval / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut maintenance = tokio::time::interval(sweep_every);
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.announce_models();
+        self.dial_due_bootstrap();
+
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.channels.commands.recv() => match command {
+                    Some(Command::Shutdown(done)) => {
+                        self.leave();
+                        let _ = done.send(());
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                    // Every handle is gone: nobody can use the swarm any more.
+                    None => break,
+                },
+                _ = heartbeat.tick(), if self.config.publish_heartbeats => {
+                    if let Err(err) = self.publish_heartbeat() {
+                        debug!(%err, "heartbeat not published");
+                    }
+                }
+                _ = maintenance.tick() => self.maintain(),
+                changed = self.channels.status.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.announce_models();
+                }
+            }
+        }
+        debug!("swarm task stopped");
+    }
+
+    fn emit(&self, event: PeerEvent) {
+        // No subscribers is normal.
+        let _ = self.channels.events.send(event);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::PublishHeartbeat(reply) => {
+                let _ = reply.send(self.publish_heartbeat());
+            }
+            Command::PublishEnvelope(bytes, reply) => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.topic.clone(), bytes)
+                    .map(|_| ())
+                    .map_err(|err| SwarmError::Publish(err.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Bootstrap(addrs) => {
+                let now = Instant::now();
+                self.bootstrap
+                    .extend(addrs.into_iter().map(|a| BootstrapTarget::new(a, now)));
+                self.dial_due_bootstrap();
+            }
+            Command::Dial(addr, reply) => {
+                let (dial_addr, peer) = super::bootstrap::split_peer_id(&addr);
+                let opts = match peer {
+                    Some(peer) => DialOpts::peer_id(peer).addresses(vec![dial_addr]).build(),
+                    None => DialOpts::unknown_peer_id().address(dial_addr).build(),
+                };
+                let result = self.swarm.dial(opts).map_err(|err| SwarmError::Dial {
+                    addr,
+                    reason: err.to_string(),
+                });
+                let _ = reply.send(result);
+            }
+            Command::FindProviders(model, reply) => self.find_providers(&model, reply),
+            Command::ConnectedPeers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    /// Signs and publishes the current status, and records it in our own table so that this
+    /// node is part of its own view (the router and `/v1/models` count local models too).
+    fn publish_heartbeat(&mut self) -> Result<(), SwarmError> {
+        self.seq += 1;
+        let heartbeat = Heartbeat {
+            peer_id: *self.swarm.local_peer_id(),
+            seq: self.seq,
+            started_at_ms: self.started_at_ms,
+            timestamp_ms: unix_ms(SystemTime::now()),
+            interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+            uptime_s: self.started.elapsed().as_secs(),
+            status: self.channels.status.borrow().clone(),
+        };
+        let envelope = SignedHeartbeat::sign(&heartbeat, &self.key);
+        self.insert_heartbeat(heartbeat);
+        self.last_published = Some(Instant::now());
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), envelope.to_bytes())
+        {
+            Ok(_) => {
+                self.channels
+                    .metrics
+                    .heartbeats_published
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            // Alone in the swarm (or before the first peer subscribed): nothing to do.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
+            Err(err) => Err(SwarmError::Publish(err.to_string())),
+        }
+    }
+
+    fn insert_heartbeat(&mut self, heartbeat: Heartbeat) -> Update {
+        let peer = heartbeat.peer_id;
+        let accepted = (peer != *self.swarm.local_peer_id()).then(|| heartbeat.clone());
+        let update = write(&self.channels.table).insert(heartbeat);
+        if update == Update::Joined {
+            if peer != *self.swarm.local_peer_id() {
+                info!(%peer, "peer joined");
+            }
+            self.emit(PeerEvent::PeerJoined(peer));
+        }
+        if update != Update::Stale
+            && let Some(heartbeat) = accepted
+        {
+            self.emit(PeerEvent::Heartbeat(Box::new(heartbeat)));
+        }
+        update
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            // Only DHT servers belong in the routing table; a light peer (tool, operator) in
+            // it would be handed out to others as a place to store records.
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if info.protocols.contains(&KAD_PROTOCOL) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(_) => {}
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                write(&self.channels.listen_addrs).push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                write(&self.channels.listen_addrs).retain(|a| *a != address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                if let Some(index) = self.bootstrap_dials.remove(&connection_id) {
+                    self.bootstrap_answered(index, peer_id);
+                }
+                if num_established.get() == 1 {
+                    debug!(peer = %peer_id, "connected");
+                    self.emit(PeerEvent::Connected(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                debug!(peer = %peer_id, "disconnected");
+                self.emit(PeerEvent::Disconnected(peer_id));
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                if let Some(index) = self.bootstrap_dials.remove(&connection_id) {
+                    self.bootstrap_failed(index, error);
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                // With a pre-shared key this is where outsiders end up.
+                debug!(from = %send_back_addr, %error, "incoming connection failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        else {
+            if let gossipsub::Event::Subscribed { topic, .. } = event {
+                // A newcomer subscribed: answer with a heartbeat now rather than at the next
+                // tick, so it sees us quickly. At most every quarter interval, because a
+                // crowd joining at once must not turn into a heartbeat storm.
+                let quiet = self.config.heartbeat_interval / 4;
+                let recent = self.last_published.is_some_and(|t| t.elapsed() < quiet);
+                if topic == self.topic.hash() && self.config.publish_heartbeats && !recent {
+                    let _ = self.publish_heartbeat();
+                }
+            }
+            return;
+        };
+        let verdict = match message.source {
+            Some(source) => heartbeat::verify_bytes(&message.data, Some(&source)),
+            // Strict validation always sets a source; a message without one cannot be tied
+            // to its author.
+            None => Err(RejectReason::SourceMismatch),
+        };
+        let acceptance = match verdict {
+            Ok(heartbeat) => {
+                self.channels
+                    .metrics
+                    .heartbeats_received
+                    .fetch_add(1, Ordering::Relaxed);
+                match self.insert_heartbeat(heartbeat) {
+                    // A replay (same or older sequence) is not forwarded, but its relayer did
+                    // nothing wrong by gossip rules.
+                    Update::Stale => gossipsub::MessageAcceptance::Ignore,
+                    Update::Joined | Update::Refreshed => gossipsub::MessageAcceptance::Accept,
+                }
+            }
+            Err(reason) => {
+                warn!(
+                    source = ?message.source,
+                    via = %propagation_source,
+                    %reason,
+                    "heartbeat rejected"
+                );
+                self.channels.metrics.record_rejected(reason);
+                self.emit(PeerEvent::HeartbeatRejected {
+                    source: message.source,
+                    reason,
+                });
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&message_id, &propagation_source, acceptance);
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        let (id, result, step) = match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => (id, result, step),
+            kad::Event::RoutingUpdated { .. } if !self.reached_dht => {
+                // Provider records announced before we knew any DHT peer were stored only
+                // locally; push them out as soon as there is someone to hold them.
+                self.reached_dht = true;
+                self.reannounce();
+                return;
+            }
+            _ => return,
+        };
+        match result {
+            QueryResult::GetProviders(result) => {
+                let Some(&lookup_id) = self.lookup_queries.get(&id) else {
+                    return;
+                };
+                let lookup = self
+                    .lookups
+                    .get_mut(&lookup_id)
+                    .expect("lookup of a tracked query");
+                match result {
+                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
+                        lookup.found.extend(providers);
+                    }
+                    Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                    Err(err) => debug!(%err, "provider query of one shard failed"),
+                }
+                if step.last {
+                    self.lookup_queries.remove(&id);
+                    lookup.pending -= 1;
+                    if lookup.pending == 0 {
+                        let lookup = self.lookups.remove(&lookup_id).expect("present");
+                        let mut found: Vec<PeerId> = lookup.found.into_iter().collect();
+                        found.sort();
+                        let _ = lookup.reply.send(found);
+                    }
+                }
+            }
+            QueryResult::Bootstrap(result) => {
+                if let Err(err) = result {
+                    debug!(%err, "DHT bootstrap incomplete");
+                }
+                if step.last {
+                    // The routing table now knows (many) more peers than when we first
+                    // announced: announce again so the records reach the peers closest to
+                    // each key, which is where lookups ask.
+                    self.reannounce();
+                }
+            }
+            QueryResult::StartProviding(Err(err)) => debug!(%err, "provider announcement failed"),
+            _ => {}
+        }
+    }
+
+    fn find_providers(&mut self, model: &str, reply: oneshot::Sender<Vec<PeerId>>) {
+        let lookup_id = self.next_lookup;
+        self.next_lookup += 1;
+        let keys = providers::lookup_keys(model, self.config.provider_shards);
+        self.lookups.insert(
+            lookup_id,
+            ProviderLookup {
+                pending: keys.len(),
+                found: HashSet::new(),
+                reply,
+            },
+        );
+        for key in keys {
+            let query = self.swarm.behaviour_mut().kad.get_providers(key);
+            self.lookup_queries.insert(query, lookup_id);
+        }
+    }
+
+    /// Brings the provider records in line with the models in the current status.
+    fn announce_models(&mut self) {
+        if !self.config.dht_server {
+            return;
+        }
+        let me = *self.swarm.local_peer_id();
+        let models: HashSet<String> = self
+            .channels
+            .status
+            .borrow()
+            .models
+            .iter()
+            .map(|m| m.id.clone())
+            .collect();
+        let gone: Vec<String> = self
+            .provided
+            .keys()
+            .filter(|m| !models.contains(*m))
+            .cloned()
+            .collect();
+        for model in gone {
+            if let Some(key) = self.provided.remove(&model) {
+                self.swarm.behaviour_mut().kad.stop_providing(&key);
+            }
+        }
+        for model in models {
+            if self.provided.contains_key(&model) {
+                continue;
+            }
+            let key = providers::provider_key(&model, &me, self.config.provider_shards);
+            match self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
+                Ok(_) => {
+                    debug!(%model, "announced as provider");
+                    self.provided.insert(model, key);
+                }
+                Err(err) => warn!(%model, %err, "cannot announce model in the DHT"),
+            }
+        }
+    }
+
+    fn reannounce(&mut self) {
+        let keys: Vec<kad::RecordKey> = self.provided.values().cloned().collect();
+        for key in keys {
+            let _ = self.swarm.behaviour_mut().kad.start_providing(key);
+        }
+    }
+
+    /// Periodic work: expire peers, retry bootstrap, refresh gauges.
+    fn maintain(&mut self) {
+        let gone = write(&self.channels.table).expire();
+        for peer in gone {
+            info!(%peer, "peer left (heartbeats stopped)");
+            self.emit(PeerEvent::PeerLeft(peer));
+        }
+        self.rearm_bootstrap_if_isolated();
+        self.dial_due_bootstrap();
+
+        let metrics = &self.channels.metrics;
+        let connected = self.swarm.connected_peers().count() as u64;
+        metrics.connected_peers.store(connected, Ordering::Relaxed);
+        let routing: usize = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|bucket| bucket.num_entries())
+            .sum();
+        metrics
+            .routing_table_size
+            .store(routing as u64, Ordering::Relaxed);
+        let live = self.channels.table.read().map(|t| t.len()).unwrap_or(0);
+        metrics
+            .peer_table_size
+            .store(live as u64, Ordering::Relaxed);
+    }
+
+    fn dial_due_bootstrap(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.bootstrap.len() {
+            let target = &mut self.bootstrap[index];
+            if !target.due(now) {
+                continue;
+            }
+            let opts = match target.peer {
+                Some(peer) => {
+                    // Known id: Kademlia can use the address right away.
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, target.dial_addr.clone());
+                    DialOpts::peer_id(peer)
+                        .addresses(vec![target.dial_addr.clone()])
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build()
+                }
+                None => DialOpts::unknown_peer_id()
+                    .address(target.dial_addr.clone())
+                    .build(),
+            };
+            let connection = opts.connection_id();
+            target.dialing();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    debug!(addr = %self.bootstrap[index].addr, "dialing bootstrap peer");
+                    self.bootstrap_dials.insert(connection, index);
+                }
+                Err(DialError::DialPeerConditionFalse(_)) => {
+                    // Already connected (or connecting) to that peer: it has answered.
+                    let peer = self.bootstrap[index].peer.expect("condition implies id");
+                    self.bootstrap_answered(index, peer);
+                }
+                Err(err) => self.bootstrap_failed(index, err),
+            }
+        }
+    }
+
+    fn bootstrap_answered(&mut self, index: usize, peer: PeerId) {
+        let target = &mut self.bootstrap[index];
+        let first = !target.answered;
+        target.connected();
+        if first {
+            info!(addr = %target.addr, %peer, "bootstrap peer answered");
+            self.emit(PeerEvent::BootstrapConnected {
+                addr: self.bootstrap[index].addr.clone(),
+                peer,
+            });
+        }
+        // Fill the routing table from the newly reached peer (no-op error if it is empty).
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+    }
+
+    fn bootstrap_failed(&mut self, index: usize, error: DialError) {
+        if let DialError::LocalPeerId { .. } = error {
+            // The address leads back to us (e.g. a Service that includes this pod): fine, we
+            // are part of the swarm it names. Never dial it again.
+            debug!(addr = %self.bootstrap[index].addr, "bootstrap address is this node");
+            let target = &mut self.bootstrap[index];
+            target.connected();
+            target.is_self = true;
+            return;
+        }
+        self.channels
+            .metrics
+            .bootstrap_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let target = &mut self.bootstrap[index];
+        let retry_in = target.failed(Instant::now(), self.config.bootstrap_backoff);
+        let error = describe_dial_error(&error);
+        warn!(addr = %target.addr, %error, ?retry_in, "bootstrap peer unreachable, will retry");
+        self.emit(PeerEvent::BootstrapFailed {
+            addr: self.bootstrap[index].addr.clone(),
+            error,
+            retry_in,
+        });
+    }
+
+    /// A node that lost every connection (its bootstrap peers restarted, the network
+    /// split) starts over from its bootstrap list instead of staying alone forever.
+    fn rearm_bootstrap_if_isolated(&mut self) {
+        if self.swarm.connected_peers().next().is_some() || !self.bootstrap_dials.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for target in &mut self.bootstrap {
+            if target.answered && !target.is_self && target.next_attempt.is_none() {
+                target.answered = false;
+                target.failed(now, self.config.bootstrap_backoff);
+            }
+        }
+    }
+
+    /// A polite exit: withdraw provider records and our own entry before closing.
+    fn leave(&mut self) {
+        let keys: Vec<kad::RecordKey> = self.provided.drain().map(|(_, k)| k).collect();
+        for key in keys {
+            self.swarm.behaviour_mut().kad.stop_providing(&key);
+        }
+        let me = *self.swarm.local_peer_id();
+        write(&self.channels.table).remove(&me);
+    }
+}
+
+/// A dial error as one short line. libp2p nests the cause several wrappers deep ("Failed to
+/// negotiate transport protocol(s): ... Multiple dial errors occurred: ..."); what an operator
+/// needs is the address and the innermost cause, e.g. "Connection refused (os error 111)".
+fn describe_dial_error(error: &DialError) -> String {
+    match error {
+        DialError::Transport(attempts) => attempts
+            .iter()
+            .map(|(addr, err)| format!("{addr}: {}", root_cause(err)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => root_cause(other),
+    }
+}
+
+fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    let text = cause.to_string();
+    // Some wrappers have an empty message of their own; fall back to the outer text.
+    if text.trim().is_empty() {
+        error.to_string()
+    } else {
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+}

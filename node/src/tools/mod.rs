@@ -1,0 +1,124 @@
+//! The operator-facing tools of the `llamanet` binary, as library functions so that they
+//! are tested without a process: [`check()`] (a health verdict with an exit code) and
+//! [`monitor()`] (a live terminal view, or one snapshot with `--once [--json]`).
+//!
+//! Both read the swarm through a [`SwarmSource`] ([`source`]): a node's `GET /v1/swarm`
+//! (`--url`) or a light swarm peer that joins through `--bootstrap` and only listens. The
+//! peer table becomes rows of text in one pure function ([`table::rows`]) that both share.
+//!
+//! Not here: the swarm (`crate::swarm`), argument parsing beyond each tool's own flags
+//! (`main.rs`).
+//!
+//! # Wiring into `main.rs`
+//!
+//! ```ignore
+//! enum Command {
+//!     /// A live view of the swarm.
+//!     Monitor(llamanet_node::tools::MonitorOptions),
+//!     /// A quick health check: exit 0 healthy, 1 unhealthy, 2 unreachable.
+//!     Check(llamanet_node::tools::CheckOptions),
+//!     // ...
+//! }
+//!
+//! // in main():
+//! Command::Monitor(options) => runtime()?.block_on(llamanet_node::tools::monitor(options)),
+//! Command::Check(options) => {
+//!     let outcome = runtime()?.block_on(llamanet_node::tools::check(options))?;
+//!     return ExitCode::from(outcome.exit_code() as u8);
+//! }
+//! ```
+
+pub mod check;
+pub mod monitor;
+pub mod source;
+pub mod table;
+
+use std::time::Duration;
+
+pub use check::{CheckOptions, CheckOutcome, CheckReport, check, evaluate};
+pub use monitor::{MonitorOptions, monitor};
+pub use source::{PeerView, SwarmSource, SwarmView};
+
+/// Parses `2s`, `500ms`, `1m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?} (e.g. 2s, 500ms)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit in {text:?} (ms, s, m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    /// The subcommands as `main.rs` declares them.
+    #[derive(Debug, Parser)]
+    enum Cli {
+        Monitor(MonitorOptions),
+        Check(CheckOptions),
+    }
+
+    #[test]
+    fn flags_parse_as_main_declares_them() {
+        Cli::command().debug_assert();
+        let parsed = Cli::try_parse_from([
+            "llamanet",
+            "check",
+            "--bootstrap",
+            "/ip4/127.0.0.1/tcp/4001",
+            "--model",
+            "qwen",
+            "--min-nodes",
+            "2",
+            "--timeout",
+            "500ms",
+        ])
+        .unwrap();
+        let Cli::Check(options) = parsed else {
+            panic!("not check: {parsed:?}")
+        };
+        assert_eq!(options.min_nodes, 2);
+        assert_eq!(options.timeout, Duration::from_millis(500));
+        assert!(options.bootstrap.is_some() && options.url.is_none());
+        let both = [
+            "llamanet",
+            "check",
+            "--url",
+            "http://a",
+            "--bootstrap",
+            "/ip4/1.2.3.4/tcp/1",
+        ];
+        assert!(Cli::try_parse_from(both).is_err());
+        let Cli::Monitor(options) = Cli::try_parse_from([
+            "llamanet", "monitor", "--url", "http://a", "--once", "--json",
+        ])
+        .unwrap() else {
+            panic!("not monitor")
+        };
+        assert!(options.once && options.json);
+        assert_eq!(options.refresh, Duration::from_secs(1));
+        assert!(Cli::try_parse_from(["llamanet", "monitor", "--json"]).is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("2h").is_err() && parse_duration("fast").is_err());
+    }
+}

@@ -1,0 +1,234 @@
+//! Where the tools read the swarm from: a node's `GET /v1/swarm` (`--url`), or a light swarm
+//! peer of their own that joins through `--bootstrap` and listens to heartbeats. Both give
+//! a [`SwarmView`], the JSON shape of `/v1/swarm`.
+
+use std::time::{Duration, Instant};
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+use crate::swarm::{self, Heartbeat, PeerTableSnapshot, SwarmConfig, SwarmHandle};
+
+/// The peer table as the tools see it: what `GET /v1/swarm` returns. (The swarm's own
+/// snapshot type only serializes; this one also reads it back.)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmView {
+    pub peers: Vec<PeerView>,
+}
+
+/// One peer: its latest heartbeat and how fresh it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    #[serde(flatten)]
+    pub heartbeat: Heartbeat,
+    /// Time since its latest heartbeat arrived at the node that made the view.
+    #[serde(default)]
+    pub age_ms: u64,
+    #[serde(default)]
+    pub expires_in_ms: u64,
+}
+
+impl From<PeerTableSnapshot> for SwarmView {
+    fn from(snapshot: PeerTableSnapshot) -> Self {
+        SwarmView {
+            peers: snapshot
+                .peers
+                .into_iter()
+                .map(|p| PeerView {
+                    heartbeat: p.heartbeat,
+                    age_ms: p.age_ms,
+                    expires_in_ms: p.expires_in_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl SwarmView {
+    /// Every model served by a healthy peer, sorted.
+    pub fn models(&self) -> Vec<String> {
+        let mut models: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| p.heartbeat.status.healthy)
+            .flat_map(|p| p.heartbeat.status.models.iter().map(|m| m.id.clone()))
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+    }
+
+    /// The longest heartbeat interval announced: after that long every live peer has
+    /// spoken at least once.
+    fn longest_interval(&self) -> Duration {
+        let ms = self
+            .peers
+            .iter()
+            .map(|p| p.heartbeat.interval_ms)
+            .max()
+            .unwrap_or(0);
+        Duration::from_millis(ms)
+    }
+}
+
+/// A source of [`SwarmView`]s.
+#[derive(Debug)]
+pub enum SwarmSource {
+    /// A node's HTTP API.
+    Url {
+        client: reqwest::Client,
+        base: String,
+    },
+    /// A light swarm peer of our own.
+    Peer {
+        handle: SwarmHandle,
+        bootstrap: Multiaddr,
+    },
+}
+
+impl SwarmSource {
+    /// Opens the one source given. `timeout` bounds each HTTP request.
+    pub async fn open(
+        bootstrap: Option<&Multiaddr>,
+        url: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        match (bootstrap, url) {
+            (Some(_), Some(_)) => anyhow::bail!("give either --bootstrap or --url, not both"),
+            (None, None) => anyhow::bail!("give --bootstrap ADDR or --url URL"),
+            (None, Some(url)) => Ok(SwarmSource::Url {
+                client: reqwest::Client::builder()
+                    .timeout(timeout)
+                    .no_proxy()
+                    .build()?,
+                base: url.trim_end_matches('/').to_string(),
+            }),
+            (Some(addr), None) => {
+                let config = SwarmConfig {
+                    // Retry a refused dial quickly: a tool has only seconds to get an answer.
+                    bootstrap_backoff: swarm::Backoff {
+                        initial: Duration::from_millis(200),
+                        max: Duration::from_secs(2),
+                    },
+                    ..SwarmConfig::light(vec![addr.clone()])
+                };
+                let handle = swarm::start(swarm::identity::ephemeral(), config).await?;
+                Ok(SwarmSource::Peer {
+                    handle,
+                    bootstrap: addr.clone(),
+                })
+            }
+        }
+    }
+
+    /// What the source says now. `Err` is why it is unreachable.
+    pub async fn view(&self) -> Result<SwarmView, String> {
+        match self {
+            SwarmSource::Url { client, base } => {
+                let url = format!("{base}/v1/swarm");
+                let response = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|err| format!("GET {url}: {}", describe(&err)))?;
+                if !response.status().is_success() {
+                    return Err(format!("GET {url} answered {}", response.status()));
+                }
+                response
+                    .json()
+                    .await
+                    .map_err(|err| format!("GET {url}: not a peer table: {err}"))
+            }
+            SwarmSource::Peer { handle, bootstrap } => {
+                let view = SwarmView::from(handle.snapshot());
+                if view.peers.is_empty()
+                    && handle
+                        .connected_peers()
+                        .await
+                        .unwrap_or_default()
+                        .is_empty()
+                {
+                    return Err(format!("no swarm peer answered at {bootstrap}"));
+                }
+                Ok(view)
+            }
+        }
+    }
+
+    /// A view worth reporting. Over HTTP that is the first answer. A fresh peer of our own
+    /// starts empty, so it waits for heartbeats: until `done` holds, or every peer heard has
+    /// had one heartbeat interval to speak, or `max` passed.
+    pub async fn settle(
+        &self,
+        max: Duration,
+        mut done: impl FnMut(&SwarmView) -> bool,
+    ) -> Result<SwarmView, String> {
+        if let SwarmSource::Url { .. } = self {
+            return self.view().await;
+        }
+        let start = Instant::now();
+        let mut first_heard: Option<Instant> = None;
+        loop {
+            let view = match self {
+                SwarmSource::Peer { handle, .. } => SwarmView::from(handle.snapshot()),
+                SwarmSource::Url { .. } => unreachable!("answered above"),
+            };
+            if !view.peers.is_empty() {
+                let heard = *first_heard.get_or_insert_with(Instant::now);
+                // The peers that answered our subscription at once are in; the others
+                // speak within their interval.
+                let everyone = heard.elapsed() >= view.longest_interval();
+                if done(&view) || everyone {
+                    return Ok(view);
+                }
+            }
+            if start.elapsed() >= max {
+                return self.view().await;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `GET /health` of a `--url` node: `None` for a swarm peer source, else the status or
+    /// why it failed.
+    pub async fn node_health(&self) -> Option<Result<u16, String>> {
+        let SwarmSource::Url { client, base } = self else {
+            return None;
+        };
+        let url = format!("{base}/health");
+        Some(
+            client
+                .get(&url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .map_err(|err| format!("GET {url}: {}", describe(&err))),
+        )
+    }
+
+    /// Leaves the swarm politely (bounded: a tool must exit promptly).
+    pub async fn close(self) {
+        if let SwarmSource::Peer { handle, .. } = self {
+            let _ = tokio::time::timeout(Duration::from_millis(500), handle.shutdown()).await;
+        }
+    }
+
+    /// What the source is, for headers.
+    pub fn describe(&self) -> String {
+        match self {
+            SwarmSource::Url { base, .. } => base.clone(),
+            SwarmSource::Peer { bootstrap, .. } => format!("swarm via {bootstrap}"),
+        }
+    }
+}
+
+/// A reqwest error with its root cause ("connection refused"), which Display omits.
+fn describe(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}

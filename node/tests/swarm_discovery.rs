@@ -1,0 +1,147 @@
+//! Discovery and liveness over loopback TCP: four model nodes and one router-only node find
+//! each other and see each other's heartbeats; a killed node leaves every view within three
+//! heartbeat intervals; a restarted node comes back with the same peer id.
+
+mod swarm_support;
+
+use std::time::{Duration, Instant};
+
+use llamanet_node::swarm::discovery::Discovery;
+use llamanet_node::swarm::{self, PeerEvent, SwarmConfig};
+use swarm_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_peers_discover_each_other_and_forget_the_dead() {
+    init_logs();
+    bounded(Duration::from_secs(60), async {
+        // The router-only node plays the operator's part: everyone bootstraps from it.
+        let router = start_node(Vec::new(), None).await;
+        let seed = vec![addr_of(&router)];
+        let started = Instant::now();
+        let mut nodes = vec![router];
+        for i in 0..4 {
+            let model = format!("model-{}", i % 2);
+            nodes.push(start_node(seed.clone(), Some(&model)).await);
+        }
+        let ids: Vec<_> = nodes.iter().map(|n| n.peer_id()).collect();
+
+        let discovery = wait_until("every node to see all five", Duration::from_secs(5), || {
+            nodes
+                .iter()
+                .all(|n| ids.iter().all(|id| n.heartbeat_of(id).is_some()))
+        })
+        .await;
+        println!(
+            "discovery: all 5 peers see all 5 heartbeats {:?} after the last start, {:?} after the first",
+            discovery,
+            started.elapsed()
+        );
+
+        // What the router answers for /v1/models and for picking a peer.
+        let models = nodes[0].models();
+        assert_eq!(models.keys().collect::<Vec<_>>(), vec!["model-0", "model-1"]);
+        assert_eq!(models["model-0"].peers.len(), 2);
+        assert_eq!(nodes[0].peers_serving("model-1").len(), 2);
+        let snapshot = serde_json::to_value(nodes[0].snapshot()).unwrap();
+        assert_eq!(snapshot["peers"].as_array().unwrap().len(), 5);
+        // The client-side view of the same table.
+        let candidates = Discovery::nodes(&nodes[0], Some("model-0"));
+        assert_eq!(candidates.len(), 2);
+        assert!(candidates.iter().all(|c| c.endpoint == "http://127.0.0.1:8080"));
+        assert_eq!(Discovery::nodes(&nodes[0], None).len(), 5);
+        // Gauges are refreshed by the swarm's periodic sweep, so they may lag a moment.
+        wait_until("the gauges to catch up", Duration::from_secs(2), || {
+            nodes[0].metrics().snapshot().peer_table_size == 5
+        })
+        .await;
+        let metrics = nodes[0].metrics().snapshot();
+        assert!(metrics.heartbeats_received > 0);
+        assert!(metrics.connected_peers >= 4, "{metrics:?}");
+        assert!(metrics.routing_table_size >= 4, "{metrics:?}");
+
+        // kill -9 equivalent: the task is gone, no goodbye.
+        let victim = nodes.remove(2);
+        let victim_id = victim.peer_id();
+        let mut left_events = nodes[0].subscribe();
+        victim.abort();
+        let killed_at = Instant::now();
+        let limit = INTERVAL * 3 + Duration::from_millis(500);
+        let removal = wait_until("the dead node to leave every table", limit, || {
+            nodes.iter().all(|n| n.heartbeat_of(&victim_id).is_none())
+        })
+        .await;
+        println!("dead-peer removal: gone from all 4 tables {removal:?} after the kill (interval {INTERVAL:?})");
+        // The sweep also announces it.
+        let left = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                if let Ok(PeerEvent::PeerLeft(peer)) = left_events.recv().await
+                    && peer == victim_id
+                {
+                    return killed_at.elapsed();
+                }
+            }
+        })
+        .await
+        .expect("PeerLeft event");
+        println!("dead-peer removal: PeerLeft event after {left:?}");
+        // The others are still all there.
+        for n in &nodes {
+            assert_eq!(n.snapshot().peers.len(), 4);
+        }
+        for n in &nodes {
+            n.shutdown().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_keeps_its_peer_id_and_rejoins() {
+    init_logs();
+    bounded(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = dir.path().join("identity.key");
+        let seed_node = start_node(Vec::new(), None).await;
+        let seed = vec![addr_of(&seed_node)];
+
+        let start_with_identity = || async {
+            let (key, _) = swarm::identity::load_or_create(&identity).unwrap();
+            let config = SwarmConfig {
+                initial_status: status(Some("model-0")),
+                ..node_config(seed.clone())
+            };
+            swarm::start(key, config).await.unwrap()
+        };
+        let first = start_with_identity().await;
+        let id = first.peer_id();
+        wait_until("the seed to see the node", Duration::from_secs(5), || {
+            seed_node.heartbeat_of(&id).is_some()
+        })
+        .await;
+        let first_run = seed_node.heartbeat_of(&id).unwrap().started_at_ms;
+        first.abort();
+        wait_until("the node to expire", Duration::from_secs(3), || {
+            seed_node.heartbeat_of(&id).is_none()
+        })
+        .await;
+
+        // Let the clock move so the new run has a later start stamp.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let second = start_with_identity().await;
+        assert_eq!(second.peer_id(), id, "same identity file, same peer id");
+        let rejoin = wait_until(
+            "the restarted node to be seen again",
+            Duration::from_secs(5),
+            || {
+                seed_node
+                    .heartbeat_of(&id)
+                    .is_some_and(|hb| hb.started_at_ms > first_run)
+            },
+        )
+        .await;
+        println!("restart: same peer id {id}, seen again after {rejoin:?}");
+        second.shutdown().await;
+        seed_node.shutdown().await;
+    })
+    .await;
+}

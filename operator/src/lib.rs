@@ -6,7 +6,8 @@
 //! turns a resource into the objects it owns (StatefulSet, Services), [`status`] turns what was
 //! observed (pods, heartbeats) into conditions and a phase, with [`conditions`] keeping the
 //! `metav1.Condition` rules and [`events`] the Events a status change announces. [`identity`]
-//! makes the replicas' swarm keys, [`heartbeat`] holds the newest heartbeat of every replica.
+//! makes the replicas' swarm keys, [`heartbeat`] holds the newest heartbeat of every replica,
+//! which [`swarm_peer`] receives from the swarm.
 //! [`reconcile`] is the only part that talks to the API server about InferenceNodes,
 //! [`leader`] the one that competes for the Lease, [`server`] serves [`metrics`] and the
 //! probes. [`config`] is what the command line configures; [`run`] wires the parts together
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod server;
 pub mod status;
+pub mod swarm_peer;
 
 use std::future::Future;
 use std::sync::Arc;

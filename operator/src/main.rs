@@ -11,6 +11,7 @@ use kube::{Client, CustomResourceExt};
 use llamanet_operator::config::{self, LeaderElection, OperatorConfig, RunConfig};
 use llamanet_operator::crd::InferenceNode;
 use llamanet_operator::heartbeat::HeartbeatTable;
+use llamanet_operator::swarm_peer::{self, SwarmPeerConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -64,6 +65,22 @@ struct Cli {
     /// This replica's name in the Lease and in Events (default: POD_NAME, else hostname-pid).
     #[arg(long)]
     identity: Option<String>,
+
+    /// Swarm listen multiaddr: node pods of this cluster bootstrap through it.
+    #[arg(
+        long,
+        env = "LLAMANET_SWARM_LISTEN",
+        default_value = "/ip4/0.0.0.0/tcp/4001"
+    )]
+    swarm_listen: Vec<String>,
+
+    /// Key file of the operator's swarm identity (a fresh key per start when unset).
+    #[arg(long, env = "LLAMANET_SWARM_IDENTITY")]
+    swarm_identity: Option<std::path::PathBuf>,
+
+    /// Pre-shared key file of a private swarm.
+    #[arg(long, env = "LLAMANET_SWARM_KEY")]
+    swarm_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -128,9 +145,37 @@ async fn main() -> ExitCode {
         leader_election,
         identity: cli.identity.unwrap_or_else(config::default_identity),
     };
+    let heartbeats = HeartbeatTable::default();
+    let parse = |addrs: &[String]| -> Result<Vec<_>, String> {
+        addrs
+            .iter()
+            .map(|a| a.parse().map_err(|e| format!("bad multiaddr {a:?}: {e}")))
+            .collect()
+    };
+    let swarm_config = match (
+        parse(&cli.swarm_listen),
+        parse(&config.operator.bootstrap_peers),
+    ) {
+        (Ok(listen), Ok(bootstrap)) => SwarmPeerConfig {
+            listen,
+            bootstrap,
+            identity: cli.swarm_identity,
+            swarm_key: cli.swarm_key,
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _swarm = match swarm_peer::start(swarm_config, heartbeats.clone()).await {
+        Ok(handle) => handle,
+        Err(err) => {
+            tracing::error!("joining the swarm: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::info!(?config, "operator started");
-    let result =
-        llamanet_operator::run(client, config, HeartbeatTable::default(), shutdown_signal()).await;
+    let result = llamanet_operator::run(client, config, heartbeats, shutdown_signal()).await;
     if let Err(err) = result {
         tracing::error!("{err:#}");
         return ExitCode::FAILURE;

@@ -1,0 +1,410 @@
+//! The OpenAI-compatible HTTP API on axum (cargo feature `engine`).
+//!
+//! Where a request goes, by file:
+//! - routes and the shared [`AppState`]: here ([`router`]), plus authentication, request
+//!   metrics, the JSON body extractor and the server's life cycle ([`serve`]: bind first,
+//!   load the model in the background, drain on SIGTERM);
+//! - `chat.rs` `/v1/chat/completions`, `completions.rs` `/v1/completions`, both through
+//!   `generation.rs` (engine submission, JSON or SSE answers);
+//! - `embeddings.rs`, `models.rs`, `health.rs` (`/health`, `/metrics`);
+//! - `types.rs` request bodies and their validation, `template.rs` chat templates,
+//!   `error.rs` the one error type and its OpenAI error object.
+
+pub mod chat;
+pub mod completions;
+pub mod embeddings;
+pub mod error;
+pub mod generation;
+pub mod health;
+pub mod models;
+pub mod swarm;
+pub mod template;
+pub mod types;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+
+use crate::engine::{Engine, EngineSettings};
+use crate::metrics::Metrics;
+use crate::swarm::SwarmHandle;
+use crate::swarm::membership::{Advertised, MembershipArgs};
+use error::ApiError;
+use template::ChatTemplate;
+
+/// How the API behaves, fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The model name clients send and `/v1/models` lists.
+    pub model_id: String,
+    /// When set, `/v1/*` requests need `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Largest request body in bytes.
+    pub body_limit: usize,
+    /// Longest a generation request may take, queueing included.
+    pub request_timeout: Duration,
+    /// Unix time the server started (the model's `created`).
+    pub started_unix: u64,
+}
+
+/// What exists once the model has loaded.
+#[derive(Debug)]
+pub struct Loaded {
+    pub engine: Engine,
+    pub template: ChatTemplate,
+}
+
+/// Shared state of every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<ApiConfig>,
+    pub loaded: Arc<OnceLock<Loaded>>,
+    pub metrics: Arc<Metrics>,
+    pub shutting_down: Arc<AtomicBool>,
+    /// This node's swarm membership, once joined (never with `--no-swarm`).
+    pub swarm: Arc<OnceLock<SwarmHandle>>,
+}
+
+impl AppState {
+    pub fn new(config: ApiConfig) -> Self {
+        AppState {
+            config: Arc::new(config),
+            loaded: Arc::new(OnceLock::new()),
+            metrics: Arc::new(Metrics::new()),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+            swarm: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The engine, or 503 while loading or shutting down.
+    pub fn ready(&self) -> Result<&Loaded, ApiError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(ApiError::shutting_down());
+        }
+        self.loaded.get().ok_or_else(ApiError::loading)
+    }
+
+    /// Whether this node serves `model`, and its load (busy slots plus queue over slots;
+    /// infinite while loading or draining, so peers go first) for the routing layer.
+    pub fn local_view(&self, model: &str) -> (bool, f64) {
+        if model != self.config.model_id {
+            return (false, f64::INFINITY);
+        }
+        match self.loaded.get() {
+            Some(loaded) if !self.shutting_down.load(Ordering::Relaxed) => {
+                let engine = &loaded.engine;
+                let busy = engine.load().busy_slots.load(Ordering::Relaxed) as f64;
+                let slots = engine.info().slots.max(1) as f64;
+                (true, (busy + engine.queue_depth() as f64) / slots)
+            }
+            _ => (true, f64::INFINITY),
+        }
+    }
+
+    /// 404 unless `model` is the one this node serves.
+    pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        if model == self.config.model_id {
+            Ok(())
+        } else {
+            Err(ApiError::model_not_found(model, &self.config.model_id))
+        }
+    }
+
+    /// Makes a loaded engine serve: compiles the chat template and publishes both.
+    pub fn install(&self, engine: Engine, chat_template: Option<String>) -> anyhow::Result<()> {
+        let info = engine.info();
+        let source = chat_template
+            .or_else(|| info.chat_template.clone())
+            .unwrap_or_else(|| {
+                tracing::info!(
+                    architecture = %info.architecture,
+                    "the model has no chat template in its metadata; using the built-in one for its architecture"
+                );
+                template::builtin_for(&info.architecture).to_string()
+            });
+        let template = ChatTemplate::new(&source, &info.bos_text, &info.eos_text)
+            .map_err(|err| anyhow::anyhow!("the chat template does not compile: {err}"))?;
+        self.metrics
+            .model_load_seconds
+            .set(info.load_time.as_secs_f64());
+        self.metrics.model_loaded.set(1);
+        self.loaded
+            .set(Loaded { engine, template })
+            .map_err(|_| anyhow::anyhow!("a model is already installed"))
+    }
+}
+
+/// A JSON body parsed into `T`, with every failure (bad JSON, wrong types, over the body
+/// limit) turned into the OpenAI error object instead of axum's plain-text rejections.
+#[derive(Debug)]
+pub struct OpenAiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for OpenAiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::body_too_large(state.config.body_limit)
+                } else {
+                    ApiError::invalid(rejection.body_text())
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(OpenAiJson)
+            .map_err(|err| ApiError::invalid(format!("invalid request body: {err}")))
+    }
+}
+
+/// Every route of the node. In a swarm, chat and completion requests first pass the
+/// routing layer: served here, forwarded to a better peer (one hop at most), or 404 when
+/// nobody serves the model.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.body_limit;
+    let gate = state.swarm.get().map(|swarm| {
+        let view = state.clone();
+        crate::route::RouteLayer {
+            router: crate::route::Router::for_swarm(
+                swarm.clone(),
+                crate::route::PickPolicy::default(),
+                crate::route::ForwarderConfig::default(),
+            ),
+            local: Arc::new(move |model: &str| view.local_view(model)),
+            body_limit,
+        }
+    });
+    let routed = |handler: MethodRouter<AppState>| match gate.clone() {
+        Some(gate) => handler.layer(middleware::from_fn_with_state(
+            gate,
+            crate::route::route_or_serve,
+        )),
+        None => handler,
+    };
+    Router::new()
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::get))
+        .route("/v1/chat/completions", routed(post(chat::create)))
+        .route("/v1/completions", routed(post(completions::create)))
+        .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/swarm", get(swarm::peers))
+        // Only the routes above need the key; probes and scrapers below do not.
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route("/health", get(health::health))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(request.uri().path())
+}
+
+/// Checks the bearer key in constant time when one is configured.
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(expected) = &state.config.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts every request by route and status, and times those that are not streams
+/// (a stream's duration is recorded when it ends, in `generation.rs`).
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .count_request(&endpoint, response.status().as_u16());
+    let streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
+    if !streamed {
+        state
+            .metrics
+            .observe_duration(&endpoint, started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+/// Everything `llamanet serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub address: SocketAddr,
+    pub model: PathBuf,
+    /// Checked before loading when set.
+    pub sha256: Option<String>,
+    pub engine: EngineSettings,
+    pub api: ApiConfig,
+    /// A Jinja file that replaces the model's own chat template.
+    pub chat_template: Option<PathBuf>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// How to join the swarm; `None` serves alone.
+    pub membership: Option<MembershipArgs>,
+}
+
+/// Binds, answers `/health` with 503 while the model loads in the background, serves
+/// until SIGTERM or Ctrl-C, then stops admitting and lets in-flight requests finish
+/// within the grace period. Returns an error when the model cannot be loaded.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(options.address)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", options.address))?;
+    let address = listener.local_addr()?;
+    let state = AppState::new(options.api.clone());
+    tracing::info!(%address, model = %options.model.display(), "listening; loading the model");
+
+    let chat_template = match &options.chat_template {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|err| {
+            anyhow::anyhow!("cannot read the chat template {}: {err}", path.display())
+        })?),
+        None => None,
+    };
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
+    let loader_state = state.clone();
+    let loader_options = options.clone();
+    tokio::spawn(async move {
+        let result = load(&loader_options)
+            .await
+            .and_then(|engine| loader_state.install(engine, chat_template));
+        match result {
+            Ok(()) => {
+                tracing::info!(model_id = %loader_state.config.model_id, "model loaded; serving")
+            }
+            Err(err) => {
+                let _ = failed_tx.send(err).await;
+            }
+        }
+    });
+
+    if let Some(membership) = &options.membership {
+        let advertised = Advertised {
+            http_host: address.ip().to_string(),
+            http_port: address.port(),
+            models: vec![crate::swarm::ModelInfo {
+                id: options.api.model_id.clone(),
+                context_size: options.engine.context_size.get()
+                    / options.engine.parallel.get().max(1),
+                quantization: quantization_of(&options.model),
+            }],
+            slots_total: options.engine.parallel.get(),
+        };
+        if let Some(handle) = membership.join(&advertised).await? {
+            let _ = state.swarm.set(handle);
+            tokio::spawn(swarm::report_load(state.clone()));
+        }
+    }
+
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let app = router(state.clone());
+    let server_shutdown = Arc::clone(&shutdown);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        server_shutdown.notified().await;
+    });
+    let server = tokio::spawn(async move { server.await });
+
+    tokio::select! {
+        // A loader that succeeded drops its sender; only a real error ends the server.
+        Some(err) = failed_rx.recv() => {
+            shutdown.notify_one();
+            return Err(err);
+        }
+        () = termination() => {}
+    }
+    tracing::info!(
+        grace_seconds = options.shutdown_grace.as_secs(),
+        "shutting down: no new requests, finishing those in flight"
+    );
+    state.shutting_down.store(true, Ordering::Relaxed);
+    swarm::leave(&state).await;
+    shutdown.notify_one();
+    match tokio::time::timeout(options.shutdown_grace, server).await {
+        Ok(Ok(Ok(()))) => tracing::info!("all requests finished"),
+        Ok(Ok(Err(err))) => return Err(err.into()),
+        Ok(Err(err)) => return Err(anyhow::anyhow!("the server task failed: {err}")),
+        Err(_) => tracing::warn!("grace period over; dropping the requests still running"),
+    }
+    Ok(())
+}
+
+/// `Q4_K_M` from `gemma-3-270m-q4_k_m.gguf`: the usual file naming, or empty.
+fn quantization_of(model: &std::path::Path) -> String {
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_ascii_uppercase())
+        .unwrap_or_default();
+    stem.rsplit(['-', '.'])
+        .find(|part| part.starts_with('Q') || part.starts_with("F16") || part.starts_with("BF16"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn load(options: &ServeOptions) -> anyhow::Result<Engine> {
+    if let Some(sha256) = options.sha256.clone() {
+        let path = options.model.clone();
+        tokio::task::spawn_blocking(move || crate::model::verify_sha256(&path, &sha256)).await??;
+    }
+    Ok(Engine::start(&options.model, options.engine.clone()).await?)
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+async fn termination() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Seconds since the Unix epoch, for `created` fields.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

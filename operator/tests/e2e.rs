@@ -11,7 +11,6 @@
 //! Needs the control plane binaries (`scripts/build-k8s.sh`) and `kubectl` on PATH.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -21,6 +20,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
+use llamanet_cluster::testing::eventually;
 use llamanet_cluster::{Cluster, ClusterConfig};
 use llamanet_operator::config::{LeaderElection, OperatorConfig, RunConfig};
 use llamanet_operator::crd::{ConditionStatus, ConditionType, InferenceNode};
@@ -34,51 +34,6 @@ const LEASE: &str = "llamanet-operator";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, or panics with `what`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn kubectl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let mut cmd = cluster.kubectl();
-    cmd.args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl runs");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn kubectl_ok(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(cluster, args, stdin);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// One operator replica on its own runtime.
@@ -265,13 +220,11 @@ async fn operator_reconciles_on_a_real_control_plane() {
     eprintln!("cluster up after {:?}", started.elapsed());
 
     let crd = repo_root().join("crds/inferencenode.yaml");
-    kubectl_ok(
-        &cluster,
+    cluster.kubectl_ok(
         &["apply", "--server-side", "-f", crd.to_str().unwrap()],
         None,
     );
-    kubectl_ok(
-        &cluster,
+    cluster.kubectl_ok(
         &[
             "wait",
             "--for=condition=Established",
@@ -285,8 +238,7 @@ async fn operator_reconciles_on_a_real_control_plane() {
     let invalid = invalid_examples();
     assert!(!invalid.is_empty());
     for (path, expect) in &invalid {
-        let out = kubectl(
-            &cluster,
+        let out = cluster.kubectl_run(
             &["apply", "--dry-run=server", "-f", path.to_str().unwrap()],
             None,
         );
@@ -336,11 +288,7 @@ async fn operator_reconciles_on_a_real_control_plane() {
         .unwrap();
     let model = model_dir.path().join("tiny.gguf");
     std::fs::write(&model, b"GGUF not really").unwrap();
-    kubectl_ok(
-        &cluster,
-        &["apply", "-f", "-"],
-        Some(&inference_node_yaml(&model)),
-    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&inference_node_yaml(&model)));
     let node = inference_node(&client).await;
     let uid = node.uid().unwrap();
 
@@ -484,11 +432,7 @@ async fn operator_reconciles_on_a_real_control_plane() {
     .await;
 
     // kubectl scale goes through the scale subresource to the StatefulSet.
-    kubectl_ok(
-        &cluster,
-        &["scale", "inferencenode", NAME, "--replicas=2"],
-        None,
-    );
+    cluster.kubectl_ok(&["scale", "inferencenode", NAME, "--replicas=2"], None);
     eventually(
         Duration::from_secs(15),
         "StatefulSet scaled to 2",
@@ -566,11 +510,7 @@ async fn operator_reconciles_on_a_real_control_plane() {
     eprintln!("failover after a crash: {failover:?} ({new_leader} leads)");
     assert!(failover < Duration::from_secs(20));
     // It acts: a spec change reaches the StatefulSet.
-    kubectl_ok(
-        &cluster,
-        &["scale", "inferencenode", NAME, "--replicas=1"],
-        None,
-    );
+    cluster.kubectl_ok(&["scale", "inferencenode", NAME, "--replicas=1"], None);
     eventually(
         Duration::from_secs(15),
         "the new leader reconciles",
@@ -583,11 +523,7 @@ async fn operator_reconciles_on_a_real_control_plane() {
     assert!(operators[standby].metric(reconciles).await > 0.0);
 
     // Delete: the garbage collector removes every child through the owner references.
-    kubectl_ok(
-        &cluster,
-        &["delete", "inferencenode", NAME, "--wait=false"],
-        None,
-    );
+    cluster.kubectl_ok(&["delete", "inferencenode", NAME, "--wait=false"], None);
     let deleted = Instant::now();
     eventually(
         Duration::from_secs(60),

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod kubelet;
 pub mod process;
+pub mod testing;
 
 pub use cluster::{Cluster, ClusterConfig};
 pub use control_plane::{ControlPlane, ControlPlaneConfig, K8S_VERSION};

@@ -2,7 +2,7 @@
 //! renders objects the real API server accepts (server-side dry run).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use llamanet_cluster::{Cluster, ClusterConfig};
 
@@ -82,22 +82,7 @@ async fn chart_renders_objects_the_api_server_accepts() {
             ])
             .arg(&chart)
             .args(&values));
-        let mut apply = cluster
-            .kubectl()
-            .args(["apply", "--dry-run=server", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        apply
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(rendered.as_bytes())
-            .unwrap();
-        let out = apply.wait_with_output().unwrap();
+        let out = cluster.kubectl_run(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
         assert!(
             out.status.success(),
             "server-side dry run rejected the chart ({values:?}):\n{}",

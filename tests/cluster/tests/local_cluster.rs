@@ -10,56 +10,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use llamanet_cluster::testing::eventually;
 use llamanet_cluster::{Cluster, ClusterConfig};
-
-fn kubectl_apply(cluster: &Cluster, yaml: &str) {
-    let mut child = cluster
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "kubectl apply failed:\n{yaml}"
-    );
-}
-
-fn kubectl_out(cluster: &Cluster, args: &[&str]) -> String {
-    let out = cluster.kubectl().args(args).output().expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Polls `check` every 200 ms until it returns `Some`, or panics with `what`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn pods(cluster: &Cluster, selector: &str) -> Vec<Pod> {
     Api::<Pod>::namespaced(cluster.client(), "default")
@@ -142,7 +94,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_pods_run_as_local_processes() {
     let cluster = start_cluster().await;
-    kubectl_apply(&cluster, DEPLOYMENT);
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(DEPLOYMENT));
 
     let ready = eventually(Duration::from_secs(60), "2 web pods Ready", || async {
         let pods = pods(&cluster, "app=web").await;
@@ -184,11 +136,11 @@ async fn deployment_pods_run_as_local_processes() {
         "the image's non-root user: {procs:?}"
     );
 
-    let listing = kubectl_out(&cluster, &["get", "nodes,pods", "-A", "-o", "wide"]);
+    let listing = cluster.kubectl_ok(&["get", "nodes,pods", "-A", "-o", "wide"], None);
     println!("{listing}");
     assert!(listing.contains("local-node-0"));
 
-    kubectl_out(&cluster, &["delete", "deployment", "web", "--wait=true"]);
+    cluster.kubectl_ok(&["delete", "deployment", "web", "--wait=true"], None);
     eventually(
         Duration::from_secs(30),
         "pods and processes gone",
@@ -282,7 +234,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_features_behave_as_in_kubernetes() {
     let cluster = start_cluster().await;
-    kubectl_apply(&cluster, FEATURES);
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(FEATURES));
     let api = Api::<Pod>::namespaced(cluster.client(), "default");
 
     // Init containers in order, env from the downward API, secret and PVC
@@ -295,13 +247,13 @@ async fn pod_features_behave_as_in_kubernetes() {
     })
     .await;
     let pvc_dir = {
-        let pvc = kubectl_out(
-            &cluster,
+        let pvc = cluster.kubectl_ok(
             &["get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}"],
+            None,
         );
-        let pv = kubectl_out(
-            &cluster,
+        let pv = cluster.kubectl_ok(
             &["get", "pv", &pvc, "-o", "jsonpath={.spec.hostPath.path}"],
+            None,
         );
         std::path::PathBuf::from(pv)
     };
@@ -347,7 +299,7 @@ async fn pod_features_behave_as_in_kubernetes() {
     println!("foreign pod: {reason}: {message}");
     assert!(message.contains("nginx:1.27") && message.contains("llamanet-node"));
 
-    kubectl_out(&cluster, &["delete", "pod", "--all", "--wait=true"]);
+    cluster.kubectl_ok(&["delete", "pod", "--all", "--wait=true"], None);
     cluster.shutdown().await;
 }
 

@@ -133,7 +133,7 @@ impl Metrics {
         registry.register("slots_busy", "Slots serving a request", slots_busy.clone());
         let slots_total = Gauge::default();
         registry.register(
-            "slots_total",
+            "slots_capacity",
             "Slots (sequences decoded together)",
             slots_total.clone(),
         );
@@ -157,7 +157,7 @@ impl Metrics {
         );
         let kv_cache_cells_total = Gauge::default();
         registry.register(
-            "kv_cache_cells_total",
+            "kv_cache_cells_capacity",
             "KV cache cells over all slots",
             kv_cache_cells_total.clone(),
         );
@@ -301,8 +301,58 @@ impl Metrics {
     }
 }
 
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for scrapers and
+/// linters that do not negotiate OpenMetrics (`curl`, `promtool check metrics`). The two
+/// differ in what matters here only for counters: OpenMetrics names the family without the
+/// `_total` its samples carry, the text format names it with. `# UNIT` and `# EOF` have no
+/// text-format equivalent and are dropped.
+pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                out.push_str(&format!("{prefix}{name} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn text_format_names_counter_families_with_total() {
+        let om = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total 3\n\
+                  # HELP x_slots Slots.\n# TYPE x_slots gauge\nx_slots 4\n# UNIT x_slots slots\n# EOF\n";
+        let text = openmetrics_to_text(om);
+        assert_eq!(
+            text,
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total 3\n\
+             # HELP x_slots Slots.\n# TYPE x_slots gauge\nx_slots 4\n"
+        );
+    }
     use super::*;
 
     #[test]
@@ -320,7 +370,7 @@ mod tests {
             "llamanet_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 1",
             "llamanet_generated_tokens_total 7",
             "llamanet_slots_busy 1",
-            "llamanet_slots_total 4",
+            "llamanet_slots_capacity 4",
             "llamanet_time_to_first_token_seconds_bucket",
             "llamanet_request_duration_seconds_count{endpoint=\"/v1/completions\"} 1",
             "llamanet_system_memory_total_bytes",

@@ -279,10 +279,50 @@ async fn openai_api_over_loopback() {
         "llamanet_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}",
         "llamanet_generated_tokens_total",
         "llamanet_time_to_first_token_seconds_bucket",
-        "llamanet_slots_total 2",
+        "llamanet_slots_capacity 2",
         "llamanet_kv_cache_cells_used",
         "llamanet_model_loaded 1",
     ] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
+    promtool_accepts(&metrics);
+}
+
+/// `promtool check metrics` finds nothing to complain about in a real scrape.
+fn promtool_accepts(scrape: &str) {
+    use std::io::Write;
+    let promtool = std::env::var_os("LLAMANET_PROMTOOL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            let cache = std::env::var_os("LLAMANET_CACHE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| std::path::Path::new(&home).join(".cache/llamanet"));
+            cache.join("promtool-v0.316.0/bin/promtool")
+        });
+    assert!(
+        promtool.is_file(),
+        "{} missing: run scripts/build-tools.sh",
+        promtool.display()
+    );
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -275,7 +275,7 @@ def test_metrics_have_the_inference_families(server):
     for name in ("llamanet_requests_total", "llamanet_prompt_tokens_total",
                  "llamanet_generated_tokens_total", "llamanet_time_to_first_token_seconds_bucket",
                  "llamanet_request_duration_seconds_bucket", "llamanet_tokens_per_second",
-                 "llamanet_slots_busy", f"llamanet_slots_total {SLOTS}", "llamanet_queue_depth",
+                 "llamanet_slots_busy", f"llamanet_slots_capacity {SLOTS}", "llamanet_queue_depth",
                  "llamanet_kv_cache_cells_used", "llamanet_model_load_seconds",
                  "llamanet_process_resident_memory_bytes", "llamanet_system_cpu_usage_ratio"):
         assert name in text, name

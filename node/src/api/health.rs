@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -43,7 +43,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// OpenMetrics for scrapers that ask for it (Prometheus does), the text format otherwise.
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let gauges = state.loaded.get().map(|loaded| {
         let engine = &loaded.engine;
         let info = engine.info();
@@ -59,12 +60,27 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         }
     });
     let text = state.metrics.render(gauges);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::openmetrics_to_text(&text),
+        )
+            .into_response()
+    }
 }

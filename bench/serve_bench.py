@@ -8,7 +8,7 @@ Three comparisons (issue 3, "Benchmark"):
           counts one-token decode steps the same way tg does).           target >= 0.97
           With --pp, also prompt processing: llama-bench pp512 against the prompt
           phase of `llamanet generate` on a ~512-token prompt (informational).
-  serve   aggregate generated tokens/s with 1, 2, 4, 8 concurrent streaming
+  throughput  aggregate generated tokens/s with 1, 2, 4, 8 concurrent streaming
           /v1/completions clients: `llamanet serve` against `llama-server`, both with
           --parallel N and the same total context.                         target >= 1.0
   ttft    time to first token, p50/p99, of a ~512-token prompt (a unique number up

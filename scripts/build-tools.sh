@@ -4,6 +4,7 @@
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler  (tests/cluster/k8s)
 #   helm                                                           (tests/cluster/tools/helm)
 #   promtool                                                       (tests/cluster/tools/promtool)
+# and fetches the Prometheus Operator's CRDs (its module holds them as YAML).
 source "$(dirname "$0")/common.sh"
 
 # build OUT_DIR NAME MODULE_DIR PACKAGE LDFLAGS
@@ -39,3 +40,19 @@ build "$HELM_BIN" helm tests/cluster/tools/helm helm.sh/helm/v3/cmd/helm \
   "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor"
 build "$PROMTOOL_BIN" promtool tests/cluster/tools/promtool github.com/prometheus/prometheus/cmd/promtool \
   "-s -w -X github.com/prometheus/common/version.Version=${PROMTOOL_VERSION#v0.}"
+
+if [ -f "$MONITORING_CRDS/monitoring.coreos.com_podmonitors.yaml" ]; then
+  info "monitoring.coreos.com CRDs cached ($MONITORING_CRDS)"
+else
+  info "fetching the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION CRDs from the Go module proxy"
+  dir=$(cd "$ROOT/tests/cluster/tools/promtool" && \
+    go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+    | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [ -d "$dir" ] || die "go mod download of prometheus-operator $PROMETHEUS_OPERATOR_VERSION failed"
+  mkdir -p "$MONITORING_CRDS.tmp"
+  for kind in podmonitors servicemonitors prometheusrules; do
+    cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$MONITORING_CRDS.tmp/"
+  done
+  chmod 644 "$MONITORING_CRDS.tmp"/*
+  rm -rf "$MONITORING_CRDS" && mv "$MONITORING_CRDS.tmp" "$MONITORING_CRDS"
+fi

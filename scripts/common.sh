@@ -10,12 +10,16 @@ K8S_VERSION=v1.34.4
 ETCD_VERSION=v3.6.4
 HELM_VERSION=v3.22.0
 PROMTOOL_VERSION=v0.316.0
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
 
 K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
 # helm reports the Kubernetes minor it was built for as the default
 # capabilities of `helm template`, so it is part of the cache key.
 HELM_BIN=$CACHE/helm-$HELM_VERSION-k8s-${K8S_VERSION%.*}/bin
 PROMTOOL_BIN=$CACHE/promtool-$PROMTOOL_VERSION/bin
+# The monitoring.coreos.com CRDs (PodMonitor, ServiceMonitor, PrometheusRule) the tests
+# install to check the chart's monitoring objects and the operator's PodMonitors.
+MONITORING_CRDS=$CACHE/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/crds
 MODEL_DIR=$CACHE/models
 DEFAULT_MODEL=$MODEL_DIR/gemma-3-270m-q4_k_m.gguf
 DEFAULT_MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818

@@ -28,5 +28,15 @@ done
 
 step "cargo build --release (first build compiles llama.cpp: about 6-9 minutes on two cores)"
 cd "$ROOT"
+# llama-cpp-sys-2 never reconfigures an existing cmake build, so a cache
+# configured before .cargo/config.toml asked for Release (-O3) would keep
+# its old build type; drop such a build folder once.
+for cache in "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out/build/CMakeCache.txt; do
+  [ -f "$cache" ] || continue
+  if ! grep -q '^CMAKE_BUILD_TYPE:STRING=Release$' "$cache"; then
+    info "llama.cpp build in ${cache%/CMakeCache.txt} is not Release: rebuilding it"
+    rm -rf "${cache%/CMakeCache.txt}"
+  fi
+done
 cargo build --release --workspace --bins
 info "binaries in $CARGO_TARGET_DIR/release"

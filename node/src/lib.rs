@@ -12,6 +12,7 @@
 
 #[cfg(feature = "engine")]
 pub mod api;
+pub mod cli;
 #[cfg(feature = "engine")]
 pub mod engine;
 pub mod logging;

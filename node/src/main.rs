@@ -2,17 +2,23 @@
 //! `LLAMANET_*` environment variable, which is how pods configure it), sets up logging and
 //! calls into the library. Errors are printed on stderr and exit with status 1.
 
-#[cfg(feature = "engine")]
-use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+use llamanet_node::cli::FetchArgs;
+#[cfg(feature = "engine")]
+use llamanet_node::cli::{GenerateArgs, ServeArgs};
 use llamanet_node::logging::{self, LogFormat};
 use llamanet_node::model;
 
 #[derive(Debug, Parser)]
-#[command(name = "llamanet", version, about = "LlamaNet inference node")]
+// The last of a repeated flag wins (see `llamanet_node::cli::Invocation`).
+#[command(
+    name = "llamanet",
+    version,
+    about = "LlamaNet inference node",
+    args_override_self = true
+)]
 struct Cli {
     /// Log line format on stderr.
     #[arg(
@@ -52,131 +58,6 @@ enum Command {
 /// `llamanet fetch` exits with this when the model's checksum is wrong, so the operator can
 /// tell ChecksumMismatch from other failures by the init container's exit code alone.
 const EXIT_CHECKSUM_MISMATCH: u8 = 3;
-
-#[cfg(feature = "engine")]
-#[derive(Debug, Args)]
-struct ServeArgs {
-    /// Path of the GGUF model.
-    #[arg(long, env = "LLAMANET_MODEL")]
-    model: PathBuf,
-
-    /// Verify the model's SHA-256 before loading it.
-    #[arg(long, env = "LLAMANET_SHA256")]
-    sha256: Option<String>,
-
-    /// Address to listen on.
-    #[arg(long, env = "LLAMANET_HOST", default_value = "0.0.0.0")]
-    host: std::net::IpAddr,
-
-    /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "LLAMANET_PORT", default_value_t = 8080)]
-    port: u16,
-
-    /// Requests decoded together (slots); the context is split evenly between them.
-    #[arg(long, env = "LLAMANET_PARALLEL",
-          default_value_t = NonZeroU32::new(llamanet_node::engine::settings::DEFAULT_PARALLEL).expect("non-zero"))]
-    parallel: NonZeroU32,
-
-    /// Requests that may wait for a slot; beyond that, 503 queue full.
-    #[arg(long, env = "LLAMANET_QUEUE", default_value_t = llamanet_node::engine::settings::DEFAULT_QUEUE)]
-    queue: usize,
-
-    /// Total context in tokens, shared out evenly between the slots.
-    #[arg(long, env = "LLAMANET_CTX_SIZE", default_value_t = NonZeroU32::new(8192).expect("non-zero"))]
-    ctx_size: NonZeroU32,
-
-    /// CPU threads [default: physical cores available to this process].
-    #[arg(long, env = "LLAMANET_THREADS")]
-    threads: Option<NonZeroU32>,
-
-    /// Most tokens per decode step; a long prompt is evaluated in chunks of this size so
-    /// that generating slots are delayed by at most one chunk.
-    #[arg(long, env = "LLAMANET_BATCH_SIZE", default_value_t = NonZeroU32::new(512).expect("non-zero"))]
-    batch_size: NonZeroU32,
-
-    /// Layers to offload to the GPU [default: all when built with a GPU backend].
-    #[arg(long, env = "LLAMANET_GPU_LAYERS")]
-    gpu_layers: Option<u32>,
-
-    /// Require `Authorization: Bearer <key>` on /v1 routes.
-    #[arg(long, env = "LLAMANET_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
-
-    /// Serve /v1/embeddings (mean-pooled hidden states) from the same model.
-    #[arg(long, env = "LLAMANET_EMBEDDINGS")]
-    embeddings: bool,
-
-    /// The model name clients use [default: the model file name without extension].
-    #[arg(long, env = "LLAMANET_MODEL_ID")]
-    model_id: Option<String>,
-
-    /// A Jinja chat template file replacing the one in the model's metadata.
-    #[arg(long, env = "LLAMANET_CHAT_TEMPLATE")]
-    chat_template: Option<PathBuf>,
-
-    /// Largest request body in bytes.
-    #[arg(long, env = "LLAMANET_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
-    body_limit: usize,
-
-    /// Longest a generation request may take in seconds, queueing included.
-    #[arg(long, env = "LLAMANET_REQUEST_TIMEOUT", default_value_t = 600)]
-    request_timeout: u64,
-
-    /// Seconds in-flight requests get to finish after SIGTERM.
-    #[arg(long, env = "LLAMANET_SHUTDOWN_GRACE", default_value_t = 30)]
-    shutdown_grace: u64,
-
-    #[command(flatten)]
-    swarm: llamanet_node::swarm::membership::MembershipArgs,
-}
-
-#[derive(Debug, Args)]
-struct FetchArgs {
-    /// http(s):// URL, file:// URL or local path of the GGUF model.
-    #[arg(long, env = "LLAMANET_SOURCE")]
-    source: String,
-
-    /// Where the verified model ends up.
-    #[arg(long, env = "LLAMANET_DEST")]
-    dest: PathBuf,
-
-    /// Expected SHA-256 of the model (64 hex digits).
-    #[arg(long, env = "LLAMANET_SHA256")]
-    sha256: String,
-}
-
-#[cfg(feature = "engine")]
-#[derive(Debug, Args)]
-struct GenerateArgs {
-    /// Path of the GGUF model.
-    #[arg(long, env = "LLAMANET_MODEL")]
-    model: PathBuf,
-
-    /// Verify the model's SHA-256 before loading it.
-    #[arg(long, env = "LLAMANET_SHA256")]
-    sha256: Option<String>,
-
-    /// Prompt text, used as is (no chat template).
-    #[arg(long, env = "LLAMANET_PROMPT")]
-    prompt: String,
-
-    /// Most tokens to generate.
-    #[arg(long, env = "LLAMANET_MAX_TOKENS", default_value_t = 128)]
-    max_tokens: usize,
-
-    /// CPU threads [default: physical cores available to this process].
-    #[arg(long, env = "LLAMANET_THREADS")]
-    threads: Option<NonZeroU32>,
-
-    /// Context size in tokens.
-    #[arg(long, env = "LLAMANET_CTX_SIZE",
-          default_value_t = NonZeroU32::new(llamanet_node::engine::settings::DEFAULT_CONTEXT_SIZE).expect("non-zero"))]
-    ctx_size: NonZeroU32,
-
-    /// Layers to offload to the GPU [default: all when built with a GPU backend].
-    #[arg(long, env = "LLAMANET_GPU_LAYERS")]
-    gpu_layers: Option<u32>,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -269,6 +150,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             gpu_layers: args.gpu_layers,
             parallel: args.parallel,
             queue: args.queue,
+            flash_attention: args.flash_attention,
             embeddings: args.embeddings,
         },
         api: ApiConfig {

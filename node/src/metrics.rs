@@ -7,8 +7,8 @@
 //! nothing polls in between. This module does not depend on the engine: the API layer
 //! passes an [`EngineGauges`] snapshot in.
 
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -46,6 +46,21 @@ pub struct EngineGauges {
     pub tokens_per_second: f64,
 }
 
+#[cfg(feature = "nvml")]
+pub mod gpu;
+pub mod swarm;
+
+pub use swarm::SWARM_METRIC_NAMES;
+
+/// Series exported only where NVML works (feature `nvml`, NVIDIA driver present).
+pub const GPU_METRIC_NAMES: &[&str] = &[
+    "llamanet_gpu_utilization_ratio",
+    "llamanet_gpu_memory_used_bytes",
+    "llamanet_gpu_memory_total_bytes",
+    "llamanet_gpu_temperature_celsius",
+    "llamanet_gpu_power_watts",
+];
+
 /// Every metric of the node, registered once in [`Metrics::new`].
 #[derive(Debug)]
 pub struct Metrics {
@@ -72,6 +87,11 @@ pub struct Metrics {
     system_memory_total: Gauge,
     /// `None` where sysinfo cannot read this platform; the system gauges then stay 0.
     system: Mutex<Option<System>>,
+    /// Swarm and routing series, once the node has joined a swarm.
+    swarm: Arc<swarm::SwarmSource>,
+    /// `None` without NVML (no NVIDIA driver): then no GPU series exist.
+    #[cfg(feature = "nvml")]
+    gpus: Option<gpu::Gpus>,
 }
 
 impl Default for Metrics {
@@ -207,6 +227,10 @@ impl Metrics {
             Unit::Bytes,
             system_memory_total.clone(),
         );
+        let swarm = Arc::new(swarm::SwarmSource::default());
+        registry.register_collector(Box::new(Arc::clone(&swarm)));
+        #[cfg(feature = "nvml")]
+        let gpus = gpu::Gpus::init(&mut registry);
         Metrics {
             registry,
             requests,
@@ -230,7 +254,20 @@ impl Metrics {
             system_memory_used,
             system_memory_total,
             system: Mutex::new(System::new().ok()),
+            swarm,
+            #[cfg(feature = "nvml")]
+            gpus,
         }
+    }
+
+    /// Exports the figures of the swarm this node joined and of its router.
+    pub fn attach_swarm(
+        &self,
+        swarm: Arc<crate::swarm::metrics::SwarmMetrics>,
+        peers: crate::swarm::SharedPeerTable,
+        route: Arc<crate::route::RouteMetrics>,
+    ) {
+        self.swarm.attach(swarm, peers, route);
     }
 
     /// Counts one answered request.
@@ -265,6 +302,10 @@ impl Metrics {
             self.tokens_per_second.set(engine.tokens_per_second);
         }
         self.refresh_system();
+        #[cfg(feature = "nvml")]
+        if let Some(gpus) = &self.gpus {
+            gpus.refresh();
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);

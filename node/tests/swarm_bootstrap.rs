@@ -146,3 +146,71 @@ async fn dns_bootstrap_address_with_peer_id_joins() {
     })
     .await;
 }
+
+/// Connected peers of `node` (the swarm task's own view).
+async fn connected(node: &swarm::SwarmHandle) -> Vec<libp2p::PeerId> {
+    node.connected_peers().await.unwrap_or_default()
+}
+
+/// A bootstrap peer is a meeting point (the operator in a cluster): when it restarts, nodes
+/// dial it again even though they still have each other, so it hears them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_bootstrap_peer_is_dialed_again_while_other_peers_remain() {
+    // This binary's one subscriber (the other tests read what it captures).
+    let _ = captured_logs();
+    bounded(Duration::from_secs(60), async {
+        let port = free_port();
+        let target: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let key = swarm::identity::ephemeral();
+        let seed_config = || SwarmConfig {
+            listen: vec![target.clone()],
+            initial_status: status(None),
+            ..node_config(Vec::new())
+        };
+        let seed = swarm::start(key.clone(), seed_config()).await.unwrap();
+        let a = start_node(vec![target.clone()], Some("model-a")).await;
+        let b = start_node(vec![target.clone()], Some("model-b")).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !connected(&a).await.contains(&b.peer_id()) {
+            assert!(
+                Instant::now() < deadline,
+                "a and b never connected directly"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // The seed crashes: its connections drop, a and b keep each other.
+        let seed_id = seed.peer_id();
+        seed.abort();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while connected(&a).await.contains(&seed_id) {
+            assert!(Instant::now() < deadline, "a still sees the dead seed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            connected(&a).await.contains(&b.peer_id()),
+            "a is not isolated"
+        );
+
+        // Back at the same address: both nodes find their way to it again.
+        let back = Instant::now();
+        let seed = swarm::start(key, seed_config()).await.unwrap();
+        wait_until(
+            "the restarted seed to hear both nodes",
+            Duration::from_secs(15),
+            || {
+                seed.heartbeat_of(&a.peer_id()).is_some()
+                    && seed.heartbeat_of(&b.peer_id()).is_some()
+            },
+        )
+        .await;
+        println!(
+            "restarted bootstrap peer heard both nodes after {:?}",
+            back.elapsed()
+        );
+        for node in [a, b, seed] {
+            node.shutdown().await;
+        }
+    })
+    .await;
+}

@@ -352,7 +352,7 @@ fn serve_args(
         "serve".into(),
         "--model".into(),
         model.serve_path.clone(),
-        "--model-name".into(),
+        "--model-id".into(),
         model_name(&spec.model),
         "--host".into(),
         "$(POD_IP)".into(),
@@ -360,13 +360,16 @@ fn serve_args(
         API_CONTAINER_PORT.to_string(),
         "--swarm-port".into(),
         spec.swarm.port.to_string(),
-        "--identity-key".into(),
+        "--identity".into(),
         format!("{IDENTITY_DIR}/$(POD_NAME)"),
         // Heartbeats carry these, so the operator maps them to this resource and pod.
         "--inference-node".into(),
         format!("{namespace}/{name}"),
         "--pod".into(),
         "$(POD_NAME)".into(),
+        // The operator judges staleness in multiples of this interval.
+        "--heartbeat-interval".into(),
+        config.heartbeat_interval.as_secs_f64().to_string(),
     ];
     let engine = &spec.engine;
     let mut flag = |name: &str, value: Option<i32>| {
@@ -380,8 +383,9 @@ fn serve_args(
     flag("--gpu-layers", engine.gpu_layers);
     flag("--threads", engine.threads);
     flag("--batch-size", engine.batch_size);
-    if engine.flash_attention == Some(true) {
+    if let Some(on) = engine.flash_attention {
         args.push("--flash-attention".into());
+        args.push(if on { "on" } else { "off" }.into());
     }
     for peer in config
         .bootstrap_peers
@@ -809,9 +813,9 @@ mod tests {
             flag(&args, "--model"),
             Some("/models/gemma-3-270m-q4_k_m.gguf")
         );
-        assert_eq!(flag(&args, "--model-name"), Some("gemma-3-270m-q4_k_m"));
+        assert_eq!(flag(&args, "--model-id"), Some("gemma-3-270m-q4_k_m"));
         assert_eq!(
-            flag(&args, "--identity-key"),
+            flag(&args, "--identity"),
             Some("/var/run/llamanet/identity/$(POD_NAME)")
         );
         assert_eq!(flag(&args, "--inference-node"), Some("ai/gemma"));
@@ -868,7 +872,7 @@ mod tests {
         assert_eq!(flag(&args, "--gpu-layers"), Some("20"));
         assert_eq!(flag(&args, "--threads"), Some("2"));
         assert_eq!(flag(&args, "--batch-size"), Some("512"));
-        assert!(args.iter().any(|a| a == "--flash-attention"));
+        assert_eq!(flag(&args, "--flash-attention"), Some("on"));
         assert_eq!(&args[args.len() - 2..], ["--ctx-size", "16384"]);
     }
 
@@ -938,6 +942,103 @@ mod tests {
                 .unwrap()[0]
                 .port,
             4100
+        );
+    }
+
+    /// A container's command line as the kubelet runs it: `$(VAR)` references to the pod's
+    /// environment expanded.
+    fn expanded_args(c: &Container) -> Vec<String> {
+        c.args
+            .iter()
+            .flatten()
+            .map(|a| {
+                a.replace("$(POD_IP)", "10.1.2.3")
+                    .replace("$(POD_NAME)", "gemma-0")
+                    .replace("$(POD_NAMESPACE)", "ai")
+            })
+            .collect()
+    }
+
+    /// Every command line the operator generates is one the node's own parser accepts, with
+    /// the values meant (the node and operator are built from one workspace, and this is
+    /// where a renamed flag on either side shows).
+    #[test]
+    fn every_generated_command_line_parses_as_the_node_parses_it() {
+        use llamanet_node::cli::{FlashAttention, Invocation};
+
+        let full = InferenceNode::test()
+            .with_engine(EngineSettings {
+                context_size: Some(8192),
+                parallel: Some(8),
+                gpu_layers: Some(20),
+                threads: Some(2),
+                batch_size: Some(256),
+                flash_attention: Some(false),
+                extra_args: vec!["--ctx-size".into(), "16384".into()],
+            })
+            .with_swarm(SwarmSettings {
+                bootstrap_peers: vec!["/dns4/peer.example.com/tcp/4001".into()],
+                cluster: Some("eu-1".into()),
+                zone: Some("eu-1a".into()),
+                private_key_secret: Some(SecretKeyRef {
+                    name: "swarm".into(),
+                    key: "psk".into(),
+                }),
+                port: 4100,
+            });
+        for node in [InferenceNode::test(), full.clone()] {
+            let children = build(&node);
+            let spec = pod_spec(&children);
+            for c in spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+            {
+                let args = expanded_args(c);
+                if let Err(err) = Invocation::parse(&args) {
+                    panic!(
+                        "container {} runs `llamanet {}`:\n{err}",
+                        c.name,
+                        args.join(" ")
+                    );
+                }
+            }
+        }
+
+        let Ok(Invocation::Serve(serve)) = Invocation::parse(expanded_args(server(&build(&full))))
+        else {
+            panic!("the server container does not run serve");
+        };
+        assert_eq!(serve.host.to_string(), "10.1.2.3");
+        assert_eq!(serve.port, 8080);
+        assert_eq!(serve.model_id.as_deref(), Some("gemma-3-270m-q4_k_m"));
+        assert_eq!(serve.parallel.get(), 8);
+        assert_eq!(serve.threads.map(|t| t.get()), Some(2));
+        assert_eq!(serve.batch_size.get(), 256);
+        assert_eq!(serve.gpu_layers, Some(20));
+        assert_eq!(serve.flash_attention, FlashAttention::Off);
+        // extraArgs come last and win over the operator's own flags.
+        assert_eq!(serve.ctx_size.get(), 16384);
+        let swarm = &serve.swarm;
+        assert_eq!(swarm.swarm_port, 4100);
+        assert_eq!(
+            swarm.heartbeat_interval,
+            OperatorConfig::default().heartbeat_interval.as_secs_f64()
+        );
+        assert_eq!(
+            swarm.identity.as_deref(),
+            Some(std::path::Path::new("/var/run/llamanet/identity/gemma-0"))
+        );
+        assert_eq!(swarm.bootstrap, ["/dns4/peer.example.com/tcp/4001"]);
+        assert_eq!(swarm.inference_node.as_deref(), Some("ai/gemma"));
+        assert_eq!(swarm.pod.as_deref(), Some("gemma-0"));
+        assert_eq!(
+            (swarm.cluster.as_str(), swarm.zone.as_str()),
+            ("eu-1", "eu-1a")
+        );
+        assert_eq!(
+            swarm.swarm_key.as_deref(),
+            Some(std::path::Path::new("/var/run/llamanet/swarm-key/psk"))
         );
     }
 
@@ -1037,7 +1138,7 @@ mod tests {
         assert_eq!(flag(fetch_args, "--dest"), Some("/models/gemma.gguf"));
         let args = args(&children);
         assert_eq!(flag(&args, "--model"), Some("/models/gemma.gguf"));
-        assert_eq!(flag(&args, "--model-name"), Some("gemma-3"));
+        assert_eq!(flag(&args, "--model-id"), Some("gemma-3"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod heartbeat;
 pub mod identity;
 pub mod leader;
 pub mod metrics;
+pub mod monitoring;
 pub mod reconcile;
 pub mod server;
 pub mod status;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::crd::Phase;
+use crate::crd::{InferenceNodeStatus, Phase};
 use crate::error::Error;
 use crate::heartbeat::HeartbeatTable;
 
@@ -36,6 +36,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "llamanet_operator_inference_nodes",
     "llamanet_operator_heartbeat_age_seconds",
     "llamanet_operator_status_patches_total",
+    "llamanet_operator_inference_node_replicas",
+    "llamanet_operator_heartbeat_to_status_seconds",
 ];
 
 /// Every phase, so the phase gauge shows zeros instead of missing series.
@@ -59,6 +61,8 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     inference_nodes: Family<[(&'static str, &'static str); 1], Gauge>,
     status_patches: Counter,
+    replicas: Family<ReplicaLabels, Gauge>,
+    heartbeat_to_status: Histogram,
     /// The phase of every resource the operator knows, from which the phase gauge is counted.
     phases: Mutex<HashMap<ResourceKey, Phase>>,
 }
@@ -108,6 +112,21 @@ impl Metrics {
             "Status writes of InferenceNodes (only changed statuses are written)",
             status_patches.clone(),
         );
+        let replicas = Family::<ReplicaLabels, Gauge>::default();
+        registry.register(
+            "inference_node_replicas",
+            "Replicas of each InferenceNode: desired, ready (serving) and heartbeating (fresh \
+             heartbeat), as its status shows",
+            replicas.clone(),
+        );
+        let heartbeat_to_status = Histogram::new([
+            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+        ]);
+        registry.register(
+            "heartbeat_to_status_seconds",
+            "Time from a heartbeat's arrival at the operator to the status write that shows it",
+            heartbeat_to_status.clone(),
+        );
         registry.register_collector(Box::new(HeartbeatAges(heartbeats)));
         Self {
             registry,
@@ -116,6 +135,8 @@ impl Metrics {
             reconcile_duration,
             inference_nodes,
             status_patches,
+            replicas,
+            heartbeat_to_status,
             phases: Mutex::default(),
         }
     }
@@ -139,11 +160,27 @@ impl Metrics {
         self.status_patches.inc();
     }
 
-    /// Records the phase a resource's status now shows.
-    pub fn set_phase(&self, namespace: &str, name: &str, phase: Phase) {
+    /// A status write showed a heartbeat that arrived `seconds` earlier.
+    pub fn heartbeat_shown(&self, seconds: f64) {
+        self.heartbeat_to_status.observe(seconds);
+    }
+
+    /// Records what a resource's status now shows: its phase and replica counts.
+    pub fn record_status(&self, namespace: &str, name: &str, status: &InferenceNodeStatus) {
         let mut phases = self.phases.lock().expect("phase map lock poisoned");
-        phases.insert((namespace.to_owned(), name.to_owned()), phase);
-        self.count_phases(&phases);
+        if let Some(phase) = status.phase {
+            phases.insert((namespace.to_owned(), name.to_owned()), phase);
+            self.count_phases(&phases);
+        }
+        for (state, count) in [
+            ("desired", status.replicas),
+            ("ready", status.ready_replicas),
+            ("heartbeating", status.peer_count),
+        ] {
+            self.replicas
+                .get_or_create(&ReplicaLabels::new(namespace, name, state))
+                .set(i64::from(count));
+        }
     }
 
     /// Forgets a deleted resource.
@@ -151,6 +188,10 @@ impl Metrics {
         let mut phases = self.phases.lock().expect("phase map lock poisoned");
         phases.remove(&(namespace.to_owned(), name.to_owned()));
         self.count_phases(&phases);
+        for state in ReplicaLabels::STATES {
+            self.replicas
+                .remove(&ReplicaLabels::new(namespace, name, state));
+        }
     }
 
     fn count_phases(&self, phases: &HashMap<ResourceKey, Phase>) {
@@ -180,6 +221,26 @@ pub struct ReconcileTimer<'a> {
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
         self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Labels of `inference_node_replicas`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    namespace: String,
+    name: String,
+    state: &'static str,
+}
+
+impl ReplicaLabels {
+    const STATES: [&'static str; 3] = ["desired", "ready", "heartbeating"];
+
+    fn new(namespace: &str, name: &str, state: &'static str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            state,
+        }
     }
 }
 
@@ -242,6 +303,16 @@ mod tests {
         let metrics = Metrics::new(heartbeats);
         metrics.reconcile_failed(&Error::MissingObjectKey(".metadata.uid"));
         drop(metrics.reconcile_started());
+        // Per-resource families only appear once a resource is known.
+        metrics.record_status(
+            "ai",
+            "gemma",
+            &InferenceNodeStatus {
+                phase: Some(Phase::Ready),
+                replicas: 1,
+                ..InferenceNodeStatus::default()
+            },
+        );
         let text = metrics.encode();
         let exported: Vec<&str> = text
             .lines()
@@ -266,11 +337,18 @@ mod tests {
     }
 
     #[test]
-    fn the_phase_gauge_counts_resources_per_phase() {
+    fn phases_and_replicas_follow_the_recorded_statuses() {
         let metrics = Metrics::new(HeartbeatTable::default());
-        metrics.set_phase("ai", "a", Phase::Loading);
-        metrics.set_phase("ai", "b", Phase::Loading);
-        metrics.set_phase("ai", "a", Phase::Ready);
+        let status = |phase, ready| InferenceNodeStatus {
+            phase: Some(phase),
+            replicas: 2,
+            ready_replicas: ready,
+            peer_count: ready,
+            ..InferenceNodeStatus::default()
+        };
+        metrics.record_status("ai", "a", &status(Phase::Loading, 0));
+        metrics.record_status("ai", "b", &status(Phase::Loading, 1));
+        metrics.record_status("ai", "a", &status(Phase::Ready, 2));
         let text = metrics.encode();
         assert!(
             text.contains(r#"inference_nodes{phase="Ready"} 1"#),
@@ -284,11 +362,20 @@ mod tests {
             text.contains(r#"inference_nodes{phase="Failed"} 0"#),
             "{text}"
         );
+        for line in [
+            r#"inference_node_replicas{namespace="ai",name="a",state="desired"} 2"#,
+            r#"inference_node_replicas{namespace="ai",name="a",state="ready"} 2"#,
+            r#"inference_node_replicas{namespace="ai",name="b",state="ready"} 1"#,
+            r#"inference_node_replicas{namespace="ai",name="b",state="heartbeating"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
         metrics.forget("ai", "a");
+        let text = metrics.encode();
+        assert!(text.contains(r#"inference_nodes{phase="Ready"} 0"#));
         assert!(
-            metrics
-                .encode()
-                .contains(r#"inference_nodes{phase="Ready"} 0"#)
+            !text.contains(r#"name="a""#),
+            "forgotten series remain:\n{text}"
         );
     }
 }

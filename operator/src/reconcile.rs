@@ -1,6 +1,7 @@
 //! The controller loop: for each InferenceNode, apply its children (server-side apply, owner
-//! references, so deleting the resource removes them) and write the status computed from its
-//! pods and the heartbeat table, with an Event for every condition transition.
+//! references, so deleting the resource removes them; a PodMonitor too where the Prometheus
+//! Operator's CRDs exist) and write the status computed from its pods and the heartbeat
+//! table, with an Event for every condition transition.
 //!
 //! What is built and what is observed are decided elsewhere (`children.rs`, `status.rs`,
 //! `events.rs`); this file only talks to the API server. It is safe to restart at any point:
@@ -24,7 +25,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, Recorder};
 use kube::runtime::reflector::ObjectRef;
@@ -43,6 +44,7 @@ use crate::events;
 use crate::heartbeat::HeartbeatTable;
 use crate::identity;
 use crate::metrics::Metrics;
+use crate::monitoring::{self, PodMonitorSupport};
 use crate::server::Readiness;
 use crate::status::{self, Observation, PodSummary};
 
@@ -66,6 +68,7 @@ pub struct Context {
     pub heartbeats: HeartbeatTable,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
+    pod_monitors: PodMonitorSupport,
     /// The status this run last wrote per resource. The watch cache lags behind our own
     /// writes; comparing against it would write (and announce) the same transition twice.
     written: Mutex<HashMap<ResourceKey, Written>>,
@@ -101,6 +104,7 @@ impl Context {
             config,
             heartbeats,
             metrics,
+            pod_monitors: PodMonitorSupport::default(),
             written: Mutex::default(),
         }
     }
@@ -217,6 +221,9 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
     }
     let stateful_sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
     apply_child(&ctx, &node, &stateful_sets, &children.stateful_set).await?;
+    if ctx.pod_monitors.available(&ctx.client).await {
+        apply_pod_monitor(&ctx, &node, &namespace).await?;
+    }
 
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
         .list(&ListParams::default().labels(&children::selector_string(&name)))
@@ -248,9 +255,7 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
     let mut requeue = requeue_after(status::next_change(&observation));
 
     if previous == Some(&status) {
-        if let Some(phase) = status.phase {
-            ctx.metrics.set_phase(&namespace, &name, phase);
-        }
+        ctx.metrics.record_status(&namespace, &name, &status);
         return Ok(Action::requeue(requeue));
     }
     if let Some(wait) = patch_wait(last_written.as_ref().map(|w| w.at), Instant::now()) {
@@ -271,9 +276,8 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
         )
         .await?;
     ctx.metrics.status_patched();
-    if let Some(phase) = status.phase {
-        ctx.metrics.set_phase(&namespace, &name, phase);
-    }
+    ctx.metrics.record_status(&namespace, &name, &status);
+    observe_new_heartbeats(&ctx.metrics, previous, &status);
     for event in events::transitions(previous, &status) {
         ctx.publish(&node, event).await;
     }
@@ -303,6 +307,52 @@ where
         .await;
     if let Err(source) = applied {
         let kind = K::kind(&()).into_owned();
+        ctx.publish(node, events::apply_failed(&kind, &name, &source))
+            .await;
+        return Err(Error::Apply { kind, name, source });
+    }
+    Ok(())
+}
+
+/// Records, for every replica whose heartbeat this status write is the first to show, how
+/// long after its arrival the write happened.
+fn observe_new_heartbeats(
+    metrics: &Metrics,
+    previous: Option<&InferenceNodeStatus>,
+    status: &InferenceNodeStatus,
+) {
+    let now = Timestamp::now();
+    for peer in &status.peers {
+        let shown_before = previous.is_some_and(|p| {
+            p.peers.iter().any(|old| {
+                old.pod == peer.pod && old.last_heartbeat_time == peer.last_heartbeat_time
+            })
+        });
+        if !shown_before {
+            let age = now.duration_since(peer.last_heartbeat_time.0);
+            metrics.heartbeat_shown(age.as_secs_f64().max(0.0));
+        }
+    }
+}
+
+/// The resource's PodMonitor (only called where the API server serves PodMonitors).
+async fn apply_pod_monitor(ctx: &Context, node: &InferenceNode, namespace: &str) -> Result<()> {
+    let monitor = monitoring::desired_pod_monitor(node)?;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        namespace,
+        &monitoring::pod_monitor_resource(),
+    );
+    let name = monitor.name_any();
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&monitor),
+        )
+        .await;
+    if let Err(source) = applied {
+        let kind = "PodMonitor".to_owned();
         ctx.publish(node, events::apply_failed(&kind, &name, &source))
             .await;
         return Err(Error::Apply { kind, name, source });

@@ -1,12 +1,12 @@
 //! The operator against a real control plane (`llamanet_cluster`): two operator replicas with
-//! leader election run in this process, each on its own tokio runtime so that one can be
-//! killed outright (its runtime dropped: no Lease release, like a crashed pod).
+//! leader election run in this process (see `common`), and one can be killed outright.
 //!
-//! The InferenceNode's pods are not expected to become Ready (the node image's binary is not
-//! built into this crate's target folder, so they show ErrImagePull); what is checked is the
-//! operator's side: children with owner references, status conditions, events, heartbeats
-//! into status, scaling, leader election and failover, garbage collection on delete, and the
-//! API server's validation of `deploy/examples/invalid/`.
+//! The InferenceNode here points at a file that is not a model, so its pods never become
+//! Ready, and heartbeats are fed into the operator's table by hand: what is checked is the
+//! operator's own side: children with owner references, status conditions, events,
+//! heartbeat-to-status latency, scaling, leader election and failover, garbage collection on
+//! delete, and the API server's validation of `deploy/examples/invalid/`. Real node pods
+//! with real heartbeats are `real_nodes.rs`.
 //!
 //! Needs the control plane binaries (`scripts/build-k8s.sh`) and `kubectl` on PATH.
 
@@ -22,115 +22,15 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use llamanet_cluster::testing::eventually;
 use llamanet_cluster::{Cluster, ClusterConfig};
-use llamanet_operator::config::{LeaderElection, OperatorConfig, RunConfig};
 use llamanet_operator::crd::{ConditionStatus, ConditionType, InferenceNode};
-use llamanet_operator::heartbeat::HeartbeatTable;
 use llamanet_operator::status::ReplicaHeartbeat;
-use tokio::sync::oneshot;
+
+mod common;
+use common::{Operator, repo_root};
 
 const NAMESPACE: &str = "default";
 const NAME: &str = "e2e";
 const LEASE: &str = "llamanet-operator";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// One operator replica on its own runtime.
-struct Operator {
-    identity: String,
-    metrics_port: u16,
-    heartbeats: HeartbeatTable,
-    runtime: Option<tokio::runtime::Runtime>,
-    shutdown: Option<oneshot::Sender<()>>,
-    done: Option<oneshot::Receiver<()>>,
-}
-
-impl Operator {
-    fn start(cluster: &Cluster, identity: &str) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let metrics_port = llamanet_cluster::control_plane::free_port().unwrap();
-        let heartbeats = HeartbeatTable::default();
-        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let (done_tx, done_rx) = oneshot::channel();
-        let config = RunConfig {
-            operator: OperatorConfig::default(),
-            metrics_addr: Some(([127, 0, 0, 1], metrics_port).into()),
-            leader_election: Some(LeaderElection::in_namespace(NAMESPACE)),
-            identity: identity.to_owned(),
-        };
-        let kubeconfig = cluster.kubeconfig().to_path_buf();
-        let table = heartbeats.clone();
-        runtime.spawn(async move {
-            // Its own client, so its connections die with its runtime.
-            let client = llamanet_cluster::control_plane::client_from_kubeconfig(&kubeconfig)
-                .await
-                .unwrap();
-            let shutdown = async move {
-                let _ = shutdown_rx.await;
-            };
-            llamanet_operator::run(client, config, table, shutdown)
-                .await
-                .unwrap();
-            let _ = done_tx.send(());
-        });
-        Self {
-            identity: identity.to_owned(),
-            metrics_port,
-            heartbeats,
-            runtime: Some(runtime),
-            shutdown: Some(shutdown_tx),
-            done: Some(done_rx),
-        }
-    }
-
-    /// Graceful stop: what SIGTERM does. Returns once `run` has returned.
-    async fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(done) = self.done.take() {
-            tokio::time::timeout(Duration::from_secs(30), done)
-                .await
-                .expect("operator stops within 30 s")
-                .expect("operator ran to its end");
-        }
-    }
-
-    /// Like a crash: every task of this replica ends at once, nothing is released.
-    fn kill(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-
-    /// Status and body of a GET on its metrics server; status 0 while it does not listen yet.
-    async fn get(&self, path: &str) -> (u16, String) {
-        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
-        match reqwest::get(url).await {
-            Ok(response) => (response.status().as_u16(), response.text().await.unwrap()),
-            Err(_) => (0, String::new()),
-        }
-    }
-
-    /// A counter or gauge sample from /metrics (0 when absent).
-    async fn metric(&self, sample: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 async fn lease_holder(client: &Client) -> Option<String> {
     Api::<Lease>::namespaced(client.clone(), NAMESPACE)
@@ -258,8 +158,8 @@ async fn operator_reconciles_on_a_real_control_plane() {
 
     // Two replicas: exactly one takes the Lease and acts; the other stands by, Ready too.
     let mut operators = [
-        Operator::start(&cluster, "operator-a"),
-        Operator::start(&cluster, "operator-b"),
+        Operator::start(&cluster, "operator-a", NAMESPACE),
+        Operator::start(&cluster, "operator-b", NAMESPACE),
     ];
     let leader = eventually(Duration::from_secs(30), "a replica takes the Lease", || {
         lease_holder(&client)
@@ -540,7 +440,7 @@ async fn operator_reconciles_on_a_real_control_plane() {
     eprintln!("children gone {:?} after delete", deleted.elapsed());
 
     // A graceful stop releases the Lease: a standby takes over at its next look.
-    let mut third = Operator::start(&cluster, "operator-c");
+    let mut third = Operator::start(&cluster, "operator-c", NAMESPACE);
     eventually(
         Duration::from_secs(20),
         "the third replica stands by",

@@ -177,12 +177,16 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
     let gate = state.swarm.get().map(|swarm| {
         let view = state.clone();
+        let router = crate::route::Router::for_swarm(
+            swarm.clone(),
+            crate::route::PickPolicy::default(),
+            crate::route::ForwarderConfig::default(),
+        );
+        state
+            .metrics
+            .attach_swarm(swarm.metrics(), swarm.peer_table(), router.metrics());
         crate::route::RouteLayer {
-            router: crate::route::Router::for_swarm(
-                swarm.clone(),
-                crate::route::PickPolicy::default(),
-                crate::route::ForwarderConfig::default(),
-            ),
+            router,
             local: Arc::new(move |model: &str| view.local_view(model)),
             body_limit,
         }

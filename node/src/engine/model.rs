@@ -16,7 +16,7 @@ use llama_cpp_2::token::LlamaToken;
 use super::EngineError;
 use super::backend::backend;
 use super::session::Session;
-use super::settings::EngineSettings;
+use super::settings::{EngineSettings, FlashAttention};
 
 /// A loaded model. `Sync`: sessions on several threads may share it, each with its own
 /// context.
@@ -28,6 +28,7 @@ pub struct Model {
     context_size: NonZeroU32,
     batch_size: NonZeroU32,
     parallel: NonZeroU32,
+    flash_attention: FlashAttention,
 }
 
 impl Model {
@@ -80,6 +81,7 @@ impl Model {
             context_size,
             batch_size: settings.batch_size.min(context_size),
             parallel: settings.parallel,
+            flash_attention: settings.flash_attention,
         };
         tracing::info!(
             path = %path.display(),
@@ -95,14 +97,26 @@ impl Model {
         Ok(model)
     }
 
+    /// What every context of this model shares: threads and the flash attention policy.
+    fn context_params(&self) -> LlamaContextParams {
+        let threads = i32::try_from(self.threads.get()).unwrap_or(i32::MAX);
+        let flash_attention = match self.flash_attention {
+            FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        };
+        LlamaContextParams::default()
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads)
+            .with_flash_attention_policy(flash_attention)
+    }
+
     /// Creates a session (a llama.cpp context with its own KV cache) on this model.
     pub fn session(&self) -> Result<Session<'_>, EngineError> {
-        let threads = i32::try_from(self.threads.get()).unwrap_or(i32::MAX);
-        let params = LlamaContextParams::default()
+        let params = self
+            .context_params()
             .with_n_ctx(Some(self.context_size))
-            .with_n_batch(self.batch_size.get())
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_n_batch(self.batch_size.get());
         let context = self
             .inner
             .new_context(backend()?, params)
@@ -121,16 +135,14 @@ impl Model {
     /// cache is kept full size (`swa_full`) so that a slot's prefix can be cut at any
     /// position for prompt reuse.
     pub(crate) fn serving_context(&self) -> Result<LlamaContext<'_>, EngineError> {
-        let threads = i32::try_from(self.threads.get()).unwrap_or(i32::MAX);
-        let params = LlamaContextParams::default()
+        let params = self
+            .context_params()
             .with_n_ctx(Some(self.context_size))
             .with_n_batch(self.batch_size.get())
             .with_n_ubatch(self.batch_size.get())
             .with_n_seq_max(self.parallel.get())
             .with_kv_unified(false)
-            .with_swa_full(true)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_swa_full(true);
         self.inner
             .new_context(backend()?, params)
             .map_err(|cause| EngineError::Context {
@@ -142,16 +154,14 @@ impl Model {
     /// A one-sequence context that returns mean-pooled hidden states instead of logits,
     /// for `/v1/embeddings`. Each slot's share of the context bounds the input length.
     pub(crate) fn embedding_context(&self) -> Result<LlamaContext<'_>, EngineError> {
-        let threads = i32::try_from(self.threads.get()).unwrap_or(i32::MAX);
         let size = self.slot_context_size();
-        let params = LlamaContextParams::default()
+        let params = self
+            .context_params()
             .with_n_ctx(NonZeroU32::new(size))
             .with_n_batch(size)
             .with_n_ubatch(size)
             .with_embeddings(true)
-            .with_pooling_type(LlamaPoolingType::Mean)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_pooling_type(LlamaPoolingType::Mean);
         self.inner
             .new_context(backend()?, params)
             .map_err(|cause| EngineError::Context {

@@ -2,18 +2,9 @@
 
 use std::num::{NonZeroU32, NonZeroUsize};
 
-/// Context size used when none is given: room for a long chat while keeping the KV cache
-/// of small models in the tens of megabytes. Clamped to what the model was trained for.
-pub const DEFAULT_CONTEXT_SIZE: u32 = 4096;
-
-/// Tokens handed to one `llama_decode` call at most (llama.cpp's own default).
-pub const DEFAULT_BATCH_SIZE: u32 = 2048;
-
-/// Sequence slots served at once when none is given.
-pub const DEFAULT_PARALLEL: u32 = 4;
-
-/// Requests that may wait for a free slot when none is given; more get "queue full".
-pub const DEFAULT_QUEUE: usize = 64;
+pub use crate::cli::{
+    DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_SIZE, DEFAULT_PARALLEL, DEFAULT_QUEUE, FlashAttention,
+};
 
 /// How the engine runs a model. `None` fields are resolved at load time from the machine
 /// and the model.
@@ -33,6 +24,8 @@ pub struct EngineSettings {
     pub parallel: NonZeroU32,
     /// Requests that may wait for a slot; zero means none wait.
     pub queue: usize,
+    /// Flash attention policy of every context.
+    pub flash_attention: FlashAttention,
     /// Also create an embeddings context (mean-pooled hidden states) for `/v1/embeddings`.
     pub embeddings: bool,
 }
@@ -46,6 +39,7 @@ impl Default for EngineSettings {
             gpu_layers: None,
             parallel: NonZeroU32::new(DEFAULT_PARALLEL).expect("non-zero constant"),
             queue: DEFAULT_QUEUE,
+            flash_attention: FlashAttention::Auto,
             embeddings: false,
         }
     }

@@ -47,6 +47,8 @@ pub struct BootstrapTarget {
     pub answered: bool,
     /// Whether it turned out to be this node itself (never dialed again).
     pub is_self: bool,
+    /// The peer that answered last.
+    pub reached: Option<PeerId>,
 }
 
 impl BootstrapTarget {
@@ -60,6 +62,7 @@ impl BootstrapTarget {
             next_attempt: Some(now),
             answered: false,
             is_self: false,
+            reached: None,
         }
     }
 
@@ -81,8 +84,9 @@ impl BootstrapTarget {
         delay
     }
 
-    /// The target answered: stop retrying it.
-    pub fn connected(&mut self) {
+    /// The target answered (as `peer`): stop retrying it.
+    pub fn connected(&mut self, peer: Option<PeerId>) {
+        self.reached = peer;
         self.failures = 0;
         self.next_attempt = None;
         self.answered = true;
@@ -166,7 +170,7 @@ mod tests {
         assert!(t.due(now + Duration::from_millis(500)));
         t.dialing();
         assert_eq!(t.failed(now, Backoff::default()), Duration::from_secs(1));
-        t.connected();
+        t.connected(None);
         assert!(t.answered && t.failures == 0 && !t.due(now + Duration::from_secs(100)));
     }
 

@@ -543,7 +543,7 @@ impl EventLoop {
             info!(%peer, "peer left (heartbeats stopped)");
             self.emit(PeerEvent::PeerLeft(peer));
         }
-        self.rearm_bootstrap_if_isolated();
+        self.rearm_lost_bootstrap();
         self.dial_due_bootstrap();
 
         let metrics = &self.channels.metrics;
@@ -608,7 +608,7 @@ impl EventLoop {
     fn bootstrap_answered(&mut self, index: usize, peer: PeerId) {
         let target = &mut self.bootstrap[index];
         let first = !target.answered;
-        target.connected();
+        target.connected(Some(peer));
         if first {
             info!(addr = %target.addr, %peer, "bootstrap peer answered");
             self.emit(PeerEvent::BootstrapConnected {
@@ -626,7 +626,7 @@ impl EventLoop {
             // are part of the swarm it names. Never dial it again.
             debug!(addr = %self.bootstrap[index].addr, "bootstrap address is this node");
             let target = &mut self.bootstrap[index];
-            target.connected();
+            target.connected(None);
             target.is_self = true;
             return;
         }
@@ -645,17 +645,25 @@ impl EventLoop {
         });
     }
 
-    /// A node that lost every connection (its bootstrap peers restarted, the network
-    /// split) starts over from its bootstrap list instead of staying alone forever.
-    fn rearm_bootstrap_if_isolated(&mut self) {
-        if self.swarm.connected_peers().next().is_some() || !self.bootstrap_dials.is_empty() {
-            return;
-        }
+    /// Bootstrap peers are the swarm's meeting points (the operator's swarm Service in a
+    /// cluster), so a node stays connected to each: one that answered once and whose
+    /// connection is gone (it restarted, the network split) is dialed again with back-off,
+    /// whether or not this node still has other peers.
+    fn rearm_lost_bootstrap(&mut self) {
         let now = Instant::now();
-        for target in &mut self.bootstrap {
-            if target.answered && !target.is_self && target.next_attempt.is_none() {
+        let backoff = self.config.bootstrap_backoff;
+        for (index, target) in self.bootstrap.iter_mut().enumerate() {
+            let lost = target.answered
+                && !target.is_self
+                && target.next_attempt.is_none()
+                && !self.bootstrap_dials.values().any(|&i| i == index)
+                && target
+                    .reached
+                    .is_none_or(|peer| !self.swarm.is_connected(&peer));
+            if lost {
+                debug!(addr = %target.addr, "bootstrap peer lost, dialing it again");
                 target.answered = false;
-                target.failed(now, self.config.bootstrap_backoff);
+                target.failed(now, backoff);
             }
         }
     }

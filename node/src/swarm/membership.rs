@@ -21,13 +21,17 @@ pub struct MembershipArgs {
     #[arg(long, env = "LLAMANET_IDENTITY")]
     pub identity: Option<PathBuf>,
 
-    /// Swarm listen multiaddr (repeatable). Default: TCP port 4001 on the HTTP host.
+    /// Swarm listen multiaddr (repeatable). Default: TCP `--swarm-port` on the HTTP host.
     #[arg(
         long = "swarm-listen",
         env = "LLAMANET_SWARM_LISTEN",
         value_delimiter = ','
     )]
     pub swarm_listen: Vec<String>,
+
+    /// TCP port of the default swarm listen address (ignored with --swarm-listen).
+    #[arg(long, env = "LLAMANET_SWARM_PORT", default_value_t = DEFAULT_SWARM_PORT)]
+    pub swarm_port: u16,
 
     /// Peer to bootstrap from (repeatable): /ip4, /ip6, /dns, /dns4 multiaddrs, with or
     /// without /p2p/<peer id>. Retried with back-off while none answers.
@@ -90,7 +94,7 @@ impl MembershipArgs {
                 )
             })?;
         let listen = if self.swarm_listen.is_empty() {
-            vec![default_listen(&advertised.http_host)?]
+            vec![default_listen(&advertised.http_host, self.swarm_port)?]
         } else {
             parse_all("--swarm-listen", &self.swarm_listen)?
         };
@@ -169,8 +173,11 @@ fn parse_all(flag: &str, addrs: &[String]) -> Result<Vec<Multiaddr>, String> {
         .collect()
 }
 
-/// TCP 4001 on the HTTP bind address (its pod IP in Kubernetes).
-fn default_listen(host: &str) -> Result<Multiaddr, String> {
+/// The swarm's TCP port when none is given.
+pub const DEFAULT_SWARM_PORT: u16 = 4001;
+
+/// TCP `port` on the HTTP bind address (its pod IP in Kubernetes).
+fn default_listen(host: &str, port: u16) -> Result<Multiaddr, String> {
     let ip: std::net::IpAddr = match host {
         "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
         h => h
@@ -179,7 +186,7 @@ fn default_listen(host: &str) -> Result<Multiaddr, String> {
             .map_err(|_| format!("--host {h:?} is not an IP address: pass --swarm-listen"))?,
     };
     let proto = if ip.is_ipv4() { "ip4" } else { "ip6" };
-    format!("/{proto}/{ip}/tcp/4001")
+    format!("/{proto}/{ip}/tcp/{port}")
         .parse()
         .map_err(|e| format!("{e}"))
 }

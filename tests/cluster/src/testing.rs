@@ -27,6 +27,70 @@ where
     }
 }
 
+/// The Prometheus Operator's CRDs (PodMonitor, ServiceMonitor, PrometheusRule) that
+/// scripts/build-tools.sh fetched from the Go module proxy.
+pub fn monitoring_crds() -> std::path::PathBuf {
+    let dir = crate::control_plane::cache_dir().join("prometheus-operator-v0.85.0/crds");
+    assert!(
+        dir.join("monitoring.coreos.com_podmonitors.yaml").is_file(),
+        "{} missing: run scripts/build-tools.sh",
+        dir.display()
+    );
+    dir
+}
+
+impl Cluster {
+    /// Installs the Prometheus Operator's CRDs and waits until they are served.
+    pub fn install_monitoring_crds(&self) {
+        let dir = monitoring_crds();
+        self.kubectl_ok(
+            &["apply", "--server-side", "-f", dir.to_str().unwrap()],
+            None,
+        );
+        self.kubectl_ok(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/podmonitors.monitoring.coreos.com",
+                "crd/servicemonitors.monitoring.coreos.com",
+                "crd/prometheusrules.monitoring.coreos.com",
+            ],
+            None,
+        );
+    }
+}
+
+/// Live processes whose command line (arguments joined by spaces) contains `marker`, as
+/// `(pid, uid)`: how tests find the process of a pod's container.
+pub fn processes_with(marker: &str) -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(marker)
+        {
+            continue;
+        }
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|u| u.parse().ok())
+            .unwrap_or(u32::MAX);
+        found.push((pid, uid));
+    }
+    found
+}
+
 impl Cluster {
     /// Runs `kubectl args...` against this cluster with `stdin` as its input.
     pub fn kubectl_run(&self, args: &[&str], stdin: Option<&str>) -> Output {

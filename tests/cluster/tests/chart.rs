@@ -26,6 +26,21 @@ fn helm() -> PathBuf {
     path
 }
 
+/// The PrometheusRule the chart renders holds exactly the groups of the plain rules file.
+fn assert_rule_groups_match_the_rules_file(rendered: &str) {
+    let rule = rendered
+        .split("\n---")
+        .map(|doc| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(doc).unwrap_or_default())
+        .find(|doc| doc["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prom");
+    let file: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo().join("deploy/prometheus/llamanet.rules.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rule["spec"]["groups"], file["groups"]);
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("command runs");
     assert!(
@@ -71,7 +86,15 @@ async fn chart_renders_objects_the_api_server_accepts() {
     run(cluster
         .kubectl()
         .args(["create", "namespace", "llamanet-system"]));
-    for values in [vec![], vec!["--set", "leaderElection=false,replicas=1"]] {
+    // The Prometheus Operator's own CRDs, so its objects are validated for real.
+    cluster.install_monitoring_crds();
+    let monitoring = "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,\
+                      metrics.prometheusRule.enabled=true,metrics.prometheusRule.labels.release=prom";
+    for values in [
+        vec![],
+        vec!["--set", "leaderElection=false,replicas=1"],
+        vec!["--set", monitoring],
+    ] {
         let rendered = run(Command::new(helm())
             .args([
                 "template",
@@ -89,10 +112,24 @@ async fn chart_renders_objects_the_api_server_accepts() {
             String::from_utf8_lossy(&out.stderr)
         );
         let applied = String::from_utf8_lossy(&out.stdout);
-        for kind in [
+        let mut kinds = vec![
             "deployment.apps/llamanet",
             "clusterrole.rbac.authorization.k8s.io/llamanet",
-        ] {
+            "configmap/llamanet-dashboard-swarm-overview",
+            "configmap/llamanet-dashboard-node-inference",
+            "configmap/llamanet-dashboard-operator",
+        ];
+        if values.contains(&monitoring) {
+            kinds.extend([
+                "servicemonitor.monitoring.coreos.com/llamanet",
+                "podmonitor.monitoring.coreos.com/llamanet-nodes",
+                "prometheusrule.monitoring.coreos.com/llamanet",
+            ]);
+            assert_rule_groups_match_the_rules_file(&rendered);
+        } else {
+            assert!(!applied.contains("monitoring.coreos.com"), "{applied}");
+        }
+        for kind in kinds {
             assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
         }
     }

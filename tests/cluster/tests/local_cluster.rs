@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use llamanet_cluster::testing::eventually;
+use llamanet_cluster::testing::{eventually, processes_with};
 use llamanet_cluster::{Cluster, ClusterConfig};
 
 async fn pods(cluster: &Cluster, selector: &str) -> Vec<Pod> {
@@ -26,31 +26,6 @@ fn is_ready(p: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Pids of live processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<(u32, u32)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline)
-            .replace('\0', " ")
-            .contains(marker)
-        {
-            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-            let uid = status
-                .lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|u| u.parse().ok())
-                .unwrap_or(u32::MAX);
-            found.push((pid, uid));
-        }
-    }
-    found
 }
 
 async fn start_cluster() -> Cluster {

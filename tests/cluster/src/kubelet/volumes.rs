@@ -52,7 +52,7 @@ pub async fn prepare(
         if let Some(gid) = fs_group
             && path.starts_with(pod_dir)
         {
-            chown_tree(&path, gid)?;
+            chown_tree(&path, gid, writable_source(vol))?;
         }
         out.insert(vol.name.clone(), path);
     }
@@ -343,12 +343,35 @@ impl Files {
     }
 }
 
-fn chown_tree(path: &Path, gid: i64) -> Result<()> {
-    let gid = gid as u32;
-    std::os::unix::fs::lchown(path, None, Some(gid))?;
-    if path.is_dir() {
+/// Whether the kubelet lets the pod write into a volume of this kind (Secrets, ConfigMaps,
+/// downward API and projected volumes are read-only whatever the mount says).
+fn writable_source(vol: &Volume) -> bool {
+    vol.secret.is_none()
+        && vol.config_map.is_none()
+        && vol.downward_api.is_none()
+        && vol.projected.is_none()
+}
+
+/// What the kubelet does for `fsGroup`: every file and folder becomes owned by the group,
+/// files readable (and writable, for writable volumes) by it, folders set-group-id so that
+/// new files inherit the group.
+fn chown_tree(path: &Path, gid: i64, writable: bool) -> Result<()> {
+    std::os::unix::fs::lchown(path, None, Some(gid as u32))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let group_bits = match (meta.is_dir(), writable) {
+        (true, true) => 0o2070,
+        (true, false) => 0o2050,
+        (false, true) => 0o060,
+        (false, false) => 0o040,
+    };
+    let mode = meta.permissions().mode() | group_bits;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if meta.is_dir() {
         for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), gid as i64)?;
+            chown_tree(&entry?.path(), gid, writable)?;
         }
     }
     Ok(())

@@ -1,0 +1,65 @@
+//! Heartbeat load for `bench/operator_scale.py`: `--count` swarm peers in one process, peer
+//! `i` claiming to be replica 0 of InferenceNode `<namespace>/<prefix>-<i>`. Each bootstraps
+//! from the operator and beats every `--interval` seconds until `--seconds` have passed:
+//! the operator's side of a swarm of that many nodes, without loading any model.
+//!
+//!     cargo run --release -p llamanet-node --example heartbeat_load -- \
+//!         --bootstrap /ip4/127.0.0.1/tcp/4001 --namespace bench --prefix inode --count 50
+
+use std::time::Duration;
+
+use clap::Parser;
+use llamanet_node::swarm::{self, InferenceNodeRef, Keypair, Multiaddr, NodeStatus, SwarmConfig};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// The operator's swarm address.
+    #[arg(long)]
+    bootstrap: Multiaddr,
+    #[arg(long, default_value = "bench")]
+    namespace: String,
+    /// Resource names are `<prefix>-<i>`.
+    #[arg(long, default_value = "inode")]
+    prefix: String,
+    #[arg(long, default_value_t = 50)]
+    count: usize,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// How long to run.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut peers = Vec::with_capacity(args.count);
+    for i in 0..args.count {
+        let name = format!("{}-{i}", args.prefix);
+        let status = NodeStatus {
+            slots_total: 4,
+            healthy: true,
+            pod: Some(format!("{name}-0")),
+            inference_node: Some(InferenceNodeRef {
+                namespace: args.namespace.clone(),
+                name,
+            }),
+            ..NodeStatus::default()
+        };
+        let config = SwarmConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            bootstrap: vec![args.bootstrap.clone()],
+            heartbeat_interval: Duration::from_secs_f64(args.interval),
+            initial_status: status,
+            ..SwarmConfig::default()
+        };
+        peers.push(swarm::start(Keypair::generate_ed25519(), config).await?);
+    }
+    eprintln!("{} peers beating every {}s", peers.len(), args.interval);
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    for peer in &peers {
+        peer.shutdown().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! Flags of `llamanet serve`, `fetch` and `generate`, as library types: the binary parses
+//! them, and the operator checks every container command it generates against them, so
+//! that a pod never gets a flag the node does not know (see `operator/src/children.rs`).
+//! Every flag can also come from its `LLAMANET_*` environment variable.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, ValueEnum};
+
+use crate::swarm::membership::MembershipArgs;
+
+/// Context size used when none is given: room for a long chat while keeping the KV cache
+/// of small models in the tens of megabytes. Clamped to what the model was trained for.
+pub const DEFAULT_CONTEXT_SIZE: u32 = 4096;
+
+/// Tokens handed to one `llama_decode` call at most (llama.cpp's own default).
+pub const DEFAULT_BATCH_SIZE: u32 = 2048;
+
+/// Sequence slots served at once when none is given.
+pub const DEFAULT_PARALLEL: u32 = 4;
+
+/// Requests that may wait for a free slot when none is given; more get "queue full".
+pub const DEFAULT_QUEUE: usize = 64;
+
+/// Total context of `llamanet serve` when none is given (split between the slots).
+pub const DEFAULT_SERVE_CONTEXT_SIZE: u32 = 8192;
+
+/// Tokens per decode step of `llamanet serve` when none is given.
+pub const DEFAULT_SERVE_BATCH_SIZE: u32 = 512;
+
+/// Whether llama.cpp uses flash attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum FlashAttention {
+    /// llama.cpp decides per model and backend.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// `llamanet serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Path of the GGUF model.
+    #[arg(long, env = "LLAMANET_MODEL")]
+    pub model: PathBuf,
+
+    /// Verify the model's SHA-256 before loading it.
+    #[arg(long, env = "LLAMANET_SHA256")]
+    pub sha256: Option<String>,
+
+    /// Address to listen on.
+    #[arg(long, env = "LLAMANET_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "LLAMANET_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Requests decoded together (slots); the context is split evenly between them.
+    #[arg(long, env = "LLAMANET_PARALLEL", default_value_t = non_zero(DEFAULT_PARALLEL))]
+    pub parallel: NonZeroU32,
+
+    /// Requests that may wait for a slot; beyond that, 503 queue full.
+    #[arg(long, env = "LLAMANET_QUEUE", default_value_t = DEFAULT_QUEUE)]
+    pub queue: usize,
+
+    /// Total context in tokens, shared out evenly between the slots.
+    #[arg(long, env = "LLAMANET_CTX_SIZE", default_value_t = non_zero(DEFAULT_SERVE_CONTEXT_SIZE))]
+    pub ctx_size: NonZeroU32,
+
+    /// CPU threads [default: physical cores available to this process].
+    #[arg(long, env = "LLAMANET_THREADS")]
+    pub threads: Option<NonZeroU32>,
+
+    /// Most tokens per decode step; a long prompt is evaluated in chunks of this size so
+    /// that generating slots are delayed by at most one chunk.
+    #[arg(long, env = "LLAMANET_BATCH_SIZE", default_value_t = non_zero(DEFAULT_SERVE_BATCH_SIZE))]
+    pub batch_size: NonZeroU32,
+
+    /// Layers to offload to the GPU [default: all when built with a GPU backend].
+    #[arg(long, env = "LLAMANET_GPU_LAYERS")]
+    pub gpu_layers: Option<u32>,
+
+    /// Flash attention.
+    #[arg(long, env = "LLAMANET_FLASH_ATTENTION", value_enum, default_value_t)]
+    pub flash_attention: FlashAttention,
+
+    /// Require `Authorization: Bearer <key>` on /v1 routes.
+    #[arg(long, env = "LLAMANET_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Serve /v1/embeddings (mean-pooled hidden states) from the same model.
+    #[arg(long, env = "LLAMANET_EMBEDDINGS")]
+    pub embeddings: bool,
+
+    /// The model name clients use [default: the model file name without extension].
+    #[arg(long, env = "LLAMANET_MODEL_ID")]
+    pub model_id: Option<String>,
+
+    /// A Jinja chat template file replacing the one in the model's metadata.
+    #[arg(long, env = "LLAMANET_CHAT_TEMPLATE")]
+    pub chat_template: Option<PathBuf>,
+
+    /// Largest request body in bytes.
+    #[arg(long, env = "LLAMANET_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
+    pub body_limit: usize,
+
+    /// Longest a generation request may take in seconds, queueing included.
+    #[arg(long, env = "LLAMANET_REQUEST_TIMEOUT", default_value_t = 600)]
+    pub request_timeout: u64,
+
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "LLAMANET_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+
+    #[command(flatten)]
+    pub swarm: MembershipArgs,
+}
+
+/// `llamanet fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// http(s):// URL, file:// URL or local path of the GGUF model.
+    #[arg(long, env = "LLAMANET_SOURCE")]
+    pub source: String,
+
+    /// Where the verified model ends up.
+    #[arg(long, env = "LLAMANET_DEST")]
+    pub dest: PathBuf,
+
+    /// Expected SHA-256 of the model (64 hex digits).
+    #[arg(long, env = "LLAMANET_SHA256")]
+    pub sha256: String,
+}
+
+/// `llamanet generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Path of the GGUF model.
+    #[arg(long, env = "LLAMANET_MODEL")]
+    pub model: PathBuf,
+
+    /// Verify the model's SHA-256 before loading it.
+    #[arg(long, env = "LLAMANET_SHA256")]
+    pub sha256: Option<String>,
+
+    /// Prompt text, used as is (no chat template).
+    #[arg(long, env = "LLAMANET_PROMPT")]
+    pub prompt: String,
+
+    /// Most tokens to generate.
+    #[arg(long, env = "LLAMANET_MAX_TOKENS", default_value_t = 128)]
+    pub max_tokens: usize,
+
+    /// CPU threads [default: physical cores available to this process].
+    #[arg(long, env = "LLAMANET_THREADS")]
+    pub threads: Option<NonZeroU32>,
+
+    /// Context size in tokens.
+    #[arg(long, env = "LLAMANET_CTX_SIZE", default_value_t = non_zero(DEFAULT_CONTEXT_SIZE))]
+    pub ctx_size: NonZeroU32,
+
+    /// Layers to offload to the GPU [default: all when built with a GPU backend].
+    #[arg(long, env = "LLAMANET_GPU_LAYERS")]
+    pub gpu_layers: Option<u32>,
+}
+
+const fn non_zero(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => panic!("default must be non-zero"),
+    }
+}
+
+/// A command line of one subcommand, as a container would run it (`argv[1..]`, starting
+/// with the subcommand's name), parsed the way the `llamanet` binary parses it.
+#[derive(Debug)]
+pub enum Invocation {
+    Serve(Box<ServeArgs>),
+    Fetch(FetchArgs),
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Parser)]
+// Flags may repeat and the last one wins, so that extra arguments appended to a generated
+// command line (an InferenceNode's `extraArgs`) override what comes before them.
+#[command(name = "llamanet", no_binary_name = true, args_override_self = true)]
+enum InvocationParser {
+    Serve(Box<ServeArgs>),
+    Fetch(FetchArgs),
+    Generate(GenerateArgs),
+}
+
+impl Invocation {
+    /// Parses `args` (subcommand first) with the binary's own flag definitions.
+    pub fn parse<I, T>(args: I) -> Result<Invocation, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Ok(match InvocationParser::try_parse_from(args)? {
+            InvocationParser::Serve(args) => Invocation::Serve(args),
+            InvocationParser::Fetch(args) => Invocation::Fetch(args),
+            InvocationParser::Generate(args) => Invocation::Generate(args),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_flags_parse_and_unknown_ones_are_refused() {
+        let Invocation::Serve(args) = Invocation::parse([
+            "serve",
+            "--model",
+            "/m.gguf",
+            "--parallel",
+            "2",
+            "--flash-attention",
+            "off",
+        ])
+        .expect("valid serve flags") else {
+            panic!("not serve")
+        };
+        assert_eq!(args.parallel.get(), 2);
+        assert_eq!(args.flash_attention, FlashAttention::Off);
+        let err = Invocation::parse(["serve", "--model", "/m.gguf", "--model-name", "x"])
+            .expect_err("unknown flag");
+        assert!(err.to_string().contains("--model-name"), "{err}");
+        let err = Invocation::parse(["serve", "--model", "/m.gguf", "--parallel", "0"])
+            .expect_err("zero slots");
+        assert!(err.to_string().contains("--parallel"), "{err}");
+    }
+}

@@ -1,0 +1,188 @@
+//! Swarm and routing series, read on each scrape from the swarm's atomics and peer table
+//! (which the swarm task keeps without knowing about Prometheus).
+//!
+//! A node outside any swarm (`--no-swarm`) exports none of them.
+
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::route::{ForwardOutcome, RouteMetrics};
+use crate::swarm::SharedPeerTable;
+use crate::swarm::metrics::SwarmMetrics;
+
+/// Where the swarm series come from, once the node has joined.
+#[derive(Debug, Default)]
+pub struct SwarmSource {
+    attached: OnceLock<Attached>,
+}
+
+#[derive(Debug)]
+struct Attached {
+    swarm: Arc<SwarmMetrics>,
+    peers: SharedPeerTable,
+    route: Arc<RouteMetrics>,
+}
+
+impl SwarmSource {
+    /// Starts exporting this swarm's figures (the first call wins).
+    pub fn attach(
+        &self,
+        swarm: Arc<SwarmMetrics>,
+        peers: SharedPeerTable,
+        route: Arc<RouteMetrics>,
+    ) {
+        let _ = self.attached.set(Attached {
+            swarm,
+            peers,
+            route,
+        });
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+/// Series names (with the registry's `llamanet_` prefix), for tests and dashboards.
+pub const SWARM_METRIC_NAMES: &[&str] = &[
+    "llamanet_swarm_peers",
+    "llamanet_swarm_connected_peers",
+    "llamanet_swarm_routing_table_peers",
+    "llamanet_swarm_model_peers",
+    "llamanet_swarm_heartbeats_received_total",
+    "llamanet_swarm_heartbeats_published_total",
+    "llamanet_swarm_heartbeats_rejected_total",
+    "llamanet_swarm_bootstrap_failures_total",
+    "llamanet_route_forwards_total",
+    "llamanet_route_failovers_total",
+];
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        MetricType::Counter,
+    )?)
+}
+
+impl Collector for SwarmSource {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let Some(source) = self.attached.get() else {
+            return Ok(());
+        };
+        let swarm = source.swarm.snapshot();
+        gauge(
+            &mut encoder,
+            "swarm_peers",
+            "Live nodes in this node's peer table (itself included)",
+            swarm.peer_table_size,
+        )?;
+        gauge(
+            &mut encoder,
+            "swarm_connected_peers",
+            "Peers with an open connection",
+            swarm.connected_peers,
+        )?;
+        gauge(
+            &mut encoder,
+            "swarm_routing_table_peers",
+            "Peers in the Kademlia routing table",
+            swarm.routing_table_size,
+        )?;
+        let models = match source.peers.read() {
+            Ok(table) => table.models(),
+            Err(poisoned) => poisoned.into_inner().models(),
+        };
+        {
+            let mut family = encoder.encode_descriptor(
+                "swarm_model_peers",
+                "Live nodes serving each model",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (model, summary) in models {
+                let labels = ModelLabels { model };
+                ConstGauge::new(summary.peers.len() as i64)
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "swarm_heartbeats_received",
+            "Heartbeats that passed signature and freshness checks",
+            swarm.heartbeats_received,
+        )?;
+        counter(
+            &mut encoder,
+            "swarm_heartbeats_published",
+            "Heartbeats this node published",
+            swarm.heartbeats_published,
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "swarm_heartbeats_rejected",
+                "Heartbeats dropped, by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, count) in swarm.heartbeats_rejected {
+                ConstCounter::new(count).encode(family.encode_family(&ReasonLabels { reason })?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "swarm_bootstrap_failures",
+            "Bootstrap dials that failed",
+            swarm.bootstrap_failures,
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "route_forwards",
+                "Requests forwarded to a peer, by how they ended (ok, failover, failed)",
+                None,
+                MetricType::Counter,
+            )?;
+            for outcome in ForwardOutcome::ALL {
+                let labels = OutcomeLabels {
+                    outcome: outcome.as_str(),
+                };
+                ConstCounter::new(source.route.forwards(outcome))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "route_failovers",
+            "Peers given up on before their first byte while forwarding",
+            source.route.snapshot().failovers,
+        )?;
+        Ok(())
+    }
+}

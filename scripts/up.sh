@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on its embedded default: a local Kubernetes control plane
-# with a local node, and the default model served by a LlamaNet node pod,
-# with an OpenAI-compatible endpoint to try. Runs in the background; stop it
-# with scripts/down.sh.
+# with a local node, the operator installed with helm, and an InferenceNode of
+# two replicas serving the default model, with an OpenAI-compatible endpoint
+# to try. Runs in the background; stop it with scripts/down.sh.
 source "$(dirname "$0")/common.sh"
 
 RUN_DIR=${LLAMANET_RUN_DIR:-/var/tmp/llamanet}
@@ -29,33 +29,37 @@ mkdir -p "$RUN_DIR/models"
 ln -f "$DEFAULT_MODEL" "$RUN_DIR/models/" 2>/dev/null || cp "$DEFAULT_MODEL" "$RUN_DIR/models/"
 chmod 0755 "$RUN_DIR" "$RUN_DIR/models"
 
-if "$CARGO_TARGET_DIR/release/llamanet" serve --help >/dev/null 2>&1; then
-  step "serving the default model"
-  sed -e "s|@MODEL_DIR@|$RUN_DIR/models|g" -e "s|@SHA256@|$DEFAULT_MODEL_SHA256|g" \
-    "$ROOT/deploy/quickstart/node.yaml" | kubectl apply -f -
-  kubectl rollout status deployment/llamanet-default --timeout=300s
-  ip=$(kubectl get pods -l app.kubernetes.io/name=llamanet-default -o jsonpath='{.items[0].status.podIP}')
-  base="http://$ip:8080/v1"
-  curl -sf "$base/models" >/dev/null || die "the node does not answer at $base"
-else
-  info "this build has no 'llamanet serve' yet: the cluster is up without a node"
-  base=""
-fi
+step "installing the operator: helm install llamanet charts/llamanet"
+"$HELM_BIN/helm" upgrade --install llamanet "$ROOT/charts/llamanet" \
+  --namespace llamanet-system --create-namespace --wait --timeout 180s
+kubectl get pods -n llamanet-system -o wide
+
+step "applying deploy/examples/cpu-node.yaml with 2 replicas (default model from $RUN_DIR/models)"
+sed -e "s|/var/lib/llamanet/models|$RUN_DIR/models|" -e "s|replicas: 1|replicas: 2|" \
+  "$ROOT/deploy/examples/cpu-node.yaml" | kubectl apply -f -
+info "waiting for the InferenceNode to be Ready (model verified and loaded, heartbeats in)"
+kubectl wait --for=condition=Ready --timeout=300s inferencenode/gemma-cpu \
+  || { kubectl describe inferencenode gemma-cpu; die "gemma-cpu did not become Ready"; }
+kubectl get inferencenodes
+
+ips=($(kubectl get pods -l app.kubernetes.io/instance=gemma-cpu -o jsonpath='{.items[*].status.podIP}'))
+base="http://${ips[0]}:8080/v1"
+step "one chat completion through the swarm (node ${ips[0]})"
+curl -sf "$base/chat/completions" -H 'content-type: application/json' \
+  -d '{"model":"gemma-3-270m","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":24}' \
+  | python3 -c 'import json,sys; r=json.load(sys.stdin); print("    " + r["choices"][0]["message"]["content"].strip()); print("    usage:", r["usage"])' \
+  || die "no answer from $base"
 
 step "LlamaNet is up"
-kubectl get nodes,pods -A -o wide
 cat <<TXT
 
   export KUBECONFIG=$KUBECONFIG
-TXT
-if [ -n "$base" ]; then
-  cat <<TXT
-  OpenAI base URL: $base
+  kubectl get inferencenodes          # Ready, replicas, tok/s, last heartbeat
+  OpenAI base URL: $base   (every node serves it: ${ips[*]})
   curl $base/chat/completions -H 'content-type: application/json' \\
     -d '{"model":"gemma-3-270m","messages":[{"role":"user","content":"Say hello"}],"max_tokens":32}'
-TXT
-fi
-cat <<TXT
+  python3 -c "import openai; c = openai.OpenAI(base_url='$base', api_key='none'); print(c.chat.completions.create(model='gemma-3-270m', messages=[{'role': 'user', 'content': 'Hi'}]).choices[0].message.content)"
+  $CARGO_TARGET_DIR/release/llamanet monitor --url http://${ips[0]}:8080
   logs: $RUN_DIR/cluster.log, $RUN_DIR/cluster/nodes/*/pods/*/logs/
   stop: scripts/down.sh
 TXT

@@ -156,6 +156,24 @@ async fn operator_reconciles_on_a_real_control_plane() {
         );
     }
 
+    // Every valid example applies cleanly (server-side dry run; the namespace the two-cluster
+    // example's Service lives in exists first).
+    cluster.kubectl_ok(&["create", "namespace", "llamanet-system"], None);
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(repo_root().join("deploy/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 5, "{examples:?}");
+    for path in &examples {
+        let out = cluster.kubectl_ok(
+            &["apply", "--dry-run=server", "-f", path.to_str().unwrap()],
+            None,
+        );
+        eprintln!("accepted {}: {}", path.display(), out.trim());
+    }
+
     // Two replicas: exactly one takes the Lease and acts; the other stands by, Ready too.
     let mut operators = [
         Operator::start(&cluster, "operator-a", NAMESPACE),

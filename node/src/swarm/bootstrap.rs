@@ -102,6 +102,59 @@ pub fn backoff_delay(failures: u32, backoff: Backoff) -> Duration {
         .map_or(backoff.max, |d| d.min(backoff.max))
 }
 
+/// Which addresses a `/dns*` name may resolve to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Any,
+    V4,
+    V6,
+}
+
+/// `(name, family, the protocols after the name)` of an address that starts with `/dns`,
+/// `/dns4` or `/dns6` (`/dnsaddr` is left to libp2p).
+pub fn dns_name(addr: &Multiaddr) -> Option<(String, Family, Vec<Protocol<'static>>)> {
+    let mut parts = addr.iter();
+    let (name, family) = match parts.next()? {
+        Protocol::Dns(name) => (name.to_string(), Family::Any),
+        Protocol::Dns4(name) => (name.to_string(), Family::V4),
+        Protocol::Dns6(name) => (name.to_string(), Family::V6),
+        _ => return None,
+    };
+    Some((name, family, parts.map(|p| p.acquire()).collect()))
+}
+
+/// Every address `name` resolves to through the system resolver (`/etc/hosts`, then DNS),
+/// as `/ip4|ip6/<address>` followed by `rest`.
+pub async fn resolve(
+    name: &str,
+    family: Family,
+    rest: &[Protocol<'static>],
+) -> Result<Vec<Multiaddr>, String> {
+    let found = tokio::net::lookup_host((name, 0))
+        .await
+        .map_err(|err| format!("cannot resolve {name}: {err}"))?;
+    let mut addrs = Vec::new();
+    for socket in found {
+        let ip = socket.ip();
+        let wanted = match family {
+            Family::Any => true,
+            Family::V4 => ip.is_ipv4(),
+            Family::V6 => ip.is_ipv6(),
+        };
+        let mut addr = Multiaddr::empty().with(Protocol::from(ip));
+        for p in rest {
+            addr.push(p.clone());
+        }
+        if wanted && !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!("{name} resolves to no usable address"));
+    }
+    Ok(addrs)
+}
+
 /// Splits a trailing `/p2p/<id>` off an address.
 pub fn split_peer_id(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
     let mut dial = addr.clone();
@@ -134,6 +187,37 @@ pub fn parse_addr(text: &str) -> Result<Multiaddr, String> {
         ));
     }
     Ok(addr)
+}
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+
+    #[test]
+    fn dns_names_split_into_name_family_and_the_rest() {
+        let addr: Multiaddr = "/dns4/llamanet-swarm.ml.svc/tcp/4001".parse().unwrap();
+        let (name, family, rest) = dns_name(&addr).unwrap();
+        assert_eq!(name, "llamanet-swarm.ml.svc");
+        assert_eq!(family, Family::V4);
+        assert_eq!(rest, vec![Protocol::Tcp(4001)]);
+        let ip: Multiaddr = "/ip4/10.0.0.1/tcp/4001".parse().unwrap();
+        assert!(dns_name(&ip).is_none());
+    }
+
+    #[tokio::test]
+    async fn localhost_resolves_through_the_system_resolver() {
+        let addrs = resolve("localhost", Family::V4, &[Protocol::Tcp(4001)])
+            .await
+            .unwrap();
+        assert_eq!(
+            addrs,
+            vec!["/ip4/127.0.0.1/tcp/4001".parse::<Multiaddr>().unwrap()]
+        );
+        let err = resolve("no-such-host.invalid", Family::Any, &[])
+            .await
+            .unwrap_err();
+        assert!(err.contains("no-such-host.invalid"), "{err}");
+    }
 }
 
 #[cfg(test)]

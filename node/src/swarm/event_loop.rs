@@ -25,7 +25,7 @@ use super::bootstrap::BootstrapTarget;
 use super::heartbeat::{self, Heartbeat, NodeStatus, RejectReason, SignedHeartbeat, unix_ms};
 use super::metrics::SwarmMetrics;
 use super::peer_table::{SharedPeerTable, Update};
-use super::{Command, PeerEvent, SwarmConfig, SwarmError, providers, write};
+use super::{Command, PeerEvent, SwarmConfig, SwarmError, providers, read, write};
 
 /// The channels and shared state the loop works with.
 pub(crate) struct Channels {
@@ -66,6 +66,9 @@ pub(crate) struct EventLoop {
     next_lookup: u64,
     /// Whether the DHT routing table has had anyone in it yet.
     reached_dht: bool,
+    /// Bootstrap names resolved off the event loop: `(target index, addresses or error)`.
+    resolved_tx: mpsc::UnboundedSender<(usize, Result<Vec<Multiaddr>, String>)>,
+    resolved_rx: mpsc::UnboundedReceiver<(usize, Result<Vec<Multiaddr>, String>)>,
 }
 
 impl EventLoop {
@@ -83,6 +86,7 @@ impl EventLoop {
             .iter()
             .map(|addr| BootstrapTarget::new(addr.clone(), now))
             .collect();
+        let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
         Ok(EventLoop {
             swarm,
             key,
@@ -100,6 +104,8 @@ impl EventLoop {
             lookup_queries: HashMap::new(),
             next_lookup: 0,
             reached_dht: false,
+            resolved_tx,
+            resolved_rx,
         })
     }
 
@@ -179,6 +185,9 @@ impl EventLoop {
                     }
                 }
                 _ = maintenance.tick() => self.maintain(),
+                Some((index, resolved)) = self.resolved_rx.recv() => {
+                    self.on_resolved(index, resolved);
+                }
                 changed = self.channels.status.changed() => {
                     if changed.is_err() {
                         break;
@@ -572,6 +581,19 @@ impl EventLoop {
             if !target.due(now) {
                 continue;
             }
+            if target.peer.is_none()
+                && let Some((name, family, rest)) = super::bootstrap::dns_name(&target.dial_addr)
+            {
+                // A name may stand for several peers (a headless Service of operator
+                // replicas): resolve it and dial every address, not just the first.
+                target.dialing();
+                let reply = self.resolved_tx.clone();
+                tokio::spawn(async move {
+                    let resolved = super::bootstrap::resolve(&name, family, &rest).await;
+                    let _ = reply.send((index, resolved));
+                });
+                continue;
+            }
             let opts = match target.peer {
                 Some(peer) => {
                     // Known id: Kademlia can use the address right away.
@@ -605,6 +627,38 @@ impl EventLoop {
         }
     }
 
+    /// Dials every address a bootstrap name resolved to (but our own).
+    fn on_resolved(&mut self, index: usize, resolved: Result<Vec<Multiaddr>, String>) {
+        let own: Vec<Multiaddr> = read(&self.channels.listen_addrs).clone();
+        let addrs = match resolved {
+            Ok(addrs) => addrs.into_iter().filter(|a| !own.contains(a)).collect(),
+            Err(error) => return self.bootstrap_unreachable(index, error),
+        };
+        let addrs: Vec<Multiaddr> = addrs;
+        if addrs.is_empty() {
+            // The name only leads back to this node: part of the swarm it names already.
+            debug!(addr = %self.bootstrap[index].addr, "bootstrap name resolves to this node only");
+            let target = &mut self.bootstrap[index];
+            target.connected(None);
+            target.is_self = true;
+            return;
+        }
+        debug!(addr = %self.bootstrap[index].addr, resolved = ?addrs, "dialing every address of a bootstrap name");
+        for addr in addrs {
+            let opts = DialOpts::unknown_peer_id().address(addr).build();
+            let connection = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.bootstrap_dials.insert(connection, index);
+                }
+                Err(err) => debug!(%err, "dial not started"),
+            }
+        }
+        if !self.bootstrap_dials.values().any(|&i| i == index) {
+            self.bootstrap_unreachable(index, "no dial could be started".into());
+        }
+    }
+
     fn bootstrap_answered(&mut self, index: usize, peer: PeerId) {
         let target = &mut self.bootstrap[index];
         let first = !target.answered;
@@ -626,17 +680,29 @@ impl EventLoop {
             // are part of the swarm it names. Never dial it again.
             debug!(addr = %self.bootstrap[index].addr, "bootstrap address is this node");
             let target = &mut self.bootstrap[index];
-            target.connected(None);
-            target.is_self = true;
+            if !target.answered {
+                target.connected(None);
+                target.is_self = true;
+            }
             return;
         }
+        // Other addresses of the same name still being dialed, or one answered: not a failure.
+        if self.bootstrap[index].answered || self.bootstrap_dials.values().any(|&i| i == index) {
+            debug!(addr = %self.bootstrap[index].addr, error = %describe_dial_error(&error), "one address of a bootstrap name failed");
+            return;
+        }
+        self.bootstrap_unreachable(index, describe_dial_error(&error));
+    }
+
+    /// Nothing answered at a bootstrap address: count, log, tell, and schedule a retry.
+    fn bootstrap_unreachable(&mut self, index: usize, error: String) {
         self.channels
             .metrics
             .bootstrap_failures
             .fetch_add(1, Ordering::Relaxed);
         let target = &mut self.bootstrap[index];
+        target.is_self = false;
         let retry_in = target.failed(Instant::now(), self.config.bootstrap_backoff);
-        let error = describe_dial_error(&error);
         warn!(addr = %target.addr, %error, ?retry_in, "bootstrap peer unreachable, will retry");
         self.emit(PeerEvent::BootstrapFailed {
             addr: self.bootstrap[index].addr.clone(),

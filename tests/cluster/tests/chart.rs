@@ -133,5 +133,49 @@ async fn chart_renders_objects_the_api_server_accepts() {
             assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
         }
     }
+    // The kustomize base (the chart rendered with its defaults) is accepted too.
+    let kustomized = run(cluster
+        .kubectl()
+        .arg("kustomize")
+        .arg(repo().join("deploy/kustomize/base")));
+    let out = cluster.kubectl_run(&["apply", "--dry-run=server", "-f", "-"], Some(&kustomized));
+    assert!(
+        out.status.success(),
+        "server-side dry run rejected the kustomize base:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied = String::from_utf8_lossy(&out.stdout);
+    for kind in [
+        "namespace/llamanet-system",
+        "customresourcedefinition.apiextensions.k8s.io/inferencenodes.llamanet.io",
+        "deployment.apps/llamanet",
+    ] {
+        assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
+    }
     cluster.shutdown().await;
+}
+
+#[test]
+fn kustomize_base_is_the_rendered_chart() {
+    let rendered = run(Command::new(helm())
+        .args([
+            "template",
+            "llamanet",
+            "--namespace",
+            "llamanet-system",
+            "--include-crds",
+            "--set",
+            "dashboards.enabled=false",
+        ])
+        .arg(repo().join("charts/llamanet")));
+    let committed =
+        std::fs::read_to_string(repo().join("deploy/kustomize/base/operator.yaml")).unwrap();
+    let body = committed
+        .split_once('\n')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    assert!(
+        body == rendered,
+        "deploy/kustomize/base/operator.yaml is stale: run deploy/kustomize/generate.sh"
+    );
 }

@@ -6,6 +6,7 @@
 
 mod container;
 mod env;
+mod hosts;
 mod images;
 mod ip;
 mod pod;

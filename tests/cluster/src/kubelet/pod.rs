@@ -299,6 +299,11 @@ async fn prepare(
     let vols = volumes::prepare(&ctx.client, pod, pod_dir, facts)
         .await
         .map_err(config_err)?;
+    let hosts = super::hosts::for_pod(&ctx.client, pod, &facts.pod_ip)
+        .await
+        .map_err(config_err)?;
+    std::fs::write(pod_dir.join("hosts"), hosts).map_err(|e| config_err(e.into()))?;
+    set_mode(&pod_dir.join("hosts"), 0o644).map_err(config_err)?;
 
     let pod_sc = spec.security_context.clone().unwrap_or_default();
     let mut init = Vec::new();
@@ -372,10 +377,17 @@ async fn container_spec(
         .collect();
     groups.extend(pod_sc.fs_group.map(|g| g as u32));
     groups.push(gid);
+    let mut mounts = volumes::mounts(c, vols).map_err(config_err)?;
+    // No cluster DNS here: names resolve through the hosts file `prepare` wrote.
+    mounts.push(volumes::Mount {
+        source: pod_dir.join("hosts"),
+        target: "/etc/hosts".into(),
+        read_only: true,
+    });
     Ok(ProcessSpec {
         argv,
         env,
-        mounts: volumes::mounts(c, vols).map_err(config_err)?,
+        mounts,
         working_dir: c.working_dir.clone().map(PathBuf::from),
         uid,
         gid,

@@ -1,0 +1,262 @@
+//! The chart as users install it: `helm install` on the local cluster brings up the
+//! operator as pods (two replicas, leader election, in-cluster credentials from their
+//! service account), an InferenceNode applied afterwards becomes Ready with two node pods
+//! whose heartbeats reach the operator through its headless swarm Service, a chat
+//! completion is answered, `helm upgrade` with a changed value rolls the operator, and
+//! `helm uninstall` removes everything it installed but the CRD (Helm never deletes CRDs,
+//! so resources and their nodes survive an uninstall).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+use llamanet_cluster::testing::eventually;
+use llamanet_cluster::{Cluster, ClusterConfig};
+
+const SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+const RELEASE_NS: &str = "llamanet-system";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn helm() -> PathBuf {
+    std::env::var_os("LLAMANET_HELM").map_or_else(
+        || llamanet_cluster::control_plane::cache_dir().join("helm-v3.22.0-k8s-v1.34/bin/helm"),
+        PathBuf::from,
+    )
+}
+
+fn default_model() -> PathBuf {
+    std::env::var_os("LLAMANET_MODEL")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            llamanet_cluster::control_plane::cache_dir().join("models/gemma-3-270m-q4_k_m.gguf")
+        })
+}
+
+fn helm_ok(cluster: &Cluster, args: &[&str]) -> String {
+    let out = Command::new(helm())
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .args(args)
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn pods(cluster: &Cluster, namespace: &str, selector: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(cluster.client(), namespace)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn names(pods: &[Pod]) -> Vec<String> {
+    let mut names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_installs_upgrades_and_uninstalls_the_operator() {
+    let model = default_model();
+    assert!(
+        model.is_file(),
+        "{} missing: run scripts/fetch-model.sh",
+        model.display()
+    );
+    let started = Instant::now();
+    let cluster = Cluster::start(ClusterConfig::default()).await.unwrap();
+    let chart = repo().join("charts/llamanet");
+
+    helm_ok(
+        &cluster,
+        &[
+            "install",
+            "llamanet",
+            chart.to_str().unwrap(),
+            "--namespace",
+            RELEASE_NS,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+    );
+    let operator_selector = "app.kubernetes.io/name=llamanet-operator";
+    let operators = pods(&cluster, RELEASE_NS, operator_selector).await;
+    assert_eq!(operators.len(), 2, "two operator replicas");
+    assert!(operators.iter().all(ready));
+    eprintln!(
+        "helm install --wait done {:?} after start",
+        started.elapsed()
+    );
+
+    // An InferenceNode with two replicas, as the CPU example with the cached model.
+    let models = cluster.dir().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let host_model = models.join("gemma-3-270m-q4_k_m.gguf");
+    if std::fs::hard_link(&model, &host_model).is_err() {
+        std::fs::copy(&model, &host_model).unwrap();
+    }
+    let example = std::fs::read_to_string(repo().join("deploy/examples/cpu-node.yaml"))
+        .unwrap()
+        .replace(
+            "/var/lib/llamanet/models/gemma-3-270m-q4_k_m.gguf",
+            host_model.to_str().unwrap(),
+        )
+        .replace("replicas: 1", "replicas: 2");
+    assert!(example.contains(SHA256));
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&example));
+    let applied = Instant::now();
+    cluster.kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=240s",
+            "inferencenode/gemma-cpu",
+        ],
+        None,
+    );
+    let table = cluster.kubectl_ok(&["get", "inferencenodes"], None);
+    eprintln!(
+        "InferenceNode Ready {:?} after apply:\n{table}",
+        applied.elapsed()
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..5], ["gemma-cpu", "True", "2/2", "gemma-3-270m", "2"]);
+
+    // Both node pods answer; one of them through the swarm for the other's model.
+    let nodes = pods(&cluster, "default", "app.kubernetes.io/instance=gemma-cpu").await;
+    assert_eq!(nodes.len(), 2);
+    let ip = nodes[0].status.as_ref().unwrap().pod_ip.clone().unwrap();
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{ip}:8080/v1/chat/completions"))
+        .json(&serde_json::json!({
+            "model": "gemma-3-270m",
+            "messages": [{"role": "user", "content": "Say hello"}],
+            "max_tokens": 16,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        answer["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{answer}"
+    );
+    let swarm: serde_json::Value = reqwest::get(format!("http://{ip}:8080/v1/swarm"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let peers = swarm["peers"].as_array().unwrap();
+    assert!(peers.len() >= 2, "each node sees the other: {swarm}");
+
+    // helm upgrade with a changed value rolls the operator pods.
+    let before = names(&operators);
+    helm_ok(
+        &cluster,
+        &[
+            "upgrade",
+            "llamanet",
+            chart.to_str().unwrap(),
+            "--namespace",
+            RELEASE_NS,
+            "--reuse-values",
+            "--set",
+            "logLevel=debug",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+    );
+    let rolled = eventually(
+        Duration::from_secs(120),
+        "operator pods replaced",
+        || async {
+            let now = pods(&cluster, RELEASE_NS, operator_selector).await;
+            let live: Vec<Pod> = now.into_iter().filter(ready).collect();
+            (live.len() == 2 && names(&live).iter().all(|n| !before.contains(n))).then_some(live)
+        },
+    )
+    .await;
+    eprintln!("helm upgrade rolled {:?} -> {:?}", before, names(&rolled));
+    let env = rolled[0].spec.as_ref().unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "LLAMANET_LOG" && e.value.as_deref() == Some("debug"))
+    );
+    // The new operator replicas find the nodes (through the old ones and the DHT) and keep
+    // the status fresh: heartbeats that arrived after the roll, both replicas, Ready.
+    let rolled_at = k8s_openapi::jiff::Timestamp::now();
+    eventually(
+        Duration::from_secs(90),
+        "Ready on heartbeats the new operator received",
+        || async {
+            let node: serde_json::Value = serde_json::from_str(
+                &cluster.kubectl_ok(&["get", "inferencenode", "gemma-cpu", "-o", "json"], None),
+            )
+            .ok()?;
+            let status = &node["status"];
+            let peers = status["peers"].as_array()?;
+            let fresh = peers.iter().all(|p| {
+                p["lastHeartbeatTime"]
+                    .as_str()
+                    .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                    .is_some_and(|t| t > rolled_at)
+            });
+            (status["phase"] == "Ready" && peers.len() == 2 && fresh).then_some(())
+        },
+    )
+    .await;
+
+    // helm uninstall: the operator, its RBAC and Services go; the CRD stays.
+    helm_ok(
+        &cluster,
+        &["uninstall", "llamanet", "--namespace", RELEASE_NS, "--wait"],
+    );
+    eventually(
+        Duration::from_secs(90),
+        "operator objects removed",
+        || async {
+            let left = pods(&cluster, RELEASE_NS, operator_selector).await;
+            let rbac = cluster.kubectl_run(&["get", "clusterrole", "llamanet"], None);
+            let svc = cluster.kubectl_run(&["get", "service", "-n", RELEASE_NS, "llamanet"], None);
+            (left.is_empty() && !rbac.status.success() && !svc.status.success()).then_some(())
+        },
+    )
+    .await;
+    cluster.kubectl_ok(&["get", "crd", "inferencenodes.llamanet.io"], None);
+    eprintln!("test took {:?}", started.elapsed());
+    cluster.shutdown().await;
+}

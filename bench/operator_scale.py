@@ -97,7 +97,7 @@ def operators_share(counts):
     for (group, resource, verb), n in counts.items():
         ours = (
             (group == "llamanet.io" and not (resource == "inferencenodes" and verb == "POST"))
-            or (group == "apps" and resource == "statefulsets" and verb in ("PATCH", "GET", "LIST"))
+            or (group == "apps" and resource == "statefulsets" and verb in ("APPLY", "PATCH", "GET", "LIST"))
             or (group == "" and resource in ("services", "secrets"))
             or (group == "" and resource == "pods" and verb == "LIST")
             or (group == "events.k8s.io")
@@ -169,8 +169,9 @@ def main():
     load = None
     if args.heartbeat_peers:
         log("building the heartbeat load generator (node/examples/heartbeat_load.rs)")
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "llamanet-node",
-                        "--example", "heartbeat_load"], cwd=ROOT, check=True, timeout=1800)
+        subprocess.run(["cargo", "build", "--release", "-q", "--workspace",
+                        "--example", "heartbeat_load"], cwd=ROOT, check=True, timeout=1800,
+                       env=dict(os.environ, CARGO_TARGET_DIR=str(TARGET.parent)))
         load = TARGET / "examples/heartbeat_load"
 
     work = Path(tempfile.mkdtemp(prefix="llamanet-scale-", dir="/var/tmp"))

@@ -50,8 +50,11 @@ use crate::status::{self, Observation, PodSummary};
 
 /// Soonest time-driven reconcile of a resource: heartbeats and watches wake it sooner anyway.
 pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
-/// Latest one: a periodic look even when nothing depends on the clock.
-pub const MAX_REQUEUE: Duration = Duration::from_secs(60);
+/// Latest one: a periodic look even when nothing depends on the clock. Watches on the
+/// resource, its children and pods bring every change sooner; this is a safety net, kept
+/// long because each look costs about six API requests per resource (at 60 s, 1000 idle
+/// resources cost the API server 120 requests/s: bench/RESULTS.md).
+pub const MAX_REQUEUE: Duration = Duration::from_secs(300);
 /// Past the moment a heartbeat goes stale, so the reconcile then sees it stale (a heartbeat
 /// exactly three intervals old is still fresh).
 const STALE_MARGIN: Duration = Duration::from_millis(100);

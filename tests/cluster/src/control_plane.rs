@@ -102,7 +102,8 @@ impl ControlPlane {
             dir: dir.clone(),
             kubeconfig,
             server,
-            service_cidr: "10.0.0.0/24".into(),
+            // Room for thousands of Services (the operator benchmark creates one per resource).
+            service_cidr: "10.0.0.0/16".into(),
             processes: Vec::new(),
         };
         let bin = |name: &str| config.bin_dir.join(name);

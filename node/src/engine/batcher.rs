@@ -118,6 +118,8 @@ struct Active {
     cached_tokens: usize,
     max_tokens: usize,
     sampler: LlamaSampler,
+    /// Greedy without bias, penalties or grammar: the argmax of the logits, no sampler chain.
+    plain_greedy: bool,
     stop: StopMatcher,
     /// Bytes of a character that the next token completes.
     pending_bytes: Vec<u8>,
@@ -264,6 +266,7 @@ impl<'m> Batcher<'m> {
                 return;
             }
         };
+        let plain_greedy = sampling::is_plain_greedy(&job.request.sampling);
         let sampler = match sampling::build(self.model, &job.request.sampling, self.slot_context) {
             Ok(sampler) => sampler,
             Err(message) => {
@@ -301,6 +304,7 @@ impl<'m> Batcher<'m> {
             cached_tokens: reused,
             max_tokens,
             sampler,
+            plain_greedy,
             stop: StopMatcher::new(job.request.stop),
             pending_bytes: Vec::new(),
             generated: 0,
@@ -449,7 +453,11 @@ impl<'m> Batcher<'m> {
         let Some(at) = active.logits_at.take() else {
             return false;
         };
-        let token = active.sampler.sample(context, at);
+        let token = if active.plain_greedy {
+            sampling::argmax(context.get_logits_ith(at))
+        } else {
+            active.sampler.sample(context, at)
+        };
         if active.first_token.is_none() {
             active.first_token = Some(active.admitted.elapsed());
         }

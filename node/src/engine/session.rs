@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use super::sampling;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::sampling::LlamaSampler;
 
 use super::EngineError;
 use super::model::Model;
@@ -106,8 +106,7 @@ impl<'m> Session<'m> {
             }
             self.context.decode(&mut self.batch)?;
         }
-        let mut sampler = LlamaSampler::greedy();
-        let mut token = sampler.sample(&self.context, self.batch.n_tokens() - 1);
+        let mut token = sampling::argmax(self.context.get_logits_ith(self.batch.n_tokens() - 1));
         let prompt_elapsed = started.elapsed();
 
         // Pieces are collected as bytes: one token can end in the middle of a multi-byte
@@ -135,7 +134,7 @@ impl<'m> Session<'m> {
             self.context.decode(&mut self.batch)?;
             decode_steps += 1;
             pos += 1;
-            token = sampler.sample(&self.context, 0);
+            token = sampling::argmax(self.context.get_logits_ith(0));
         };
         let decode_elapsed = if decode_steps == 0 {
             Duration::ZERO

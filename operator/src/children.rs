@@ -30,7 +30,7 @@ use k8s_openapi::api::core::v1::{
     Service, ServicePort, ServiceSpec, SleepAction, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
@@ -76,9 +76,9 @@ pub struct Children {
     pub swarm_service: Service,
 }
 
-/// Builds the children of `node`. Fails only when the resource lacks the name, namespace or
-/// uid that every object from the API server has.
-pub fn desired(node: &InferenceNode, config: &OperatorConfig) -> Result<Children> {
+/// Name, namespace and controller owner reference of `node`, which every child carries.
+/// Fails only for a resource lacking what every object from the API server has.
+pub fn identity(node: &InferenceNode) -> Result<(String, String, OwnerReference)> {
     let name = node
         .metadata
         .name
@@ -92,6 +92,13 @@ pub fn desired(node: &InferenceNode, config: &OperatorConfig) -> Result<Children
     let owner = node
         .controller_owner_ref(&())
         .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    Ok((name, namespace, owner))
+}
+
+/// Builds the children of `node`. Fails only when the resource lacks the name, namespace or
+/// uid that every object from the API server has.
+pub fn desired(node: &InferenceNode, config: &OperatorConfig) -> Result<Children> {
+    let (name, namespace, owner) = identity(node)?;
     let meta = |object_name: String, component: &str| ObjectMeta {
         name: Some(object_name),
         namespace: Some(namespace.clone()),

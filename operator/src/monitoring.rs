@@ -6,13 +6,13 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use kube::Client;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use kube::{Client, Resource};
 use serde_json::json;
 
-use crate::children::{labels, selector_labels};
+use crate::children::{identity, labels, selector_labels};
 use crate::crd::InferenceNode;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// How long a look at the API server's discovery is trusted.
 pub const RECHECK: Duration = Duration::from_secs(60);
@@ -28,19 +28,7 @@ pub fn pod_monitor_resource() -> ApiResource {
 /// The PodMonitor of `node`: its replicas' `http` port, path `/metrics`, owned by the
 /// resource so that it goes when the resource does.
 pub fn desired_pod_monitor(node: &InferenceNode) -> Result<DynamicObject> {
-    let name = node
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingObjectKey(".metadata.name"))?;
-    let namespace = node
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-    let owner = node
-        .controller_owner_ref(&())
-        .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    let (name, namespace, owner) = identity(node)?;
     let mut monitor = DynamicObject::new(&name, &pod_monitor_resource()).within(&namespace);
     monitor.metadata.labels = Some(labels(&name, "metrics"));
     monitor.metadata.owner_references = Some(vec![owner]);

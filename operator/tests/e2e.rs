@@ -119,20 +119,7 @@ async fn operator_reconciles_on_a_real_control_plane() {
     let client = cluster.client();
     eprintln!("cluster up after {:?}", started.elapsed());
 
-    let crd = repo_root().join("crds/inferencenode.yaml");
-    cluster.kubectl_ok(
-        &["apply", "--server-side", "-f", crd.to_str().unwrap()],
-        None,
-    );
-    cluster.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/inferencenodes.llamanet.io",
-        ],
-        None,
-    );
+    cluster.install_crd();
 
     // The API server rejects every invalid example with the message its file promises.
     let invalid = invalid_examples();

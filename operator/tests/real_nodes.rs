@@ -16,7 +16,6 @@
 //! workspace's `llamanet` binary (built by `cargo test --workspace`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -24,7 +23,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
-use llamanet_cluster::testing::{eventually, processes_with};
+use llamanet_cluster::testing::{default_model, eventually, processes_with};
 use llamanet_cluster::{Cluster, ClusterConfig};
 use llamanet_operator::config::OperatorConfig;
 use llamanet_operator::crd::{
@@ -42,14 +41,6 @@ const SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c08
 /// Nodes beat every second here (the operator passes its interval to the pods), so a
 /// replica counts as lost after three silent seconds.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-
-fn default_model() -> PathBuf {
-    std::env::var_os("LLAMANET_MODEL")
-        .map(Into::into)
-        .unwrap_or_else(|| {
-            llamanet_cluster::control_plane::cache_dir().join("models/gemma-3-270m-q4_k_m.gguf")
-        })
-}
 
 async fn status_of(client: &Client, name: &str) -> Option<InferenceNodeStatus> {
     Api::<InferenceNode>::namespaced(client.clone(), NAMESPACE)
@@ -229,38 +220,13 @@ async fn operator_runs_real_node_pods() {
         )
         .with_test_writer()
         .try_init();
-    let model = default_model();
-    assert!(
-        model.is_file(),
-        "{} missing: run scripts/fetch-model.sh",
-        model.display()
-    );
+    default_model();
     let started = Instant::now();
     let cluster = Cluster::start(ClusterConfig::default())
         .await
         .expect("local cluster starts (run scripts/build-k8s.sh first)");
     let client = cluster.client();
-    cluster.kubectl_ok(
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            repo_root()
-                .join("crds/inferencenode.yaml")
-                .to_str()
-                .unwrap(),
-        ],
-        None,
-    );
-    cluster.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/inferencenodes.llamanet.io",
-        ],
-        None,
-    );
+    cluster.install_crd();
 
     // With the Prometheus Operator's CRDs present, each InferenceNode gets a PodMonitor.
     cluster.install_monitoring_crds();
@@ -285,21 +251,8 @@ async fn operator_runs_real_node_pods() {
     };
     let mut operator = Operator::start_with(&cluster, "operator-a", options());
 
-    // The example as a user applies it, its hostPath pointing at the cached model (pods run
-    // as uid 65532, so the file sits in a folder they can read).
-    let models = cluster.dir().join("models");
-    std::fs::create_dir_all(&models).unwrap();
-    let host_model = models.join("gemma-3-270m-q4_k_m.gguf");
-    if std::fs::hard_link(&model, &host_model).is_err() {
-        std::fs::copy(&model, &host_model).unwrap();
-    }
-    let example = std::fs::read_to_string(repo_root().join("deploy/examples/cpu-node.yaml"))
-        .unwrap()
-        .replace(
-            "/var/lib/llamanet/models/gemma-3-270m-q4_k_m.gguf",
-            host_model.to_str().unwrap(),
-        );
-    assert!(example.contains(host_model.to_str().unwrap()));
+    // The example as a user applies it, with the cached model.
+    let example = cluster.cpu_example();
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&example));
     let applied = Instant::now();
 

@@ -39,6 +39,63 @@ pub fn monitoring_crds() -> std::path::PathBuf {
     dir
 }
 
+/// The workspace root (tests run from their crate's folder).
+fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The default model: `$LLAMANET_MODEL`, else where scripts/fetch-model.sh caches it.
+pub fn default_model() -> std::path::PathBuf {
+    let model = std::env::var_os("LLAMANET_MODEL")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            crate::control_plane::cache_dir().join("models/gemma-3-270m-q4_k_m.gguf")
+        });
+    assert!(
+        model.is_file(),
+        "{} missing: run scripts/fetch-model.sh",
+        model.display()
+    );
+    model
+}
+
+impl Cluster {
+    /// Applies the InferenceNode CRD from `crds/` and waits until it is served.
+    pub fn install_crd(&self) {
+        let crd = repo_root().join("crds/inferencenode.yaml");
+        self.kubectl_ok(
+            &["apply", "--server-side", "-f", crd.to_str().unwrap()],
+            None,
+        );
+        self.kubectl_ok(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/inferencenodes.llamanet.io",
+            ],
+            None,
+        );
+    }
+
+    /// `deploy/examples/cpu-node.yaml` as a user applies it, its hostPath pointing at the
+    /// default model linked into this cluster's folder (pods run as uid 65532, so the file
+    /// sits where they can read it).
+    pub fn cpu_example(&self) -> String {
+        let models = self.dir().join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        let host_model = models.join("gemma-3-270m-q4_k_m.gguf");
+        if !host_model.exists() && std::fs::hard_link(default_model(), &host_model).is_err() {
+            std::fs::copy(default_model(), &host_model).unwrap();
+        }
+        let example =
+            std::fs::read_to_string(repo_root().join("deploy/examples/cpu-node.yaml")).unwrap();
+        let path = "/var/lib/llamanet/models/gemma-3-270m-q4_k_m.gguf";
+        assert!(example.contains(path), "the example's model path moved");
+        example.replace(path, host_model.to_str().unwrap())
+    }
+}
+
 impl Cluster {
     /// Installs the Prometheus Operator's CRDs and waits until they are served.
     pub fn install_monitoring_crds(&self) {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
-use llamanet_cluster::testing::eventually;
+use llamanet_cluster::testing::{default_model, eventually};
 use llamanet_cluster::{Cluster, ClusterConfig};
 
 const SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
@@ -28,14 +28,6 @@ fn helm() -> PathBuf {
         || llamanet_cluster::control_plane::cache_dir().join("helm-v3.22.0-k8s-v1.34/bin/helm"),
         PathBuf::from,
     )
-}
-
-fn default_model() -> PathBuf {
-    std::env::var_os("LLAMANET_MODEL")
-        .map(Into::into)
-        .unwrap_or_else(|| {
-            llamanet_cluster::control_plane::cache_dir().join("models/gemma-3-270m-q4_k_m.gguf")
-        })
 }
 
 fn helm_ok(cluster: &Cluster, args: &[&str]) -> String {
@@ -116,19 +108,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     );
 
     // An InferenceNode with two replicas, as the CPU example with the cached model.
-    let models = cluster.dir().join("models");
-    std::fs::create_dir_all(&models).unwrap();
-    let host_model = models.join("gemma-3-270m-q4_k_m.gguf");
-    if std::fs::hard_link(&model, &host_model).is_err() {
-        std::fs::copy(&model, &host_model).unwrap();
-    }
-    let example = std::fs::read_to_string(repo().join("deploy/examples/cpu-node.yaml"))
-        .unwrap()
-        .replace(
-            "/var/lib/llamanet/models/gemma-3-270m-q4_k_m.gguf",
-            host_model.to_str().unwrap(),
-        )
-        .replace("replicas: 1", "replicas: 2");
+    let example = cluster.cpu_example().replace("replicas: 1", "replicas: 2");
     assert!(example.contains(SHA256));
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&example));
     let applied = Instant::now();

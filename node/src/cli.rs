@@ -51,14 +51,6 @@ pub struct ServeArgs {
     #[arg(long, env = "LLAMANET_SHA256")]
     pub sha256: Option<String>,
 
-    /// Address to listen on.
-    #[arg(long, env = "LLAMANET_HOST", default_value = "0.0.0.0")]
-    pub host: IpAddr,
-
-    /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "LLAMANET_PORT", default_value_t = 8080)]
-    pub port: u16,
-
     /// Requests decoded together (slots); the context is split evenly between them.
     #[arg(long, env = "LLAMANET_PARALLEL", default_value_t = non_zero(DEFAULT_PARALLEL))]
     pub parallel: NonZeroU32,
@@ -88,10 +80,6 @@ pub struct ServeArgs {
     #[arg(long, env = "LLAMANET_FLASH_ATTENTION", value_enum, default_value_t)]
     pub flash_attention: FlashAttention,
 
-    /// Require `Authorization: Bearer <key>` on /v1 routes.
-    #[arg(long, env = "LLAMANET_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-
     /// Serve /v1/embeddings (mean-pooled hidden states) from the same model.
     #[arg(long, env = "LLAMANET_EMBEDDINGS")]
     pub embeddings: bool,
@@ -104,6 +92,28 @@ pub struct ServeArgs {
     #[arg(long, env = "LLAMANET_CHAT_TEMPLATE")]
     pub chat_template: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub http: HttpArgs,
+
+    #[command(flatten)]
+    pub swarm: MembershipArgs,
+}
+
+/// The HTTP side every serving subcommand (`serve`, `router`, `sidecar`) shares.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LLAMANET_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "LLAMANET_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Require `Authorization: Bearer <key>` on /v1 routes.
+    #[arg(long, env = "LLAMANET_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
     /// Largest request body in bytes.
     #[arg(long, env = "LLAMANET_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
     pub body_limit: usize,
@@ -115,6 +125,58 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LLAMANET_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
+}
+
+/// `llamanet router`: a node without a model. It joins the swarm and forwards every
+/// request to a peer that serves the model, so clients can point at it like any node.
+#[derive(Debug, Args)]
+pub struct RouterArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+
+    #[command(flatten)]
+    pub swarm: MembershipArgs,
+}
+
+/// Which kind of engine a sidecar sits beside: where its load figures come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum UpstreamKind {
+    /// llama.cpp's `llama-server` (run it with `--metrics`): `/metrics` and `/slots`.
+    #[default]
+    LlamaServer,
+    /// vLLM's OpenAI server: its `vllm:` metrics.
+    Vllm,
+    /// Any other OpenAI-compatible server: the sidecar counts requests and tokens itself.
+    Openai,
+}
+
+/// `llamanet sidecar`: puts an OpenAI-compatible engine running beside it (same pod) into
+/// the swarm. Requests for the engine's models are proxied to it; others are routed.
+#[derive(Debug, Args)]
+pub struct SidecarArgs {
+    /// Base URL of the engine, e.g. `http://127.0.0.1:8000`.
+    #[arg(long, env = "LLAMANET_UPSTREAM")]
+    pub upstream: String,
+
+    /// Which engine it is.
+    #[arg(long, env = "LLAMANET_ENGINE", value_enum, default_value_t)]
+    pub engine: UpstreamKind,
+
+    /// Advertise only this model id [default: every model the engine lists in /v1/models].
+    #[arg(long, env = "LLAMANET_MODEL_ID")]
+    pub model_id: Option<String>,
+
+    /// Bearer key the engine itself requires, sent instead of the client's.
+    #[arg(long, env = "LLAMANET_UPSTREAM_API_KEY", hide_env_values = true)]
+    pub upstream_api_key: Option<String>,
+
+    /// Requests the engine takes at once, when it does not say itself (vLLM, plain OpenAI
+    /// servers); llama-server's `/slots` tells.
+    #[arg(long, env = "LLAMANET_UPSTREAM_SLOTS", default_value_t = non_zero(DEFAULT_PARALLEL))]
+    pub slots: NonZeroU32,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
 
     #[command(flatten)]
     pub swarm: MembershipArgs,
@@ -180,6 +242,8 @@ const fn non_zero(n: u32) -> NonZeroU32 {
 #[derive(Debug)]
 pub enum Invocation {
     Serve(Box<ServeArgs>),
+    Router(Box<RouterArgs>),
+    Sidecar(Box<SidecarArgs>),
     Fetch(FetchArgs),
     Generate(GenerateArgs),
 }
@@ -190,6 +254,8 @@ pub enum Invocation {
 #[command(name = "llamanet", no_binary_name = true, args_override_self = true)]
 enum InvocationParser {
     Serve(Box<ServeArgs>),
+    Router(Box<RouterArgs>),
+    Sidecar(Box<SidecarArgs>),
     Fetch(FetchArgs),
     Generate(GenerateArgs),
 }
@@ -203,6 +269,8 @@ impl Invocation {
     {
         Ok(match InvocationParser::try_parse_from(args)? {
             InvocationParser::Serve(args) => Invocation::Serve(args),
+            InvocationParser::Router(args) => Invocation::Router(args),
+            InvocationParser::Sidecar(args) => Invocation::Sidecar(args),
             InvocationParser::Fetch(args) => Invocation::Fetch(args),
             InvocationParser::Generate(args) => Invocation::Generate(args),
         })

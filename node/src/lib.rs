@@ -6,7 +6,8 @@
 //! `tracing` ([`logging`]). Requests reach the engine through the OpenAI-compatible HTTP
 //! API ([`api`], also behind `engine`), and every Prometheus metric lives in one registry
 //! ([`metrics`]). Nodes find each other and their load through the [`swarm`]; [`route`]
-//! serves each request here or forwards it to a peer; [`tools`] holds the `monitor` and
+//! serves each request here or forwards it to a peer; [`sidecar`] puts an engine running
+//! beside the node (llama-server, vLLM) into the swarm; [`tools`] holds the `monitor` and
 //! `check` commands. The `llamanet` binary in `main.rs` only parses the command line
 //! and calls into these modules.
 
@@ -19,5 +20,6 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod route;
+pub mod sidecar;
 pub mod swarm;
 pub mod tools;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use llamanet_node::cli::FetchArgs;
 #[cfg(feature = "engine")]
-use llamanet_node::cli::{GenerateArgs, ServeArgs};
+use llamanet_node::cli::{GenerateArgs, HttpArgs, RouterArgs, ServeArgs, SidecarArgs};
 use llamanet_node::logging::{self, LogFormat};
 use llamanet_node::model;
 
@@ -49,6 +49,13 @@ enum Command {
     /// Serve the OpenAI-compatible API, `/health` and `/metrics` for one model.
     #[cfg(feature = "engine")]
     Serve(Box<ServeArgs>),
+    /// Join the swarm without a model and route every request to a peer that serves it.
+    #[cfg(feature = "engine")]
+    Router(Box<RouterArgs>),
+    /// Put an OpenAI-compatible engine running beside this process (llama-server, vLLM)
+    /// into the swarm.
+    #[cfg(feature = "engine")]
+    Sidecar(Box<SidecarArgs>),
     /// A live view of the swarm (`--once --json` prints one snapshot for scripts).
     Monitor(llamanet_node::tools::MonitorOptions),
     /// A quick health check of the swarm: exit 0 healthy, 1 unhealthy, 2 unreachable.
@@ -100,6 +107,10 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(args),
         #[cfg(feature = "engine")]
         Command::Serve(args) => serve(*args),
+        #[cfg(feature = "engine")]
+        Command::Router(args) => router(*args),
+        #[cfg(feature = "engine")]
+        Command::Sidecar(args) => sidecar(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,9 +139,7 @@ fn fetch(args: FetchArgs) -> anyhow::Result<()> {
 
 #[cfg(feature = "engine")]
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    use std::time::Duration;
-
-    use llamanet_node::api::{self, ApiConfig, ServeOptions};
+    use llamanet_node::api::{Backend, EngineOptions};
     use llamanet_node::engine::EngineSettings;
 
     let model_id = args.model_id.clone().unwrap_or_else(|| {
@@ -139,11 +148,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(|stem| stem.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".to_string())
     });
-    let options = ServeOptions {
-        address: std::net::SocketAddr::new(args.host, args.port),
+    let backend = Backend::Engine(EngineOptions {
         model: args.model,
         sha256: args.sha256,
-        engine: EngineSettings {
+        settings: EngineSettings {
             threads: args.threads,
             context_size: args.ctx_size,
             batch_size: args.batch_size,
@@ -153,16 +161,74 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             flash_attention: args.flash_attention,
             embeddings: args.embeddings,
         },
+        chat_template: args.chat_template,
+    });
+    run_server(args.http, args.swarm, backend, model_id)
+}
+
+#[cfg(feature = "engine")]
+fn router(args: RouterArgs) -> anyhow::Result<()> {
+    use llamanet_node::api::Backend;
+
+    run_server(args.http, args.swarm, Backend::Router, String::new())
+}
+
+#[cfg(feature = "engine")]
+fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use llamanet_node::api::Backend;
+    use llamanet_node::sidecar::UpstreamConfig;
+
+    let upstream: reqwest::Url = args
+        .upstream
+        .parse()
+        .map_err(|err| anyhow::anyhow!("--upstream {:?} is not a URL: {err}", args.upstream))?;
+    if !matches!(upstream.scheme(), "http" | "https") {
+        anyhow::bail!(
+            "--upstream {:?} must be an http:// or https:// URL",
+            args.upstream
+        );
+    }
+    // Half a heartbeat interval: a dead engine shows in the next heartbeat.
+    let probe_timeout = Duration::try_from_secs_f64(args.swarm.heartbeat_interval / 2.0)
+        .unwrap_or(Duration::from_secs(1))
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let backend = Backend::Upstream(UpstreamConfig {
+        base: args.upstream,
+        kind: args.engine,
+        model_id: args.model_id,
+        api_key: args.upstream_api_key.filter(|key| !key.is_empty()),
+        slots: args.slots.get(),
+        probe_timeout,
+        request_timeout: Duration::from_secs(args.http.request_timeout.max(1)),
+    });
+    run_server(args.http, args.swarm, backend, String::new())
+}
+
+#[cfg(feature = "engine")]
+fn run_server(
+    http: HttpArgs,
+    swarm: llamanet_node::swarm::membership::MembershipArgs,
+    backend: llamanet_node::api::Backend,
+    model_id: String,
+) -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use llamanet_node::api::{self, ApiConfig, ServeOptions};
+
+    let options = ServeOptions {
+        address: std::net::SocketAddr::new(http.host, http.port),
+        backend,
         api: ApiConfig {
             model_id,
-            api_key: args.api_key.filter(|key| !key.is_empty()),
-            body_limit: args.body_limit,
-            request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+            api_key: http.api_key.filter(|key| !key.is_empty()),
+            body_limit: http.body_limit,
+            request_timeout: Duration::from_secs(http.request_timeout.max(1)),
             started_unix: api::unix_now(),
         },
-        chat_template: args.chat_template,
-        shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        membership: Some(args.swarm),
+        shutdown_grace: Duration::from_secs(http.shutdown_grace),
+        membership: Some(swarm),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1016,8 +1016,8 @@ mod tests {
         else {
             panic!("the server container does not run serve");
         };
-        assert_eq!(serve.host.to_string(), "10.1.2.3");
-        assert_eq!(serve.port, 8080);
+        assert_eq!(serve.http.host.to_string(), "10.1.2.3");
+        assert_eq!(serve.http.port, 8080);
         assert_eq!(serve.model_id.as_deref(), Some("gemma-3-270m-q4_k_m"));
         assert_eq!(serve.parallel.get(), 8);
         assert_eq!(serve.threads.map(|t| t.get()), Some(2));

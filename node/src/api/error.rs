@@ -59,14 +59,20 @@ impl ApiError {
         }
     }
 
-    pub fn model_not_found(model: &str, served: &str) -> Self {
+    pub fn model_not_found(model: &str, served: &[String]) -> Self {
+        let serves = if served.is_empty() {
+            "it serves no model itself".to_string()
+        } else {
+            let names: Vec<String> = served.iter().map(|id| format!("`{id}`")).collect();
+            format!("it serves {}", names.join(", "))
+        };
         ApiError {
             param: Some("model".into()),
             code: Some("model_not_found"),
             ..Self::new(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
-                format!("the model `{model}` does not exist on this node; it serves `{served}`"),
+                format!("the model `{model}` does not exist on this node; {serves}"),
             )
         }
     }
@@ -108,6 +114,19 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
                 "this node is shutting down; send the request to another node",
+            )
+        }
+    }
+
+    /// 503 from a sidecar whose engine is not answering (or failed before answering).
+    pub fn upstream_unavailable(reason: &str) -> Self {
+        ApiError {
+            code: Some("upstream_unavailable"),
+            retry_after: Some(2),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!("the engine behind this node is not answering: {reason}"),
             )
         }
     }

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::AppState;
+use super::{AppState, Local};
 use crate::metrics::EngineGauges;
 
 pub async fn health(State(state): State<AppState>) -> Response {
@@ -21,6 +21,44 @@ pub async fn health(State(state): State<AppState>) -> Response {
             Json(json!({"status": "shutting_down"})),
         )
             .into_response();
+    }
+    match &state.local {
+        Local::Engine => {}
+        Local::Router => {
+            let peers = state
+                .swarm
+                .get()
+                .map_or(0, |swarm| swarm.snapshot().peers.len());
+            return Json(json!({"status": "ok", "role": "router", "peers": peers})).into_response();
+        }
+        Local::Upstream(upstream) => {
+            let seen = upstream.snapshot();
+            let models: Vec<&str> = seen.models.iter().map(|m| m.id.as_str()).collect();
+            let (status, body) = if seen.healthy {
+                (
+                    StatusCode::OK,
+                    json!({
+                        "status": "ok",
+                        "role": "sidecar",
+                        "upstream": upstream.config().base,
+                        "models": models,
+                        "slots_busy": seen.figures.slots_busy,
+                        "slots_total": seen.figures.slots_total,
+                        "queue_depth": seen.figures.queue_depth,
+                    }),
+                )
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({
+                        "status": "upstream_unavailable",
+                        "upstream": upstream.config().base,
+                        "reason": seen.reason,
+                    }),
+                )
+            };
+            return (status, Json(body)).into_response();
+        }
     }
     match state.loaded.get() {
         None => (
@@ -45,20 +83,21 @@ pub async fn health(State(state): State<AppState>) -> Response {
 
 /// OpenMetrics for scrapers that ask for it (Prometheus does), the text format otherwise.
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let gauges = state.loaded.get().map(|loaded| {
-        let engine = &loaded.engine;
-        let info = engine.info();
-        let load = engine.load();
-        EngineGauges {
-            slots_busy: load.busy_slots.load(Ordering::Relaxed) as i64,
-            slots_total: info.slots as i64,
-            queue_depth: engine.queue_depth() as i64,
-            queue_capacity: info.queue as i64,
-            kv_cache_cells_used: load.kv_cells_used.load(Ordering::Relaxed) as i64,
-            kv_cache_cells_total: (info.slots * info.slot_context) as i64,
-            tokens_per_second: load.tokens_per_second(),
+    let gauges = match &state.local {
+        Local::Engine => engine_gauges(&state),
+        Local::Router => None,
+        // The engine's own figures under LlamaNet's names, so dashboards read the same.
+        Local::Upstream(upstream) => {
+            let seen = upstream.snapshot();
+            seen.healthy.then(|| EngineGauges {
+                slots_busy: seen.figures.slots_busy.into(),
+                slots_total: seen.figures.slots_total.into(),
+                queue_depth: seen.figures.queue_depth.into(),
+                tokens_per_second: seen.figures.tokens_per_second,
+                ..EngineGauges::default()
+            })
         }
-    });
+    };
     let text = state.metrics.render(gauges);
     let openmetrics = headers
         .get(header::ACCEPT)
@@ -83,4 +122,21 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         )
             .into_response()
     }
+}
+
+fn engine_gauges(state: &AppState) -> Option<EngineGauges> {
+    state.loaded.get().map(|loaded| {
+        let engine = &loaded.engine;
+        let info = engine.info();
+        let load = engine.load();
+        EngineGauges {
+            slots_busy: load.busy_slots.load(Ordering::Relaxed) as i64,
+            slots_total: info.slots as i64,
+            queue_depth: engine.queue_depth() as i64,
+            queue_capacity: info.queue as i64,
+            kv_cache_cells_used: load.kv_cells_used.load(Ordering::Relaxed) as i64,
+            kv_cache_cells_total: (info.slots * info.slot_context) as i64,
+            tokens_per_second: load.tokens_per_second(),
+        }
+    })
 }

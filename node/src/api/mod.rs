@@ -7,6 +7,7 @@
 //! - `chat.rs` `/v1/chat/completions`, `completions.rs` `/v1/completions`, both through
 //!   `generation.rs` (engine submission, JSON or SSE answers);
 //! - `embeddings.rs`, `models.rs`, `health.rs` (`/health`, `/metrics`);
+//! - `proxy.rs` the same three routes for a sidecar: passed on to its engine;
 //! - `types.rs` request bodies and their validation, `template.rs` chat templates,
 //!   `error.rs` the one error type and its OpenAI error object.
 
@@ -17,6 +18,7 @@ pub mod error;
 pub mod generation;
 pub mod health;
 pub mod models;
+pub mod proxy;
 pub mod swarm;
 pub mod template;
 pub mod types;
@@ -39,6 +41,7 @@ use tokio::net::TcpListener;
 
 use crate::engine::{Engine, EngineSettings};
 use crate::metrics::Metrics;
+use crate::sidecar::{Upstream, UpstreamConfig};
 use crate::swarm::SwarmHandle;
 use crate::swarm::membership::{Advertised, MembershipArgs};
 use error::ApiError;
@@ -47,7 +50,8 @@ use template::ChatTemplate;
 /// How the API behaves, fixed at start-up.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// The model name clients send and `/v1/models` lists.
+    /// The built-in engine's model name, which clients send and `/v1/models` lists
+    /// (`llamanet serve` only; a router and a sidecar leave it empty).
     pub model_id: String,
     /// When set, `/v1/*` requests need `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
@@ -66,10 +70,24 @@ pub struct Loaded {
     pub template: ChatTemplate,
 }
 
+/// What serves the requests this node keeps for itself.
+#[derive(Debug, Clone)]
+pub enum Local {
+    /// The built-in llama.cpp engine (`llamanet serve`), in [`AppState::loaded`] once
+    /// loaded.
+    Engine,
+    /// Nothing: every request goes to a peer (`llamanet router`).
+    Router,
+    /// An engine beside this process (`llamanet sidecar`).
+    Upstream(Arc<Upstream>),
+}
+
 /// Shared state of every handler.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub config: Arc<ApiConfig>,
+    pub local: Local,
+    /// The built-in engine once loaded (never set for a router or a sidecar).
     pub loaded: Arc<OnceLock<Loaded>>,
     pub metrics: Arc<Metrics>,
     pub shutting_down: Arc<AtomicBool>,
@@ -78,9 +96,15 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The state of a node with the built-in engine.
     pub fn new(config: ApiConfig) -> Self {
+        Self::with_local(config, Local::Engine)
+    }
+
+    pub fn with_local(config: ApiConfig, local: Local) -> Self {
         AppState {
             config: Arc::new(config),
+            local,
             loaded: Arc::new(OnceLock::new()),
             metrics: Arc::new(Metrics::new()),
             shutting_down: Arc::new(AtomicBool::new(false)),
@@ -96,11 +120,25 @@ impl AppState {
         self.loaded.get().ok_or_else(ApiError::loading)
     }
 
+    /// The models this node serves itself (the engine's while it loads too; an
+    /// upstream's only while it is healthy).
+    pub fn local_models(&self) -> Vec<String> {
+        match &self.local {
+            Local::Engine => vec![self.config.model_id.clone()],
+            Local::Router => Vec::new(),
+            Local::Upstream(upstream) => upstream.model_ids(),
+        }
+    }
+
     /// Whether this node serves `model`, and its load (busy slots plus queue over slots;
     /// infinite while loading or draining, so peers go first) for the routing layer.
     pub fn local_view(&self, model: &str) -> (bool, f64) {
-        if model != self.config.model_id {
-            return (false, f64::INFINITY);
+        match &self.local {
+            Local::Engine if model == self.config.model_id => {}
+            Local::Upstream(upstream) if !self.shutting_down.load(Ordering::Relaxed) => {
+                return upstream.view(model);
+            }
+            _ => return (false, f64::INFINITY),
         }
         match self.loaded.get() {
             Some(loaded) if !self.shutting_down.load(Ordering::Relaxed) => {
@@ -113,12 +151,13 @@ impl AppState {
         }
     }
 
-    /// 404 unless `model` is the one this node serves.
+    /// 404 unless this node serves `model` itself.
     pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
-        if model == self.config.model_id {
+        let served = self.local_models();
+        if served.iter().any(|id| id == model) {
             Ok(())
         } else {
-            Err(ApiError::model_not_found(model, &self.config.model_id))
+            Err(ApiError::model_not_found(model, &served))
         }
     }
 
@@ -198,12 +237,31 @@ pub fn router(state: AppState) -> Router {
         )),
         None => handler,
     };
+    let (chat, completions, embeddings) = match &state.local {
+        Local::Engine => (
+            post(chat::create),
+            post(completions::create),
+            post(embeddings::create),
+        ),
+        // A router's handlers see only what routing did not send on (no swarm, or a
+        // request forwarded here by mistake): a sidecar's pass it to the engine.
+        Local::Router | Local::Upstream(_) => {
+            (post(proxy::pass), post(proxy::pass), post(proxy::pass))
+        }
+    };
     Router::new()
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
-        .route("/v1/chat/completions", routed(post(chat::create)))
-        .route("/v1/completions", routed(post(completions::create)))
-        .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/chat/completions", routed(chat))
+        .route("/v1/completions", routed(completions))
+        // A built-in node embeds only where it was asked to (`--embeddings` is per node).
+        .route(
+            "/v1/embeddings",
+            match state.local {
+                Local::Engine => embeddings,
+                _ => routed(embeddings),
+            },
+        )
         .route("/v1/swarm", get(swarm::peers))
         // Only the routes above need the key; probes and scrapers below do not.
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -263,74 +321,104 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     response
 }
 
-/// Everything `llamanet serve` needs.
+/// What a serving process runs behind its API.
 #[derive(Debug, Clone)]
-pub struct ServeOptions {
-    pub address: SocketAddr,
+pub enum Backend {
+    /// `llamanet serve`: a GGUF in the built-in engine.
+    Engine(EngineOptions),
+    /// `llamanet router`: no model; needs the swarm.
+    Router,
+    /// `llamanet sidecar`: an engine beside this process.
+    Upstream(UpstreamConfig),
+}
+
+/// The built-in engine's model and settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
     pub model: PathBuf,
     /// Checked before loading when set.
     pub sha256: Option<String>,
-    pub engine: EngineSettings,
-    pub api: ApiConfig,
+    pub settings: EngineSettings,
     /// A Jinja file that replaces the model's own chat template.
     pub chat_template: Option<PathBuf>,
+}
+
+/// Everything `llamanet serve`, `router` and `sidecar` need.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub address: SocketAddr,
+    pub backend: Backend,
+    pub api: ApiConfig,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// How to join the swarm; `None` serves alone.
     pub membership: Option<MembershipArgs>,
 }
 
-/// Binds, answers `/health` with 503 while the model loads in the background, serves
-/// until SIGTERM or Ctrl-C, then stops admitting and lets in-flight requests finish
-/// within the grace period. Returns an error when the model cannot be loaded.
+/// Binds, answers `/health` with 503 while the model loads in the background (or the
+/// sidecar's engine is not answering), serves until SIGTERM or Ctrl-C, then stops
+/// admitting and lets in-flight requests finish within the grace period. Returns an error
+/// when the model cannot be loaded, or a router is asked to run without a swarm.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let joins_swarm = options.membership.as_ref().is_some_and(|m| !m.no_swarm);
+    if matches!(options.backend, Backend::Router) && !joins_swarm {
+        anyhow::bail!("a router serves nothing itself: it needs the swarm (drop --no-swarm)");
+    }
     let listener = TcpListener::bind(options.address)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", options.address))?;
     let address = listener.local_addr()?;
-    let state = AppState::new(options.api.clone());
-    tracing::info!(%address, model = %options.model.display(), "listening; loading the model");
-
-    let chat_template = match &options.chat_template {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|err| {
-            anyhow::anyhow!("cannot read the chat template {}: {err}", path.display())
-        })?),
-        None => None,
-    };
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
-    let loader_state = state.clone();
-    let loader_options = options.clone();
-    tokio::spawn(async move {
-        let result = load(&loader_options)
-            .await
-            .and_then(|engine| loader_state.install(engine, chat_template));
-        match result {
-            Ok(()) => {
-                tracing::info!(model_id = %loader_state.config.model_id, "model loaded; serving")
-            }
-            Err(err) => {
-                let _ = failed_tx.send(err).await;
-            }
+    let (state, models, slots_total) = match &options.backend {
+        Backend::Engine(engine) => {
+            let state = AppState::new(options.api.clone());
+            tracing::info!(%address, model = %engine.model.display(), "listening; loading the model");
+            start_loading(&state, engine.clone(), failed_tx)?;
+            let model = crate::swarm::ModelInfo {
+                id: options.api.model_id.clone(),
+                context_size: engine.settings.context_size.get()
+                    / engine.settings.parallel.get().max(1),
+                quantization: quantization_of(&engine.model),
+            };
+            (state, vec![model], engine.settings.parallel.get())
         }
-    });
+        Backend::Router => {
+            tracing::info!(%address, "listening as a router: every request goes to a peer");
+            (
+                AppState::with_local(options.api.clone(), Local::Router),
+                Vec::new(),
+                0,
+            )
+        }
+        Backend::Upstream(config) => {
+            let upstream = Upstream::new(config.clone());
+            // A first look, so the first heartbeat already names the engine's models.
+            upstream.poll().await;
+            let seen = upstream.snapshot();
+            tracing::info!(%address, upstream = %config.base, healthy = seen.healthy, "listening as a sidecar");
+            let state = AppState::with_local(options.api.clone(), Local::Upstream(upstream));
+            let models = swarm::advertised_models(&seen);
+            (state, models, seen.figures.slots_total)
+        }
+    };
 
     if let Some(membership) = &options.membership {
         let advertised = Advertised {
             http_host: address.ip().to_string(),
             http_port: address.port(),
-            models: vec![crate::swarm::ModelInfo {
-                id: options.api.model_id.clone(),
-                context_size: options.engine.context_size.get()
-                    / options.engine.parallel.get().max(1),
-                quantization: quantization_of(&options.model),
-            }],
-            slots_total: options.engine.parallel.get(),
+            models,
+            slots_total,
         };
         if let Some(handle) = membership.join(&advertised).await? {
             let _ = state.swarm.set(handle);
-            tokio::spawn(swarm::report_load(state.clone()));
         }
     }
+    let heartbeat_interval = options
+        .membership
+        .as_ref()
+        .and_then(|m| Duration::try_from_secs_f64(m.heartbeat_interval).ok())
+        .unwrap_or(Duration::from_secs(2));
+    tokio::spawn(swarm::report_load(state.clone(), heartbeat_interval));
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let app = router(state.clone());
@@ -364,6 +452,33 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Loads the model in the background and installs it; a failure goes to `failed`.
+fn start_loading(
+    state: &AppState,
+    options: EngineOptions,
+    failed: tokio::sync::mpsc::Sender<anyhow::Error>,
+) -> anyhow::Result<()> {
+    let chat_template = match &options.chat_template {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|err| {
+            anyhow::anyhow!("cannot read the chat template {}: {err}", path.display())
+        })?),
+        None => None,
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        let result = load(&options)
+            .await
+            .and_then(|engine| state.install(engine, chat_template));
+        match result {
+            Ok(()) => tracing::info!(model_id = %state.config.model_id, "model loaded; serving"),
+            Err(err) => {
+                let _ = failed.send(err).await;
+            }
+        }
+    });
+    Ok(())
+}
+
 /// `Q4_K_M` from `gemma-3-270m-q4_k_m.gguf`: the usual file naming, or empty.
 fn quantization_of(model: &std::path::Path) -> String {
     let stem = model
@@ -376,12 +491,12 @@ fn quantization_of(model: &std::path::Path) -> String {
         .to_string()
 }
 
-async fn load(options: &ServeOptions) -> anyhow::Result<Engine> {
+async fn load(options: &EngineOptions) -> anyhow::Result<Engine> {
     if let Some(sha256) = options.sha256.clone() {
         let path = options.model.clone();
         tokio::task::spawn_blocking(move || crate::model::verify_sha256(&path, &sha256)).await??;
     }
-    Ok(Engine::start(&options.model, options.engine.clone()).await?)
+    Ok(Engine::start(&options.model, options.settings.clone()).await?)
 }
 
 /// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.

@@ -1,6 +1,6 @@
-//! `GET /v1/models` and `GET /v1/models/{id}`: the model this node serves (listed while it
-//! loads too, so clients can discover the node before it is ready) and, in a swarm, every
-//! model another peer serves.
+//! `GET /v1/models` and `GET /v1/models/{id}`: the models this node serves (the built-in
+//! engine's while it loads too, so clients can discover the node before it is ready; a
+//! sidecar's engine's) and, in a swarm, every model another peer serves.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -9,30 +9,33 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 
-fn model_object(state: &AppState) -> Value {
+fn model_object(state: &AppState, id: &str) -> Value {
     json!({
-        "id": state.config.model_id,
+        "id": id,
         "object": "model",
         "created": state.config.started_unix,
         "owned_by": "llamanet",
     })
 }
 
-/// This node's model, then every other model the swarm serves.
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
-    let mut data = vec![model_object(&state)];
+/// This node's models first, then every other model the swarm serves.
+fn all_models(state: &AppState) -> Vec<String> {
+    let mut ids = state.local_models();
     if let Some(swarm) = state.swarm.get() {
         for id in swarm.models().into_keys() {
-            if id != state.config.model_id {
-                data.push(json!({
-                    "id": id,
-                    "object": "model",
-                    "created": state.config.started_unix,
-                    "owned_by": "llamanet",
-                }));
+            if !ids.contains(&id) {
+                ids.push(id);
             }
         }
     }
+    ids
+}
+
+pub async fn list(State(state): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> = all_models(&state)
+        .iter()
+        .map(|id| model_object(&state, id))
+        .collect();
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -40,6 +43,10 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state.check_model(&id)?;
-    Ok(Json(model_object(&state)))
+    let models = all_models(&state);
+    if models.contains(&id) {
+        Ok(Json(model_object(&state, &id)))
+    } else {
+        Err(ApiError::model_not_found(&id, &models))
+    }
 }

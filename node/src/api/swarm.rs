@@ -1,5 +1,6 @@
 //! The node's side of the swarm: `GET /v1/swarm` (the peer table as JSON), the task that
-//! keeps this node's heartbeat figures current from the engine, and leaving on shutdown.
+//! keeps this node's heartbeat figures current (from the engine, or a sidecar's engine),
+//! and leaving on shutdown.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -8,8 +9,10 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::Value;
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, Local};
+use crate::sidecar::{Upstream, UpstreamState};
+use crate::swarm::ModelInfo;
 
 /// How often the heartbeat figures are refreshed from the engine (heartbeats themselves go
 /// out every `--heartbeat-interval` with the newest figures).
@@ -26,9 +29,27 @@ pub async fn peers(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
     ))
 }
 
-/// Copies the engine's load into the heartbeat status until the node shuts down. Healthy
-/// means the model is loaded and the node admits requests.
-pub async fn report_load(state: AppState) {
+/// Keeps this node's heartbeat figures current until it shuts down: from the built-in
+/// engine, or from the sidecar's engine (polled every half `heartbeat_interval`, so one
+/// that stops answering is reported unhealthy within one interval). A router is healthy
+/// as long as it runs.
+pub async fn report_load(state: AppState, heartbeat_interval: Duration) {
+    match &state.local {
+        Local::Engine => report_engine_load(&state).await,
+        Local::Router => {
+            if let Some(swarm) = state.swarm.get() {
+                swarm.update_status(|status| status.healthy = true);
+                let _ = swarm.publish_heartbeat().await;
+            }
+        }
+        Local::Upstream(upstream) => {
+            report_upstream_load(&state, upstream, heartbeat_interval / 2).await
+        }
+    }
+}
+
+/// Healthy means the model is loaded and the node admits requests.
+async fn report_engine_load(state: &AppState) {
     let Some(swarm) = state.swarm.get().cloned() else {
         return;
     };
@@ -53,6 +74,48 @@ pub async fn report_load(state: AppState) {
         }
         tokio::time::sleep(LOAD_REFRESH).await;
     }
+}
+
+async fn report_upstream_load(state: &AppState, upstream: &Upstream, period: Duration) {
+    let mut ticks = tokio::time::interval(period.max(Duration::from_millis(50)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if state.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        let changed = upstream.poll().await;
+        let Some(swarm) = state.swarm.get() else {
+            continue;
+        };
+        let seen = upstream.snapshot();
+        swarm.update_status(|status| {
+            status.healthy = seen.healthy;
+            if seen.healthy {
+                status.models = advertised_models(&seen);
+            }
+            status.slots_busy = seen.figures.slots_busy;
+            status.slots_total = seen.figures.slots_total;
+            status.queue_depth = seen.figures.queue_depth;
+            status.tokens_per_second = seen.figures.tokens_per_second;
+        });
+        // Health flips are news: peers should not wait for the next heartbeat.
+        if changed {
+            let _ = swarm.publish_heartbeat().await;
+        }
+    }
+}
+
+/// The models a sidecar advertises for its engine.
+pub fn advertised_models(seen: &UpstreamState) -> Vec<ModelInfo> {
+    seen.models
+        .iter()
+        .map(|model| ModelInfo {
+            id: model.id.clone(),
+            context_size: model.context_size,
+            quantization: String::new(),
+        })
+        .collect()
 }
 
 /// Says goodbye: one last heartbeat marked unhealthy, so routers stop choosing this node

@@ -162,6 +162,18 @@ impl Forwarder {
         .into_response()
     }
 
+    /// Sends `request` to one endpoint with `headers` as they are and streams the answer
+    /// back, like a forward without failover (the sidecar's way to its engine). `Err`
+    /// with the reason when it fails before the first byte.
+    pub async fn relay(
+        &self,
+        target: &Target,
+        request: &ForwardRequest,
+        headers: HeaderMap,
+    ) -> Result<Response, String> {
+        self.try_peer(target, request, headers, true).await
+    }
+
     /// One peer: `Ok` once it answered and its first body chunk (if any) arrived; `Err`
     /// with the reason to fail over. The last target's 5xx comes back as `Ok`, since
     /// its own error says more than ours would.
@@ -332,6 +344,22 @@ fn outgoing_headers(incoming: &HeaderMap, me: PeerId) -> HeaderMap {
     headers
 }
 
+/// Headers for an engine behind a sidecar: the client's minus hop-by-hop ones, with the
+/// client's `Authorization` (meant for LlamaNet) replaced by the engine's own key, if any.
+pub fn upstream_headers(incoming: &HeaderMap, api_key: Option<&str>) -> HeaderMap {
+    let mut headers: HeaderMap = incoming
+        .iter()
+        .filter(|(name, _)| !is_hop_by_hop(name) && *name != header::AUTHORIZATION)
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    if let Some(value) =
+        api_key.and_then(|key| HeaderValue::from_str(&format!("Bearer {key}")).ok())
+    {
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    headers
+}
+
 /// The peer's response headers minus hop-by-hop ones; `content-length` goes too because a
 /// broken stream may end shorter or longer than announced.
 fn incoming_headers(upstream: &HeaderMap) -> HeaderMap {
@@ -343,7 +371,7 @@ fn incoming_headers(upstream: &HeaderMap) -> HeaderMap {
 }
 
 /// A reqwest error with its cause ("connection refused"), which its Display omits.
-fn describe(err: &reqwest::Error) -> String {
+pub fn describe(err: &reqwest::Error) -> String {
     let mut text = if err.is_connect() {
         "connect failed".to_string()
     } else if err.is_timeout() {
@@ -377,6 +405,19 @@ mod tests {
         assert!(!out.contains_key(header::CONNECTION) && !out.contains_key(header::HOST));
         assert!(!out.contains_key(header::CONTENT_LENGTH));
         assert!(is_forwarded(&out) && !is_forwarded(&incoming));
+    }
+
+    #[test]
+    fn engine_requests_swap_the_client_key_for_the_engine_key() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::AUTHORIZATION, "Bearer client".parse().unwrap());
+        incoming.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        incoming.insert(header::CONNECTION, "keep-alive".parse().unwrap());
+        let out = upstream_headers(&incoming, Some("engine"));
+        assert_eq!(out[header::AUTHORIZATION], "Bearer engine");
+        assert_eq!(out[header::CONTENT_TYPE], "application/json");
+        assert!(!out.contains_key(header::CONNECTION) && !is_forwarded(&out));
+        assert!(!upstream_headers(&incoming, None).contains_key(header::AUTHORIZATION));
     }
 
     #[test]

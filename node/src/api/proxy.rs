@@ -1,0 +1,86 @@
+//! `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings` of a sidecar and of a
+//! router, behind routing (which already sent on what a peer serves better).
+//!
+//! A sidecar passes the request to its engine as it came (the body untouched, the
+//! client's key swapped for the engine's) and streams the answer back unbuffered, counting
+//! it as in flight until the last byte. A router serves nothing itself: what reaches its
+//! handler is a model no peer serves (or a request forwarded to it by mistake).
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::{AppState, Local};
+use crate::route::forward::upstream_headers;
+use crate::route::{ForwardRequest, RouteError, Target};
+
+#[derive(Deserialize)]
+struct ModelField {
+    model: String,
+}
+
+pub async fn pass(State(state): State<AppState>, request: Request) -> Response {
+    match proxy(&state, request).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn proxy(state: &AppState, request: Request) -> Result<Response, ApiError> {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return Err(ApiError::shutting_down());
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, state.config.body_limit)
+        .await
+        .map_err(|_| ApiError::body_too_large(state.config.body_limit))?;
+    let model = serde_json::from_slice::<ModelField>(&bytes)
+        .map_err(|err| ApiError::invalid(format!("invalid request body: {err}")))?
+        .model;
+    let Local::Upstream(upstream) = &state.local else {
+        let swarm_models = state.swarm.get().map(|s| s.models().into_keys().collect());
+        return Ok(
+            RouteError::not_served(&model, swarm_models.unwrap_or_default()).into_response(),
+        );
+    };
+    let seen = upstream.snapshot();
+    if !seen.healthy {
+        return Err(ApiError::upstream_unavailable(&seen.reason));
+    }
+    if !seen.models.iter().any(|m| m.id == model) {
+        return Err(ApiError::model_not_found(&model, &state.local_models()));
+    }
+    let in_flight = upstream.begin();
+    let me = state
+        .swarm
+        .get()
+        .map_or_else(libp2p::PeerId::random, |swarm| swarm.peer_id());
+    let target = Target {
+        peer_id: me,
+        endpoint: upstream.config().base.clone(),
+        load: 0.0,
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    let headers = upstream_headers(&parts.headers, upstream.config().api_key.as_deref());
+    let outgoing = ForwardRequest::new(parts.method, path, parts.headers, bytes);
+    let response = upstream
+        .proxy()
+        .relay(&target, &outgoing, headers)
+        .await
+        .map_err(|reason| ApiError::upstream_unavailable(&reason))?;
+    let (parts, body) = response.into_parts();
+    let counted = in_flight.watch(
+        body.into_data_stream()
+            .map(|chunk| chunk.map_err(std::io::Error::other))
+            .boxed(),
+    );
+    Ok(Response::from_parts(parts, Body::from_stream(counted)))
+}

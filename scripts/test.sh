@@ -15,6 +15,8 @@ results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 
 timed "setup (packages, Go tools, model)" "$ROOT/scripts/setup.sh"
+# The sidecar tests run llama.cpp's own llama-server (cached after the first build).
+timed "llama-server (llama.cpp)" "$ROOT/scripts/build-llama-cpp.sh"
 cd "$ROOT"
 
 step "cargo fmt --check"
@@ -40,6 +42,7 @@ if [ -d "$ROOT/tests/e2e" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/e2e/requirements.txt"
   run_pytest() {
     LLAMANET_BIN="$CARGO_TARGET_DIR/release/llamanet" LLAMANET_MODEL="$DEFAULT_MODEL" \
+      LLAMA_SERVER="$LLAMA_SERVER_DIR/llama-server" \
       "$venv/bin/python" -m pytest -q "$ROOT/tests/e2e" 2>&1 | tee -a "$results"
     return "${PIPESTATUS[0]}"
   }

@@ -35,13 +35,15 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::config::OperatorConfig;
-use crate::crd::{InferenceNode, ModelSource};
+use crate::crd::{ExternalApi, ExternalEngine, InferenceNode, ModelSource};
 use crate::error::{Error, Result};
 
 /// Name of the server container (running `llamanet serve`).
 pub const SERVER_CONTAINER: &str = "llamanet";
 /// Name of the init container that fetches and verifies the model.
 pub const FETCH_CONTAINER: &str = "fetch-model";
+/// Name of the engine container of `engine.kind: external`.
+pub const ENGINE_CONTAINER: &str = "engine";
 /// The binary in the node image; the local test cluster also maps images to it by this name.
 pub const NODE_COMMAND: &str = "llamanet";
 /// Port the server's API (and /metrics, /health) listens on in the pod.
@@ -245,13 +247,17 @@ fn pod_template(
         name: SERVER_CONTAINER.into(),
         image: Some(image.clone()),
         command: Some(vec![NODE_COMMAND.into()]),
-        args: Some(serve_args(node, name, namespace, &model, config)),
+        args: Some(node_args(node, name, namespace, &model, config)),
         env: Some(env),
         ports: Some(vec![
             container_port("http", API_CONTAINER_PORT),
             container_port("swarm", spec.swarm.port),
         ]),
-        resources: Some(server_resources(node)),
+        // An external engine gets the replica's resources; the sidecar needs little.
+        resources: Some(match &spec.engine.external {
+            None => server_resources(node),
+            Some(_) => ResourceRequirements::default(),
+        }),
         startup_probe: Some(health_probe(5, 360)),
         readiness_probe: Some(health_probe(5, 2)),
         liveness_probe: Some(health_probe(10, 3)),
@@ -318,7 +324,14 @@ fn pod_template(
         }),
         spec: Some(PodSpec {
             init_containers,
-            containers: vec![server],
+            containers: std::iter::once(server)
+                .chain(
+                    spec.engine
+                        .external
+                        .as_ref()
+                        .map(|external| engine_container(node, external, &model)),
+                )
+                .collect(),
             volumes: Some(volumes),
             // The node never talks to the Kubernetes API.
             automount_service_account_token: Some(false),
@@ -345,9 +358,10 @@ fn pod_template(
     }
 }
 
-/// The `llamanet serve` arguments: the model, where to listen, the engine settings that are
-/// set, the swarm, then `extraArgs` last so they can override.
-fn serve_args(
+/// The node container's arguments: `llamanet serve` with the model and the engine
+/// settings that are set, or for an external engine `llamanet sidecar` pointed at it; then
+/// where to listen and the swarm; `extraArgs` last so they can override.
+fn node_args(
     node: &InferenceNode,
     name: &str,
     namespace: &str,
@@ -355,10 +369,23 @@ fn serve_args(
     config: &OperatorConfig,
 ) -> Vec<String> {
     let spec = &node.spec;
-    let mut args: Vec<String> = vec![
-        "serve".into(),
-        "--model".into(),
-        model.serve_path.clone(),
+    let engine = &spec.engine;
+    let mut args: Vec<String> = match &engine.external {
+        None => vec!["serve".into(), "--model".into(), model.serve_path.clone()],
+        Some(external) => vec![
+            "sidecar".into(),
+            "--upstream".into(),
+            format!("http://127.0.0.1:{}", external.port),
+            "--engine".into(),
+            match external.api {
+                ExternalApi::LlamaServer => "llama-server",
+                ExternalApi::Vllm => "vllm",
+                ExternalApi::Openai => "openai",
+            }
+            .into(),
+        ],
+    };
+    args.extend([
         "--model-id".into(),
         model_name(&spec.model),
         "--host".into(),
@@ -377,22 +404,25 @@ fn serve_args(
         // The operator judges staleness in multiples of this interval.
         "--heartbeat-interval".into(),
         config.heartbeat_interval.as_secs_f64().to_string(),
-    ];
-    let engine = &spec.engine;
+    ]);
     let mut flag = |name: &str, value: Option<i32>| {
         if let Some(v) = value {
             args.push(name.into());
             args.push(v.to_string());
         }
     };
-    flag("--ctx-size", engine.context_size);
-    flag("--parallel", engine.parallel);
-    flag("--gpu-layers", engine.gpu_layers);
-    flag("--threads", engine.threads);
-    flag("--batch-size", engine.batch_size);
-    if let Some(on) = engine.flash_attention {
-        args.push("--flash-attention".into());
-        args.push(if on { "on" } else { "off" }.into());
+    if engine.external.is_some() {
+        flag("--slots", engine.parallel);
+    } else {
+        flag("--ctx-size", engine.context_size);
+        flag("--parallel", engine.parallel);
+        flag("--gpu-layers", engine.gpu_layers);
+        flag("--threads", engine.threads);
+        flag("--batch-size", engine.batch_size);
+        if let Some(on) = engine.flash_attention {
+            args.push("--flash-attention".into());
+            args.push(if on { "on" } else { "off" }.into());
+        }
     }
     for peer in config
         .bootstrap_peers
@@ -413,6 +443,54 @@ fn serve_args(
     }
     args.extend(engine.extra_args.iter().cloned());
     args
+}
+
+/// The engine container of `engine.kind: external`: the user's container with the model
+/// mounted, `LLAMANET_MODEL_PATH`/`LLAMANET_MODEL_ID` to refer to it, the replica's GPUs,
+/// and the same locked-down security context as the node.
+fn engine_container(
+    node: &InferenceNode,
+    external: &ExternalEngine,
+    model: &ModelPlan,
+) -> Container {
+    let mut env = vec![
+        plain_env("LLAMANET_MODEL_PATH", &model.serve_path),
+        plain_env("LLAMANET_MODEL_ID", &model_name(&node.spec.model)),
+        // Engines that write caches (vLLM, Hugging Face) find a writable home.
+        plain_env("HOME", SCRATCH_DIR),
+        plain_env("TMPDIR", SCRATCH_DIR),
+    ];
+    env.extend(external.env.iter().flatten().cloned());
+    let mut resources = external.resources.clone().unwrap_or_default();
+    let defaults = server_resources(node);
+    for (mine, spec_side) in [
+        (&mut resources.requests, defaults.requests),
+        (&mut resources.limits, defaults.limits),
+    ] {
+        for (name, quantity) in spec_side.into_iter().flatten() {
+            mine.get_or_insert_with(BTreeMap::new)
+                .entry(name)
+                .or_insert(quantity);
+        }
+    }
+    let mut mounts = vec![mount("tmp", SCRATCH_DIR, false)];
+    mounts.extend(model.mounts.iter().cloned());
+    Container {
+        name: ENGINE_CONTAINER.into(),
+        image: Some(external.image.clone()),
+        command: external.command.clone(),
+        args: (!external.args.is_empty()).then(|| external.args.clone()),
+        env: Some(env),
+        ports: Some(vec![container_port("engine", external.port)]),
+        resources: Some(resources),
+        startup_probe: external.startup_probe.clone(),
+        readiness_probe: external.readiness_probe.clone(),
+        liveness_probe: external.liveness_probe.clone(),
+        security_context: Some(container_security()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    }
 }
 
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -872,6 +950,7 @@ mod tests {
             batch_size: Some(512),
             flash_attention: Some(true),
             extra_args: vec!["--ctx-size".into(), "16384".into()],
+            ..EngineSettings::default()
         });
         let args = args(&build(&node));
         assert_eq!(flag(&args, "--ctx-size"), Some("8192"));
@@ -954,6 +1033,91 @@ mod tests {
 
     /// A container's command line as the kubelet runs it: `$(VAR)` references to the pod's
     /// environment expanded.
+    fn external_node() -> InferenceNode {
+        let mut node = InferenceNode::test().with_engine(EngineSettings {
+            kind: crate::crd::EngineKind::External,
+            parallel: Some(3),
+            external: Some(ExternalEngine {
+                image: "ghcr.io/ggml-org/llama.cpp:server".into(),
+                args: vec![
+                    "-m".into(),
+                    "$(LLAMANET_MODEL_PATH)".into(),
+                    "--port".into(),
+                    "8000".into(),
+                ],
+                port: 8000,
+                resources: Some(ResourceRequirements {
+                    limits: Some(BTreeMap::from([(
+                        "memory".to_string(),
+                        Quantity("2Gi".into()),
+                    )])),
+                    ..ResourceRequirements::default()
+                }),
+                ..ExternalEngine::default()
+            }),
+            ..EngineSettings::default()
+        });
+        node.spec.resources.gpu = 1;
+        node.spec.resources.memory = Some(Quantity("8Gi".into()));
+        node
+    }
+
+    #[test]
+    fn an_external_engine_runs_beside_the_sidecar_with_the_gpus_and_the_model() {
+        use llamanet_node::cli::Invocation;
+
+        let children = build(&external_node());
+        let spec = pod_spec(&children);
+        let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [SERVER_CONTAINER, ENGINE_CONTAINER]);
+
+        let Ok(Invocation::Sidecar(sidecar)) = Invocation::parse(expanded_args(server(&children)))
+        else {
+            panic!("the node container does not run the sidecar");
+        };
+        assert_eq!(sidecar.upstream, "http://127.0.0.1:8000");
+        assert_eq!(
+            sidecar.engine,
+            llamanet_node::cli::UpstreamKind::LlamaServer
+        );
+        assert_eq!(sidecar.model_id.as_deref(), Some("gemma-3-270m-q4_k_m"));
+        assert_eq!(sidecar.slots.get(), 3);
+        assert_eq!(sidecar.http.port, API_CONTAINER_PORT as u16);
+        // The sidecar requests nothing; the engine gets the GPU, and its own memory limit
+        // wins over spec.resources.
+        assert_eq!(
+            server(&children).resources,
+            Some(ResourceRequirements::default())
+        );
+
+        let engine = &spec.containers[1];
+        assert_eq!(
+            engine.image.as_deref(),
+            Some("ghcr.io/ggml-org/llama.cpp:server")
+        );
+        assert_eq!(engine.command, None, "the image's entrypoint runs");
+        let limits = engine.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["nvidia.com/gpu"], Quantity("1".into()));
+        assert_eq!(limits["memory"], Quantity("2Gi".into()));
+        let env = engine.env.as_ref().unwrap();
+        let model_path = env
+            .iter()
+            .find(|e| e.name == "LLAMANET_MODEL_PATH")
+            .unwrap();
+        let mounts = engine.volume_mounts.as_ref().unwrap();
+        assert!(
+            mounts.iter().any(|m| model_path
+                .value
+                .as_deref()
+                .unwrap()
+                .starts_with(&m.mount_path)),
+            "the model path {model_path:?} is under a mount of the engine: {mounts:?}"
+        );
+        let security = engine.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+    }
+
     fn expanded_args(c: &Container) -> Vec<String> {
         c.args
             .iter()
@@ -982,6 +1146,7 @@ mod tests {
                 batch_size: Some(256),
                 flash_attention: Some(false),
                 extra_args: vec!["--ctx-size".into(), "16384".into()],
+                ..EngineSettings::default()
             })
             .with_swarm(SwarmSettings {
                 bootstrap_peers: vec!["/dns4/peer.example.com/tcp/4001".into()],
@@ -993,13 +1158,14 @@ mod tests {
                 }),
                 port: 4100,
             });
-        for node in [InferenceNode::test(), full.clone()] {
+        for node in [InferenceNode::test(), full.clone(), external_node()] {
             let children = build(&node);
             let spec = pod_spec(&children);
             for c in spec
                 .containers
                 .iter()
                 .chain(spec.init_containers.iter().flatten())
+                .filter(|c| c.command.as_deref() == Some(&[NODE_COMMAND.to_string()]))
             {
                 let args = expanded_args(c);
                 if let Err(err) = Invocation::parse(&args) {

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, Toleration};
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, Probe, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
@@ -192,16 +192,39 @@ pub struct NodeResources {
     pub memory: Option<Quantity>,
 }
 
-/// llama.cpp settings of `llamanet serve`. Unset fields take the server's defaults.
+/// How the replicas run inference. With `kind: builtin` (the default) these are the
+/// llama.cpp settings of `llamanet serve`; unset fields take the server's defaults. With
+/// `kind: external` the pod runs the engine container given in `external` and the
+/// LlamaNet sidecar beside it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.kind) && self.kind == 'external') == has(self.external)",
+        "message": "engine.external is the engine container of kind: external; set both or neither"
+    },
+    {
+        "rule": "!(has(self.kind) && self.kind == 'external') || !(has(self.contextSize) || has(self.gpuLayers) || has(self.threads) || has(self.batchSize) || has(self.flashAttention))",
+        "message": "contextSize, gpuLayers, threads, batchSize and flashAttention configure the built-in engine; give an external engine its settings in engine.external.args"
+    }
+]))]
 pub struct EngineSettings {
+    /// `builtin`: llama.cpp inside the LlamaNet node. `external`: an OpenAI-compatible
+    /// engine (llama.cpp's llama-server, vLLM, ...) with the LlamaNet sidecar beside it.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kind: EngineKind,
+
+    /// The engine container of `kind: external`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalEngine>,
+
     /// Context size in tokens, shared by all parallel slots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 128, max = 1048576))]
     pub context_size: Option<i32>,
 
-    /// Sequences decoded together (continuous batching slots).
+    /// Sequences decoded together (continuous batching slots). For an external engine,
+    /// what the sidecar reports as its slots when the engine does not say (vLLM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]
     pub parallel: Option<i32>,
@@ -225,10 +248,81 @@ pub struct EngineSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flash_attention: Option<bool>,
 
-    /// Further `llamanet serve` arguments, appended after the ones the operator sets.
+    /// Further `llamanet serve` (or, for an external engine, `llamanet sidecar`)
+    /// arguments, appended after the ones the operator sets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
     pub extra_args: Vec<String>,
+}
+
+/// Which engine the replicas run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    #[default]
+    Builtin,
+    External,
+}
+
+/// The API an external engine serves: where the sidecar reads its load.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExternalApi {
+    /// llama.cpp's `llama-server` (give it `--metrics`).
+    #[default]
+    LlamaServer,
+    /// vLLM's OpenAI server.
+    Vllm,
+    /// Any other OpenAI-compatible server.
+    Openai,
+}
+
+/// An engine container the user brings. The model of `spec.model` is fetched and verified
+/// as for the built-in engine and mounted here too: its path is in `$(LLAMANET_MODEL_PATH)`
+/// and its name in `$(LLAMANET_MODEL_ID)`, both usable in `args`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalEngine {
+    /// The engine's image, e.g. `ghcr.io/ggml-org/llama.cpp:server`.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// Entrypoint override; the image's own when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub command: Option<Vec<String>>,
+
+    /// Arguments of the engine. It must serve its OpenAI API on `127.0.0.1:<port>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub args: Vec<String>,
+
+    /// Further environment of the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub env: Option<Vec<EnvVar>>,
+
+    /// Port of the engine's OpenAI API inside the pod.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Which API the engine serves.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub api: ExternalApi,
+
+    /// Resources of the engine container; `spec.resources` (GPUs, CPU, memory) are added
+    /// where these leave them out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Probes of the engine container. The sidecar's own probes already follow the
+    /// engine's health, so these are optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
 }
 
 /// Swarm membership of the replicas.

@@ -119,18 +119,22 @@ impl Upstream {
         self.state.read().expect("upstream state lock").clone()
     }
 
-    /// Ids of the models advertised for this engine (none while it is down).
+    /// Ids of the models advertised for this engine (the last known while it is down).
     pub fn model_ids(&self) -> Vec<String> {
         let state = self.state.read().expect("upstream state lock");
         state.models.iter().map(|m| m.id.clone()).collect()
     }
 
-    /// Whether the engine serves `model` and its load (busy plus waiting over slots); a
-    /// down engine serves nothing, so routers pick other peers at once.
+    /// Whether the engine serves `model` and its load (busy plus waiting over slots). A
+    /// down engine still serves its models but at infinite load: peers that serve them
+    /// take the requests, and with none the client hears 503 rather than "no such model".
     pub fn view(&self, model: &str) -> (bool, f64) {
         let state = self.state.read().expect("upstream state lock");
-        if !state.healthy || !state.models.iter().any(|m| m.id == model) {
+        if !state.models.iter().any(|m| m.id == model) {
             return (false, f64::INFINITY);
+        }
+        if !state.healthy {
+            return (true, f64::INFINITY);
         }
         let f = &state.figures;
         let slots = f.slots_total.max(1) as f64;
@@ -139,15 +143,17 @@ impl Upstream {
 
     /// Checks the engine once and stores what it found. Returns whether health changed.
     pub async fn poll(&self) -> bool {
-        let next = match self.probe().await {
-            Ok(state) => state,
+        let probed = self.probe().await;
+        let mut state = self.state.write().expect("upstream state lock");
+        let next = match probed {
+            Ok(next) => next,
             Err(reason) => UpstreamState {
                 healthy: false,
                 reason,
+                models: state.models.clone(),
                 ..UpstreamState::default()
             },
         };
-        let mut state = self.state.write().expect("upstream state lock");
         let changed = state.healthy != next.healthy;
         if changed {
             if next.healthy {
@@ -454,6 +460,17 @@ mod tests {
         assert!(!state.healthy);
         assert!(state.reason.contains("/v1/models"), "{}", state.reason);
         assert_eq!(upstream.view("anything"), (false, f64::INFINITY));
+
+        // Once it served a model, a dead engine keeps it at infinite load.
+        upstream.state.write().unwrap().models = vec![ListedModel {
+            id: "m".into(),
+            context_size: 0,
+        }];
+        upstream.poll().await;
+        assert!(!upstream.snapshot().healthy);
+        assert_eq!(upstream.model_ids(), ["m"]);
+        assert_eq!(upstream.view("m"), (true, f64::INFINITY));
+        assert_eq!(upstream.view("other"), (false, f64::INFINITY));
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct CheckOptions {
     /// Or ask this node's HTTP API (`GET /v1/swarm`, `/health`).
     #[arg(long)]
     pub url: Option<String>,
+    /// Bearer key for `--url` nodes that require one.
+    #[arg(long, env = "LLAMANET_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Require this model to be served.
     #[arg(long)]
     pub model: Option<String>,
@@ -35,6 +38,7 @@ impl Default for CheckOptions {
         CheckOptions {
             bootstrap: None,
             url: None,
+            api_key: None,
             model: None,
             min_nodes: 1,
             timeout: Duration::from_secs(2),
@@ -106,6 +110,7 @@ pub async fn inspect(options: &CheckOptions) -> anyhow::Result<CheckReport> {
     let source = match SwarmSource::open(
         options.bootstrap.as_ref(),
         options.url.as_deref(),
+        options.api_key.as_deref(),
         options.timeout,
     )
     .await

@@ -26,6 +26,9 @@ pub struct MonitorOptions {
     /// Or poll this node's HTTP API (`GET /v1/swarm`).
     #[arg(long)]
     pub url: Option<String>,
+    /// Bearer key for `--url` nodes that require one.
+    #[arg(long, env = "LLAMANET_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Print one snapshot and exit.
     #[arg(long)]
     pub once: bool,
@@ -45,6 +48,7 @@ impl Default for MonitorOptions {
         MonitorOptions {
             bootstrap: None,
             url: None,
+            api_key: None,
             once: false,
             json: false,
             refresh: Duration::from_secs(1),
@@ -59,6 +63,7 @@ pub async fn monitor(options: MonitorOptions) -> anyhow::Result<()> {
     let source = SwarmSource::open(
         options.bootstrap.as_ref(),
         options.url.as_deref(),
+        options.api_key.as_deref(),
         options.timeout,
     )
     .await?;

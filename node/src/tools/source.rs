@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 
+use crate::route::forward::describe;
 use crate::swarm::{self, Heartbeat, PeerTableSnapshot, SwarmConfig, SwarmHandle};
 
 /// The peer table as the tools see it: what `GET /v1/swarm` returns. (The swarm's own
@@ -88,9 +89,11 @@ pub enum SwarmSource {
 
 impl SwarmSource {
     /// Opens the one source given. `timeout` bounds each HTTP request.
+    /// `api_key` goes with `--url` requests, for nodes that require one.
     pub async fn open(
         bootstrap: Option<&Multiaddr>,
         url: Option<&str>,
+        api_key: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         match (bootstrap, url) {
@@ -100,6 +103,7 @@ impl SwarmSource {
                 client: reqwest::Client::builder()
                     .timeout(timeout)
                     .no_proxy()
+                    .default_headers(auth_header(api_key)?)
                     .build()?,
                 base: url.trim_end_matches('/').to_string(),
             }),
@@ -222,13 +226,13 @@ impl SwarmSource {
     }
 }
 
-/// A reqwest error with its root cause ("connection refused"), which Display omits.
-fn describe(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
+fn auth_header(api_key: Option<&str>) -> anyhow::Result<reqwest::header::HeaderMap> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = api_key.filter(|key| !key.is_empty()) {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| anyhow::anyhow!("the API key holds characters a header cannot carry"))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    text
+    Ok(headers)
 }

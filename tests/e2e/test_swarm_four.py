@@ -231,17 +231,20 @@ def test_2_router_forwards_to_a_model_node(swarm):
         f"x-llamanet-node {served_by!r} is none of the model nodes {sorted(swarm.model_ids())}"
 
 
-def test_3_concurrent_requests_spread_over_nodes(swarm):
+@pytest.mark.parametrize("same_prompt", [False, True], ids=["distinct", "identical"])
+def test_3_concurrent_requests_spread_over_nodes(swarm, same_prompt):
     client = swarm.client()
     n = 8
 
     def ask(i):
-        # Distinct prompt starts: the router prefers, per prompt prefix, the peer that
-        # rendezvous hashing picks (KV-cache affinity), so identical prompts would all aim
-        # at one node; distinct ones leave the load-based choice room to spread.
+        # Identical prompts share an affinity key (the router prefers the peer rendezvous
+        # hashing picks for a prefix, for its KV cache); they spread only because the
+        # router counts its own forwards in flight into each peer's load.
+        content = "Name a colour and a fruit." if same_prompt else \
+            f"Request {i}: name a colour and a fruit."
         raw = client.chat.completions.with_raw_response.create(
             model=MODEL_ID, max_tokens=24, temperature=0,
-            messages=[{"role": "user", "content": f"Request {i}: name a colour and a fruit."}])
+            messages=[{"role": "user", "content": content}])
         completion = raw.parse()
         return raw.http_response.status_code, raw.headers.get("x-llamanet-node"), \
             completion.usage.completion_tokens

@@ -22,6 +22,7 @@ use libp2p::PeerId;
 use tracing::{debug, warn};
 
 use super::error::RouteError;
+use super::inflight::{InFlight, InFlightGuard};
 use super::metrics::{ForwardOutcome, RouteMetrics};
 use super::pick::Target;
 
@@ -99,6 +100,7 @@ pub struct Forwarder {
     me: PeerId,
     config: ForwarderConfig,
     metrics: Arc<RouteMetrics>,
+    inflight: InFlight,
 }
 
 impl Forwarder {
@@ -116,7 +118,13 @@ impl Forwarder {
             me,
             config,
             metrics: Arc::new(RouteMetrics::default()),
+            inflight: InFlight::default(),
         }
+    }
+
+    /// Forwards in flight, by peer.
+    pub fn inflight(&self) -> &InFlight {
+        &self.inflight
     }
 
     pub fn me(&self) -> PeerId {
@@ -185,6 +193,8 @@ impl Forwarder {
         last: bool,
     ) -> Result<Response, String> {
         let url = format!("{}{}", target.endpoint.trim_end_matches('/'), request.path);
+        // Counted until the answer has been relayed (the guard travels with the body).
+        let inflight = self.inflight.begin(target.peer_id);
         let sent = self
             .client
             .request(request.method.clone(), &url)
@@ -236,6 +246,7 @@ impl Forwarder {
             peer: target.peer_id,
             stall: self.config.stall_timeout,
             metrics: self.metrics.clone(),
+            _inflight: inflight,
         };
         let body = stream::iter(first.map(Ok::<_, std::io::Error>)).chain(relay.into_stream());
         let mut response = Response::new(Body::from_stream(body));
@@ -255,6 +266,7 @@ struct Relay {
     peer: PeerId,
     stall: Duration,
     metrics: Arc<RouteMetrics>,
+    _inflight: InFlightGuard,
 }
 
 impl Relay {

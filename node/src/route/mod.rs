@@ -45,6 +45,7 @@
 
 pub mod error;
 pub mod forward;
+pub mod inflight;
 pub mod layer;
 pub mod metrics;
 pub mod pick;
@@ -61,6 +62,7 @@ pub use error::RouteError;
 pub use forward::{
     FORWARDED_HEADER, ForwardRequest, Forwarder, ForwarderConfig, NODE_HEADER, is_forwarded,
 };
+pub use inflight::InFlight;
 pub use layer::{LocalView, RouteLayer, route_or_serve};
 pub use metrics::{ForwardOutcome, RouteMetrics, RouteMetricsSnapshot};
 pub use pick::{
@@ -82,6 +84,24 @@ impl std::fmt::Debug for Router {
             .field("policy", &self.policy)
             .field("forwarder", &self.forwarder)
             .finish_non_exhaustive()
+    }
+}
+
+/// A peer source whose loads include this node's forwards in flight.
+struct WithInFlight<'a> {
+    peers: &'a dyn PeerSource,
+    inflight: &'a InFlight,
+}
+
+impl PeerSource for WithInFlight<'_> {
+    fn peers_serving(&self, model: &str) -> Vec<crate::swarm::Heartbeat> {
+        let mut heartbeats = self.peers.peers_serving(model);
+        self.inflight.adjust(&mut heartbeats);
+        heartbeats
+    }
+
+    fn models(&self) -> Vec<String> {
+        self.peers.models()
     }
 }
 
@@ -118,6 +138,11 @@ impl Router {
         self.forwarder.metrics()
     }
 
+    /// Forwards in flight, by peer (counted into peers' loads when choosing).
+    pub fn forwarder_inflight(&self) -> &InFlight {
+        self.forwarder.inflight()
+    }
+
     /// Every model in the swarm, by id.
     pub fn models(&self) -> Vec<String> {
         self.peers.models()
@@ -137,14 +162,19 @@ impl Router {
         self.decide_with(request, local, &mut rand::thread_rng())
     }
 
-    /// [`Router::decide`] with a given random source (tests use a seeded one).
+    /// [`Router::decide`] with a given random source (tests use a seeded one). Peers'
+    /// announced loads count the forwards this node has in flight to them.
     pub fn decide_with(
         &self,
         request: &RouteRequest<'_>,
         local: &LocalState,
         rng: &mut impl Rng,
     ) -> Route {
-        pick(self.peers.as_ref(), local, request, &self.policy, rng)
+        let peers = WithInFlight {
+            peers: self.peers.as_ref(),
+            inflight: self.forwarder.inflight(),
+        };
+        pick(&peers, local, request, &self.policy, rng)
     }
 
     /// Sends `request` to `targets` in order (see [`Forwarder::forward`]).

@@ -555,4 +555,50 @@ mod tests {
         assert_eq!(peers.models(), vec!["llama-3.2-1b", MODEL]);
         assert_eq!(PeerSource::peers_serving(&peers, MODEL).len(), 2);
     }
+
+    #[test]
+    fn a_burst_through_a_router_spreads_once_its_own_forwards_count() {
+        // Two idle peers with the same figures: affinity alone sends every request of a
+        // burst to one of them, until the forwards in flight make it look busier.
+        let peers = vec![peer(0, 0), peer(0, 0)];
+        let router = super::super::Router::new(
+            std::sync::Arc::new(peers),
+            PeerId::random(),
+            PickPolicy::default(),
+            super::super::ForwarderConfig::default(),
+        );
+        let request = RouteRequest {
+            model: MODEL,
+            affinity: Some(42),
+        };
+        let local = router_only();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut chosen = Vec::new();
+        let mut guards = Vec::new();
+        for _ in 0..4 {
+            let Route::Forward(targets) = router.decide_with(&request, &local, &mut rng) else {
+                panic!("a router forwards");
+            };
+            chosen.push(targets[0].peer_id);
+            guards.push(router.forwarder_inflight().begin(targets[0].peer_id));
+        }
+        let mut counts: HashMap<PeerId, usize> = HashMap::new();
+        for peer in &chosen {
+            *counts.entry(*peer).or_default() += 1;
+        }
+        // The affine peer keeps requests until it looks `affinity_slack` busier (2 of its
+        // 4 slots), then shares: 3 and 1.
+        assert_eq!(
+            counts.len(),
+            2,
+            "both peers got part of the burst: {counts:?}"
+        );
+        assert_eq!(counts[&chosen[0]], 3, "{counts:?}");
+        drop(guards);
+        // With nothing in flight the affine peer is the choice again.
+        let Route::Forward(targets) = router.decide_with(&request, &local, &mut rng) else {
+            panic!("a router forwards");
+        };
+        assert_eq!(targets[0].peer_id, chosen[0]);
+    }
 }

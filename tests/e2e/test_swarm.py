@@ -34,7 +34,10 @@ def pair():
         deadline = time.monotonic() + 30
         while True:
             views = [swarm_view(n) for n in (a, b)]
-            if all(len(v["peers"]) == 2 for v in views):
+            # Healthy too: a peer still loading its model is listed in /v1/swarm but not
+            # yet in /v1/models, nor chosen by routing.
+            if all(len(v["peers"]) == 2 and all(p["healthy"] for p in v["peers"])
+                   for v in views):
                 break
             assert time.monotonic() < deadline, f"the nodes did not meet within 30 s: {views}"
             time.sleep(0.2)

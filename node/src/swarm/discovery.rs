@@ -2,8 +2,10 @@
 //! running swarm peer, a static list of endpoints), candidate filters, and the selection
 //! strategies round robin, random and least loaded (power of two choices).
 //!
-//! The tools (`monitor`, `check`), the operator and other Rust programs pick a node with
-//! these; the in-node router applies the same [`Strategy::LeastLoaded`] to the peer table.
+//! Other Rust programs pick a node with these; `llamanet check` counts the nodes a client
+//! could use through the same trait (a `/v1/swarm` snapshot is a [`Discovery`] too), and
+//! the in-node router applies the same power-of-two-choices rule to its peer table. (The
+//! operator needs no selection: it reads every heartbeat from its own swarm peer.)
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -9,6 +9,7 @@ use libp2p::Multiaddr;
 
 use super::source::{SwarmSource, SwarmView};
 use super::table;
+use crate::swarm::discovery::Discovery;
 
 /// What to check. `Default`: one healthy node, any model, 2 s.
 #[derive(Debug, Clone, clap::Args)]
@@ -178,10 +179,8 @@ pub fn evaluate(view: &SwarmView, model: Option<&str>, min_nodes: usize) -> Chec
         .iter()
         .filter(|p| p.heartbeat.status.healthy)
         .collect();
-    let serving = healthy
-        .iter()
-        .filter(|p| model.is_none_or(|m| p.heartbeat.status.serves(m)))
-        .count();
+    // Nodes a client could send to: healthy, announcing an endpoint, serving the model.
+    let serving = view.nodes(model).len();
     let reason = if view.peers.is_empty() {
         Some("no node sent a heartbeat".to_string())
     } else if healthy.is_empty() {

@@ -8,6 +8,7 @@ use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 
 use crate::route::forward::describe;
+use crate::swarm::discovery::{Candidate, Discovery};
 use crate::swarm::{self, Heartbeat, PeerTableSnapshot, SwarmConfig, SwarmHandle};
 
 /// The peer table as the tools see it: what `GET /v1/swarm` returns. (The swarm's own
@@ -69,6 +70,18 @@ impl SwarmView {
             .max()
             .unwrap_or(0);
         Duration::from_millis(ms)
+    }
+}
+
+/// A snapshot is a discovery source like a live peer: the healthy nodes with an endpoint.
+impl Discovery for SwarmView {
+    fn nodes(&self, model: Option<&str>) -> Vec<Candidate> {
+        self.peers
+            .iter()
+            .map(|p| &p.heartbeat)
+            .filter(|h| h.status.healthy && model.is_none_or(|m| h.status.serves(m)))
+            .filter_map(Candidate::from_heartbeat)
+            .collect()
     }
 }
 

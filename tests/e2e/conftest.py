@@ -42,12 +42,56 @@ def http_get(url: str, timeout: float = 5.0):
         return err.code, err.read().decode()
 
 
-class Server:
+LOG_DIR = Path(os.environ.get("TMPDIR", "/tmp"))
+
+
+class Process:
+    """A child process serving HTTP (a node, a router, a sidecar, llama-server) with its log
+    file: waits for `GET /health` 200 and stops within bounds, whatever happens."""
+
+    def __init__(self, name, base, args, env=None, log_name=None):
+        self.name = name
+        self.base = base
+        self.log = open(LOG_DIR / f"llamanet-e2e-{log_name or name}.log", "w")
+        self.proc = subprocess.Popen([str(a) for a in args], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=env)
+
+    def healthy(self) -> bool:
+        try:
+            status, _ = http_get(self.base + "/health", timeout=2)
+            return status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout=LOAD_TIMEOUT_S, deadline=None):
+        """Until /health answers 200, for `timeout` s or until `deadline` (monotonic)."""
+        deadline = deadline or time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, \
+                f"{self.name} exited with {self.proc.returncode}; see {self.log.name}"
+            if self.healthy():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready in time; see {self.log.name}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+class Server(Process):
+    """`llamanet serve` of the default model on a free loopback port."""
+
     def __init__(self, extra_args=(), env=None):
         assert BIN.is_file(), f"{BIN} missing: build with `cargo build --release -p llamanet-node`"
         assert MODEL.is_file(), f"{MODEL} missing"
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
         options = {
             "--model": str(MODEL), "--host": "127.0.0.1", "--port": str(self.port),
             "--model-id": MODEL_ID, "--api-key": API_KEY, "--parallel": str(SLOTS),
@@ -65,30 +109,7 @@ class Server:
         args = [str(BIN), "serve", *flags]
         for name, value in options.items():
             args += [name, value]
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llamanet-e2e-{self.port}.log", "w")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout=LOAD_TIMEOUT_S):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited with {self.proc.returncode}; see {self.log.name}"
-            try:
-                status, _ = http_get(self.base + "/health", timeout=2)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready within {timeout} s; see {self.log.name}")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.log.close()
+        super().__init__(f"serve-{self.port}", f"http://127.0.0.1:{self.port}", args, env=env)
 
 
 @pytest.fixture(scope="session")

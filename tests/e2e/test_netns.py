@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import API_KEY, BIN, LOAD_TIMEOUT_S, MODEL  # noqa: E402
+from conftest import API_KEY, BIN, LOAD_TIMEOUT_S, MODEL, Process  # noqa: E402
 
 PREFIX = "lln-"
 CLONE_NEWNET = 0x40000000
@@ -140,59 +140,36 @@ def http_json(url: str, timeout: float = 5.0):
         return response.status, json.loads(response.read())
 
 
-class NsNode:
+class NsNode(Process):
     """`llamanet serve` inside a network namespace, API on http://<addr>:8080 and swarm on
     /ip4/<addr>/tcp/<swarm_port>."""
 
     def __init__(self, name, netns, addr, model_id, cluster, swarm_port, bootstrap=()):
         assert BIN.is_file(), f"{BIN} missing"
         assert MODEL.is_file(), f"{MODEL} missing"
-        self.name, self.netns, self.addr, self.model_id = name, netns, addr, model_id
-        self.base = f"http://{addr}:{API_PORT}"
+        self.netns, self.addr, self.model_id = netns, addr, model_id
         self.swarm_addr = f"/ip4/{addr}/tcp/{swarm_port}"
+        # `ip netns exec` execs the binary: the pid is the node's own.
         args = ["ip", "netns", "exec", netns, str(BIN), "serve", "--model", str(MODEL),
                 "--model-id", model_id, "--host", addr, "--port", str(API_PORT),
                 "--swarm-listen", self.swarm_addr, "--cluster", cluster, *NODE_ARGS]
         for peer in bootstrap:
             args += ["--bootstrap", peer]
-        tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-        self.log = open(tmp / f"llamanet-netns-{netns}-{name}.log", "w")
-        # `ip netns exec` execs the binary: the pid is the node's own.
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        super().__init__(name, f"http://{addr}:{API_PORT}", args,
+                         log_name=f"netns-{netns}-{name}")
+
+    def healthy(self) -> bool:
+        with in_netns(self.netns):
+            return super().healthy()
 
     def get(self, path):
         with in_netns(self.netns):
             return http_json(self.base + path)
 
-    def wait_ready(self, deadline):
-        while True:
-            assert self.proc.poll() is None, \
-                f"{self.name} exited with {self.proc.returncode}; see {self.log.name}"
-            try:
-                with in_netns(self.netns):
-                    with urllib.request.urlopen(self.base + "/health", timeout=2) as r:
-                        if r.status == 200:
-                            return
-            except (OSError, urllib.error.HTTPError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} not ready in time; see {self.log.name}")
-            time.sleep(0.2)
-
     def client(self):
         from openai import OpenAI
 
         return OpenAI(base_url=self.base + "/v1", api_key=API_KEY, timeout=60, max_retries=0)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +209,7 @@ def clusters():
                             bootstrap=[a1.swarm_addr]))
         deadline = time.monotonic() + LOAD_TIMEOUT_S
         for node in nodes:
-            node.wait_ready(deadline)
+            node.wait_ready(deadline=deadline)
         yield {node.name: node for node in nodes}
     finally:
         for node in nodes:

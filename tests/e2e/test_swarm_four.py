@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, BIN, Server, free_port, http_get
+from conftest import API_KEY, BIN, Process, Server, free_port, http_get
 
 MODEL_ID = "gemma-swarm"
 MODEL_NODES = 4
@@ -48,17 +48,14 @@ MODEL_ARGS = ["--model-id", MODEL_ID, "--parallel", "2", "--ctx-size", "2048",
               "--threads", "1", *COMMON]
 
 
-class Router(Server):
-    """`llamanet router` on a free loopback port: Server's wait_ready/stop, no model flags."""
+class Router(Process):
+    """`llamanet router` on a free loopback port: no model flags."""
 
     def __init__(self, extra_args=()):
         assert BIN.is_file(), f"{BIN} missing: build with `cargo build --release -p llamanet-node`"
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        args = [str(BIN), "router", "--host", "127.0.0.1", "--port", str(self.port),
-                *extra_args]
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llamanet-e2e-{self.port}.log", "w")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        args = [BIN, "router", "--host", "127.0.0.1", "--port", self.port, *extra_args]
+        super().__init__(f"router-{self.port}", f"http://127.0.0.1:{self.port}", args)
 
 
 def swarm_view(node, timeout=3.0):

@@ -189,6 +189,9 @@ def test_the_swarm_sees_llama_servers_own_load(swarm):
     assert status == 200 and body["role"] == "sidecar" and body["slots_total"] == 2, body
     assert body["models"] == [SIDE_MODEL], body
     assert gauge(swarm.sidecar.base, "llamanet_slots_capacity") == 2
+    # The streams of the test above timed their first token at the sidecar, as a
+    # built-in node does, so the dashboards' TTFT panels cover sidecars too.
+    assert gauge(swarm.sidecar.base, "llamanet_time_to_first_token_seconds_count") > 0
 
     results = []
 

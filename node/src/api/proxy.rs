@@ -3,7 +3,8 @@
 //!
 //! A sidecar passes the request to its engine as it came (the body untouched, the
 //! client's key swapped for the engine's) and streams the answer back unbuffered, counting
-//! it as in flight until the last byte. A router serves nothing itself: what reaches its
+//! it as in flight until the last byte; a stream's first chunk times its first token for
+//! `llamanet_time_to_first_token_seconds`, as the built-in engine does. A router serves nothing itself: what reaches its
 //! handler is a model no peer serves (or a request forwarded to it by mistake).
 
 use std::sync::atomic::Ordering;
@@ -56,6 +57,7 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ApiError>
         return Err(ApiError::model_not_found(&model, &state.local_models()));
     }
     let in_flight = upstream.begin();
+    let started = std::time::Instant::now();
     let me = state
         .swarm
         .get()
@@ -76,6 +78,17 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ApiError>
         .relay(&target, &outgoing, headers)
         .await
         .map_err(|reason| ApiError::upstream_unavailable(&reason))?;
+    // `relay` returns once the first chunk is in: for a stream, the engine's first token.
+    let streamed = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if streamed && response.status().is_success() {
+        state
+            .metrics
+            .time_to_first_token
+            .observe(started.elapsed().as_secs_f64());
+    }
     let (parts, body) = response.into_parts();
     let counted = in_flight.watch(
         body.into_data_stream()

@@ -20,6 +20,8 @@ use libp2p::{
     PeerId, StreamProtocol, Swarm, Transport, gossipsub, identify, kad, noise, ping, tcp, yamux,
 };
 
+use sha2::{Digest, Sha256};
+
 use super::SwarmConfig;
 
 /// The Kademlia protocol name. Our own, not `/ipfs/kad/1.0.0`, so a LlamaNet DHT never
@@ -82,22 +84,30 @@ impl Behaviour {
         );
 
         let gossipsub_config = gossipsub::ConfigBuilder::default()
-            // Strict: every message signed by its source and carrying a sequence number, so
-            // the transport-level author is known and can be compared with the heartbeat's.
-            .validation_mode(gossipsub::ValidationMode::Strict)
+            // Heartbeats carry their own signature, which `event_loop.rs` checks once per
+            // message, after deduplication. Gossipsub's own signature would be checked on
+            // every copy a peer receives, before deduplication: with mesh degree 6 that
+            // was six ed25519 checks per heartbeat per peer, the swarm's dominant CPU cost.
+            // So messages name their author unsigned (compared with the heartbeat's signer
+            // as a sanity check) and are identified by a hash of their content, which a
+            // sender cannot make collide with someone else's heartbeat.
+            .validation_mode(gossipsub::ValidationMode::Permissive)
+            .message_id_fn(|message: &gossipsub::Message| {
+                let digest = Sha256::digest(&message.data);
+                gossipsub::MessageId::from(&digest[..20])
+            })
             // Messages wait for our verdict before being forwarded: a forged heartbeat stops
             // at the first honest peer instead of flooding the swarm.
             .validate_messages()
             .heartbeat_interval(config.gossip_heartbeat)
             // Publish to the mesh only, not to every subscribed peer we are connected to:
-            // every copy a peer receives costs it a signature check before deduplication,
-            // and with hundreds of nodes flooding made that the swarm's dominant CPU cost.
+            // with hundreds of nodes, flooding multiplies the copies every peer handles.
             .flood_publish(false)
             .max_transmit_size(64 * 1024)
             .build()
             .map_err(|err| io::Error::other(format!("gossipsub config: {err}")))?;
         let gossipsub = gossipsub::Behaviour::new(
-            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossipsub::MessageAuthenticity::Author(peer_id),
             gossipsub_config,
         )
         .map_err(|err| io::Error::other(format!("gossipsub: {err}")))?;

@@ -385,8 +385,8 @@ impl EventLoop {
         };
         let verdict = match message.source {
             Some(source) => heartbeat::verify_bytes(&message.data, Some(&source)),
-            // Strict validation always sets a source; a message without one cannot be tied
-            // to its author.
+            // Every LlamaNet peer names itself as the author (see `behaviour.rs`); a message
+            // without one comes from something else.
             None => Err(RejectReason::SourceMismatch),
         };
         let acceptance = match verdict {

@@ -192,6 +192,7 @@ def test_the_swarm_sees_llama_servers_own_load(swarm):
     # The streams of the test above timed their first token at the sidecar, as a
     # built-in node does, so the dashboards' TTFT panels cover sidecars too.
     assert gauge(swarm.sidecar.base, "llamanet_time_to_first_token_seconds_count") > 0
+    assert gauge(swarm.sidecar.base, "llamanet_generated_tokens_total") > 0
 
     results = []
 

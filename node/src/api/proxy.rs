@@ -4,9 +4,11 @@
 //! A sidecar passes the request to its engine as it came (the body untouched, the
 //! client's key swapped for the engine's) and streams the answer back unbuffered, counting
 //! it as in flight until the last byte; a stream's first chunk times its first token for
-//! `llamanet_time_to_first_token_seconds`, as the built-in engine does. A router serves nothing itself: what reaches its
+//! `llamanet_time_to_first_token_seconds`, and the answer's completion tokens count into
+//! `llamanet_generated_tokens_total`, as for the built-in engine. A router serves nothing itself: what reaches its
 //! handler is a model no peer serves (or a request forwarded to it by mistake).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
@@ -56,7 +58,10 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ApiError>
     if !seen.models.iter().any(|m| m.id == model) {
         return Err(ApiError::model_not_found(&model, &state.local_models()));
     }
-    let in_flight = upstream.begin();
+    let metrics = Arc::clone(&state.metrics);
+    let in_flight = upstream.begin().on_done(move |tokens| {
+        metrics.generated_tokens.inc_by(tokens);
+    });
     let started = std::time::Instant::now();
     let me = state
         .swarm

@@ -307,6 +307,7 @@ impl Upstream {
         InFlight {
             upstream: Arc::clone(self),
             tokens: TokenCount::default(),
+            on_done: None,
         }
     }
 
@@ -321,14 +322,29 @@ fn parse_json(body: &str, path: &str) -> Result<Value, String> {
 }
 
 /// One proxied request in flight; counts the completion tokens of its answer and, when
-/// dropped, adds them and ends the request.
-#[derive(Debug)]
+/// dropped, adds them, tells [`InFlight::on_done`]'s callback and ends the request.
 pub struct InFlight {
     upstream: Arc<Upstream>,
     tokens: TokenCount,
+    on_done: Option<Box<dyn FnOnce(u64) + Send>>,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
 }
 
 impl InFlight {
+    /// Calls `done` with the answer's completion tokens when the request ends (the node's
+    /// `llamanet_generated_tokens_total`).
+    pub fn on_done(mut self, done: impl FnOnce(u64) + Send + 'static) -> Self {
+        self.on_done = Some(Box::new(done));
+        self
+    }
+
     /// Passes `body` through unchanged, counting tokens on the way.
     pub fn watch<S>(mut self, body: S) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send
     where
@@ -345,10 +361,14 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        let tokens = self.tokens.total();
         self.upstream
             .proxied_tokens
-            .fetch_add(self.tokens.total(), Ordering::Relaxed);
+            .fetch_add(tokens, Ordering::Relaxed);
         self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(done) = self.on_done.take() {
+            done(tokens);
+        }
     }
 }
 
@@ -476,11 +496,20 @@ mod tests {
     #[test]
     fn in_flight_guards_count_requests_and_add_their_tokens() {
         let upstream = upstream();
+        let told = Arc::new(AtomicU64::new(0));
         let a = upstream.begin();
-        let mut b = upstream.begin();
+        let mut b = upstream.begin().on_done({
+            let told = Arc::clone(&told);
+            move |n| told.store(n, Ordering::Relaxed)
+        });
         assert_eq!(upstream.in_flight(), 2);
         b.tokens.feed(b"{\"usage\":{\"completion_tokens\":9}}");
         drop(b);
+        assert_eq!(
+            told.load(Ordering::Relaxed),
+            9,
+            "the callback hears the tokens"
+        );
         drop(a);
         assert_eq!(upstream.in_flight(), 0);
         assert_eq!(upstream.proxied_tokens.load(Ordering::Relaxed), 9);

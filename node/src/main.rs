@@ -190,17 +190,16 @@ fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
             args.upstream
         );
     }
-    // Half a heartbeat interval: a dead engine shows in the next heartbeat.
-    let probe_timeout = Duration::try_from_secs_f64(args.swarm.heartbeat_interval / 2.0)
-        .unwrap_or(Duration::from_secs(1))
-        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+    // Every half heartbeat interval: a dead engine shows in the next heartbeat.
+    let check_every = args.swarm.interval().map_err(anyhow::Error::msg)? / 2;
     let backend = Backend::Upstream(UpstreamConfig {
         base: args.upstream,
         kind: args.engine,
         model_id: args.model_id,
         api_key: args.upstream_api_key.filter(|key| !key.is_empty()),
         slots: args.slots.get(),
-        probe_timeout,
+        check_every,
+        probe_timeout: check_every.clamp(Duration::from_millis(100), Duration::from_secs(5)),
         request_timeout: Duration::from_secs(args.http.request_timeout.max(1)),
     });
     run_server(args.http, args.swarm, backend, String::new())

@@ -120,8 +120,8 @@ impl AppState {
         self.loaded.get().ok_or_else(ApiError::loading)
     }
 
-    /// The models this node serves itself (the engine's while it loads too; an
-    /// upstream's only while it is healthy).
+    /// The models this node serves itself (the engine's while it loads too; a sidecar's
+    /// engine's as last seen, also while it is down).
     pub fn local_models(&self) -> Vec<String> {
         match &self.local {
             Local::Engine => vec![self.config.model_id.clone()],
@@ -413,12 +413,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             let _ = state.swarm.set(handle);
         }
     }
-    let heartbeat_interval = options
-        .membership
-        .as_ref()
-        .and_then(|m| Duration::try_from_secs_f64(m.heartbeat_interval).ok())
-        .unwrap_or(Duration::from_secs(2));
-    tokio::spawn(swarm::report_load(state.clone(), heartbeat_interval));
+    tokio::spawn(swarm::report_load(state.clone()));
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let app = router(state.clone());

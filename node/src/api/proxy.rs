@@ -15,17 +15,12 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use serde::Deserialize;
 
 use super::error::ApiError;
 use super::{AppState, Local};
 use crate::route::forward::upstream_headers;
+use crate::route::layer::ModelField;
 use crate::route::{ForwardRequest, RouteError, Target};
-
-#[derive(Deserialize)]
-struct ModelField {
-    model: String,
-}
 
 pub async fn pass(State(state): State<AppState>, request: Request) -> Response {
     match proxy(&state, request).await {

@@ -33,7 +33,7 @@ pub async fn peers(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 /// engine, or from the sidecar's engine (polled every half `heartbeat_interval`, so one
 /// that stops answering is reported unhealthy within one interval). A router is healthy
 /// as long as it runs.
-pub async fn report_load(state: AppState, heartbeat_interval: Duration) {
+pub async fn report_load(state: AppState) {
     match &state.local {
         Local::Engine => report_engine_load(&state).await,
         Local::Router => {
@@ -42,9 +42,7 @@ pub async fn report_load(state: AppState, heartbeat_interval: Duration) {
                 let _ = swarm.publish_heartbeat().await;
             }
         }
-        Local::Upstream(upstream) => {
-            report_upstream_load(&state, upstream, heartbeat_interval / 2).await
-        }
+        Local::Upstream(upstream) => report_upstream_load(&state, upstream).await,
     }
 }
 
@@ -76,7 +74,8 @@ async fn report_engine_load(state: &AppState) {
     }
 }
 
-async fn report_upstream_load(state: &AppState, upstream: &Upstream, period: Duration) {
+async fn report_upstream_load(state: &AppState, upstream: &Upstream) {
+    let period = upstream.config().check_every;
     let mut ticks = tokio::time::interval(period.max(Duration::from_millis(50)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

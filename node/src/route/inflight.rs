@@ -73,7 +73,7 @@ impl Drop for InFlightGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::swarm::heartbeat::NodeStatus;
+    use crate::swarm::heartbeat::tests::sample;
 
     #[test]
     fn guards_count_per_peer_and_adjust_the_announced_queue() {
@@ -83,18 +83,11 @@ mod tests {
         let second = inflight.begin(a);
         assert_eq!((inflight.get(&a), inflight.get(&b)), (2, 0));
 
-        let beat = |peer| Heartbeat {
-            peer_id: peer,
-            seq: 1,
-            started_at_ms: 0,
-            timestamp_ms: 0,
-            interval_ms: 2000,
-            uptime_s: 0,
-            status: NodeStatus {
-                slots_total: 4,
-                queue_depth: 1,
-                ..NodeStatus::default()
-            },
+        let beat = |peer| {
+            let mut heartbeat = sample(peer, 1);
+            heartbeat.status.queue_depth = 1;
+            heartbeat.status.slots_busy = 0;
+            heartbeat
         };
         let mut beats = vec![beat(a), beat(b)];
         inflight.adjust(&mut beats);

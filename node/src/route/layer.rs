@@ -45,8 +45,8 @@ impl std::fmt::Debug for RouteLayer {
 
 /// Only the field routing needs; the handler parses (and validates) the whole body.
 #[derive(Deserialize)]
-struct ModelField {
-    model: String,
+pub(crate) struct ModelField {
+    pub(crate) model: String,
 }
 
 /// Serves here or forwards (see the module docs).

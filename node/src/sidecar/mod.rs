@@ -35,6 +35,8 @@ pub struct UpstreamConfig {
     pub api_key: Option<String>,
     /// Slots when the engine does not say.
     pub slots: u32,
+    /// How often the engine is checked (half the heartbeat interval).
+    pub check_every: Duration,
     /// Longest a health check may take: a slower engine counts as down.
     pub probe_timeout: Duration,
     /// Longest a proxied request may take until its answer starts.
@@ -466,6 +468,7 @@ mod tests {
             model_id: None,
             api_key: None,
             slots: 2,
+            check_every: Duration::from_millis(200),
             probe_timeout: Duration::from_millis(200),
             request_timeout: Duration::from_secs(5),
         })

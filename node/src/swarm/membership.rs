@@ -82,9 +82,9 @@ pub struct Advertised {
 }
 
 impl MembershipArgs {
-    /// The swarm configuration these flags describe; errors name the flag and value.
-    pub fn config(&self, advertised: &Advertised) -> Result<SwarmConfig, String> {
-        let interval = Duration::try_from_secs_f64(self.heartbeat_interval)
+    /// `--heartbeat-interval` as a duration; the error names the flag and value.
+    pub fn interval(&self) -> Result<Duration, String> {
+        Duration::try_from_secs_f64(self.heartbeat_interval)
             .ok()
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
@@ -92,7 +92,12 @@ impl MembershipArgs {
                     "--heartbeat-interval must be a positive number of seconds, got {}",
                     self.heartbeat_interval
                 )
-            })?;
+            })
+    }
+
+    /// The swarm configuration these flags describe; errors name the flag and value.
+    pub fn config(&self, advertised: &Advertised) -> Result<SwarmConfig, String> {
+        let interval = self.interval()?;
         let listen = if self.swarm_listen.is_empty() {
             vec![default_listen(&advertised.http_host, self.swarm_port)?]
         } else {

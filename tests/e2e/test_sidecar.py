@@ -10,6 +10,7 @@ into ~/.cache/llamanet). Every wait is bounded in time; every process stops in t
 
 import json
 import os
+import subprocess
 import threading
 import time
 import urllib.error
@@ -299,3 +300,20 @@ def http_get_json(url):
             return response.status, json.loads(response.read()), response.headers
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}"), err.headers
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sidecar", "--upstream", "ftp://127.0.0.1:8000"], "must be an http:// or https:// URL"),
+    (["sidecar", "--upstream", "not a url"], "is not a URL"),
+    (["sidecar", "--upstream", "http://127.0.0.1:9", "--heartbeat-interval", "0"],
+     "--heartbeat-interval must be a positive number of seconds, got 0"),
+    (["sidecar", "--upstream", "http://127.0.0.1:9", "--engine", "tgi"], "invalid value 'tgi'"),
+    (["router", "--no-swarm"], "a router serves nothing itself: it needs the swarm"),
+], ids=["scheme", "not-a-url", "zero-interval", "unknown-engine", "router-without-swarm"])
+def test_bad_sidecar_and_router_flags_get_a_clear_error(args, message):
+    """Refused before anything listens: exit status non-zero, the reason on stderr."""
+    port = free_port()
+    proc = subprocess.run([str(BIN), *args, "--host", "127.0.0.1", "--port", str(port)],
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode != 0, proc.stdout
+    assert message in proc.stderr, proc.stderr

@@ -34,7 +34,32 @@ DEFAULT_MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 export GOFLAGS=${GOFLAGS:--mod=mod}
 
+# Room the build and the test clusters need (each test pod copies the model). The target
+# folder only grows: every feature combination cargo builds leaves its own binaries.
+MIN_FREE_GIB=${LLAMANET_MIN_FREE_GIB:-10}
+
 _step_t0=$(date +%s)
 step() { printf '\n\033[1m==> %s\033[0m  (+%ss)\n' "$*" "$(( $(date +%s) - _step_t0 ))"; }
 info() { printf '    %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+free_gib() { df -Pk "$1" | awk 'NR == 2 { print int($4 / 1048576) }'; }
+
+# Below MIN_FREE_GIB free, drops build output the scripts never use (debug builds), then
+# the release build itself (the next build starts cold); stops if that is still not enough.
+ensure_disk_space() {
+  mkdir -p "$CARGO_TARGET_DIR"
+  local free; free=$(free_gib "$CARGO_TARGET_DIR")
+  (( free >= MIN_FREE_GIB )) && return 0
+  info "only $free GiB free where $CARGO_TARGET_DIR is (want $MIN_FREE_GIB): clearing build output"
+  rm -rf "$CARGO_TARGET_DIR/debug"
+  free=$(free_gib "$CARGO_TARGET_DIR")
+  if (( free < MIN_FREE_GIB )); then
+    info "still $free GiB: removing $CARGO_TARGET_DIR/release (the build starts cold)"
+    rm -rf "$CARGO_TARGET_DIR/release"
+    free=$(free_gib "$CARGO_TARGET_DIR")
+  fi
+  (( free >= MIN_FREE_GIB )) ||
+    die "only $free GiB free where $CARGO_TARGET_DIR is, $MIN_FREE_GIB GiB needed (LLAMANET_MIN_FREE_GIB): free some space"
+  info "$free GiB free now"
+}

@@ -6,6 +6,10 @@
 # CPU's native instruction set).
 source "$(dirname "$0")/common.sh"
 
+step "disk space"
+ensure_disk_space
+info "$(free_gib "$CARGO_TARGET_DIR") GiB free"
+
 step "system packages"
 need=()
 for pkg in cmake clang libclang-dev python3-venv pkg-config git util-linux iproute2; do

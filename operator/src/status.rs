@@ -198,14 +198,20 @@ fn fetch_failure(fetch: &ContainerStatus) -> Option<PodStage> {
     if terminated.exit_code == 0 {
         return None;
     }
-    let message = terminated.message.clone().unwrap_or_default();
+    // With FallbackToLogsOnError the message is the log's tail: progress lines, then the
+    // error the fetch exits with. The last line is the one that says why.
+    let message = terminated
+        .message
+        .as_deref()
+        .and_then(|m| m.lines().map(str::trim).rfind(|l| !l.is_empty()))
+        .unwrap_or_default();
     let checksum_mismatch = terminated.exit_code == FETCH_EXIT_CHECKSUM_MISMATCH
         || message.contains("has sha256")
         || message.contains("is corrupt: sha256");
-    let message = if message.trim().is_empty() {
+    let message = if message.is_empty() {
         format!("model fetch exited with status {}", terminated.exit_code)
     } else {
-        message.trim().to_owned()
+        message.to_owned()
     };
     Some(PodStage::FetchFailed {
         checksum_mismatch,
@@ -981,6 +987,25 @@ mod tests {
         };
         assert!(checksum_mismatch);
         assert!(message.ends_with("expected ab"), "{message}");
+
+        // A full disk: the log tail ends with the error, and only that line is kept.
+        let full_disk = pod_from(json!({
+            "phase": "Pending",
+            "initContainerStatuses": [{"name": "fetch-model", "ready": false, "restartCount": 2,
+                "image": "i", "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "message": concat!(
+                    r#"{"level":"INFO","fields":{"message":"copying model"}}"#, "\n",
+                    "error: cannot write /models/.m.gguf.part: No space left on device (os error 28)\n\n")}}}],
+        }));
+        assert_eq!(
+            PodSummary::from_pod(&full_disk).stage,
+            PodStage::FetchFailed {
+                checksum_mismatch: false,
+                message: "error: cannot write /models/.m.gguf.part: No space left on device (os error 28)"
+                    .into()
+            }
+        );
 
         let no_model = pod_from(json!({
             "phase": "Pending",

@@ -410,6 +410,16 @@ async fn operator_runs_real_node_pods() {
     .await;
     eprintln!("wrong checksum: {}", summary(&failed));
     assert_eq!(failed.phase, Some(Phase::Failed));
+    // The fetch's own words, from its log tail (FallbackToLogsOnError), name both sums.
+    let loaded = condition(&failed, ConditionType::ModelLoaded).unwrap();
+    assert!(
+        loaded.message.contains(&format!(
+            "has sha256 {SHA256}, expected {}",
+            "0123456789abcdef".repeat(4)
+        )),
+        "{}",
+        loaded.message
+    );
     cluster.kubectl_ok(
         &["delete", "inferencenode", "wrong-sum", "--wait=false"],
         None,

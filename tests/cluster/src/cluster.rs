@@ -217,6 +217,74 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// A test that panics leaves no folder to look into (it is temporary), so print what
+    /// explains most failures first: the objects, the events, and each container's log tail.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.report());
+        }
+    }
+}
+
+impl Cluster {
+    /// Pods, InferenceNodes (with status), recent events and the last lines of every
+    /// container log: what a failing test prints before the cluster goes away.
+    pub fn report(&self) -> String {
+        let mut out = String::from("===== cluster report =====\n");
+        for args in [
+            &["get", "nodes,pods,services", "-A", "-o", "wide"][..],
+            &["get", "inferencenodes", "-A", "-o", "yaml"],
+            &["get", "events", "-A", "--sort-by=.lastTimestamp"],
+        ] {
+            out.push_str(&format!("----- kubectl {} -----\n", args.join(" ")));
+            match self.kubectl().args(args).output() {
+                Ok(o) => {
+                    out.push_str(&String::from_utf8_lossy(&o.stdout));
+                    out.push_str(&String::from_utf8_lossy(&o.stderr));
+                }
+                Err(e) => out.push_str(&format!("kubectl did not run: {e}\n")),
+            }
+        }
+        for log in container_logs(&self.dir().join("nodes")) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
+            out.push_str(&format!(
+                "----- {} (last {} of {} lines) -----\n",
+                log.display(),
+                tail.len(),
+                lines.len()
+            ));
+            for line in tail {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// How many lines of each container log a failure report shows.
+const LOG_TAIL: usize = 60;
+
+/// Every `<node>/pods/<pod>/logs/<container>.log` under `nodes`.
+fn container_logs(nodes: &Path) -> Vec<PathBuf> {
+    let children = |dir: &Path| -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        found.sort();
+        found
+    };
+    children(nodes)
+        .iter()
+        .flat_map(|node| children(&node.join("pods")))
+        .flat_map(|pod| children(&pod.join("logs")))
+        .filter(|log| log.extension().is_some_and(|e| e == "log"))
+        .collect()
+}
+
 fn is_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
     node.status
         .as_ref()

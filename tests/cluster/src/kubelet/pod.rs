@@ -397,6 +397,18 @@ async fn container_spec(
     })
 }
 
+/// The termination message `FallbackToLogsOnError` gives a failed container, as the
+/// kubelet does: the end of its log, at most 80 lines and 2048 bytes. (Containers here
+/// have no termination-log file, so the log is the only source.)
+fn log_tail(log: &std::path::Path) -> String {
+    const MAX_LINES: usize = 80;
+    const MAX_BYTES: usize = 2048;
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(MAX_BYTES)..]);
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(MAX_LINES)..].join("\n")
+}
+
 fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
@@ -496,6 +508,10 @@ async fn supervise(
         };
         shared.ctx.processes.lock().unwrap().remove(&pid);
         let finished_at = Time(Timestamp::now());
+        let message = (code != 0
+            && container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"))
+        .then(|| log_tail(&spec.log))
+        .filter(|tail| !tail.is_empty());
         shared.update(slot, |s| {
             s.state = Some(ContainerState {
                 terminated: Some(ContainerStateTerminated {
@@ -504,6 +520,7 @@ async fn supervise(
                     started_at: Some(started_at.clone()),
                     finished_at: Some(finished_at.clone()),
                     container_id: Some(format!("process://{pid}")),
+                    message: message.clone(),
                     ..Default::default()
                 }),
                 ..Default::default()

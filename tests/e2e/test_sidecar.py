@@ -242,6 +242,35 @@ def test_the_swarm_sees_llama_servers_own_load(swarm):
     assert peer_at(swarm_view(swarm.router.base), swarm.sidecar.base)["slots_total"] == 2
 
 
+def test_the_sidecar_counts_the_tokens_each_answer_reports(swarm):
+    """llamanet_prompt_tokens_total and llamanet_generated_tokens_total grow by exactly
+    the usage llama-server reported, for a plain answer and for a stream with usage."""
+    from openai import OpenAI
+
+    names = ("llamanet_prompt_tokens_total", "llamanet_generated_tokens_total")
+    before = [gauge(swarm.sidecar.base, name) for name in names]
+    client = OpenAI(base_url=swarm.sidecar.base + "/v1", api_key=API_KEY, timeout=60,
+                    max_retries=0)
+    messages = [{"role": "user", "content": "Name three colours."}]
+    plain = client.chat.completions.create(model=SIDE_MODEL, max_tokens=12, temperature=0,
+                                           messages=messages).usage
+    chunks = list(client.chat.completions.create(
+        model=SIDE_MODEL, max_tokens=6, temperature=0, messages=messages, stream=True,
+        stream_options={"include_usage": True}))
+    streamed = next(c.usage for c in reversed(chunks) if c.usage)
+    expected = [plain.prompt_tokens + streamed.prompt_tokens,
+                plain.completion_tokens + streamed.completion_tokens]
+    assert all(n > 0 for n in expected), (plain, streamed)
+    # The counts are added when the answer's body is done, just after the client has it.
+    deadline = time.monotonic() + 5
+    while True:
+        grown = [gauge(swarm.sidecar.base, name) - b for name, b in zip(names, before)]
+        if grown == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert grown == expected, (grown, plain, streamed)
+
+
 def test_a_killed_llama_server_takes_the_sidecar_out_of_routing(swarm):
     """Last but for the known-bug check below: it kills llama-server."""
     killed = time.monotonic()

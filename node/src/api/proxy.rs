@@ -54,8 +54,9 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ApiError>
         return Err(ApiError::model_not_found(&model, &state.local_models()));
     }
     let metrics = Arc::clone(&state.metrics);
-    let in_flight = upstream.begin().on_done(move |tokens| {
-        metrics.generated_tokens.inc_by(tokens);
+    let in_flight = upstream.begin().on_done(move |usage| {
+        metrics.prompt_tokens.inc_by(usage.prompt);
+        metrics.generated_tokens.inc_by(usage.completion);
     });
     let started = std::time::Instant::now();
     let me = state

@@ -323,12 +323,12 @@ fn parse_json(body: &str, path: &str) -> Result<Value, String> {
     serde_json::from_str(body).map_err(|err| format!("{path} is not JSON: {err}"))
 }
 
-/// One proxied request in flight; counts the completion tokens of its answer and, when
-/// dropped, adds them, tells [`InFlight::on_done`]'s callback and ends the request.
+/// One proxied request in flight; reads the token counts of its answer and, when dropped,
+/// adds them, tells [`InFlight::on_done`]'s callback and ends the request.
 pub struct InFlight {
     upstream: Arc<Upstream>,
     tokens: TokenCount,
-    on_done: Option<Box<dyn FnOnce(u64) + Send>>,
+    on_done: Option<Box<dyn FnOnce(Usage) + Send>>,
 }
 
 impl std::fmt::Debug for InFlight {
@@ -340,9 +340,9 @@ impl std::fmt::Debug for InFlight {
 }
 
 impl InFlight {
-    /// Calls `done` with the answer's completion tokens when the request ends (the node's
-    /// `llamanet_generated_tokens_total`).
-    pub fn on_done(mut self, done: impl FnOnce(u64) + Send + 'static) -> Self {
+    /// Calls `done` with the answer's token counts when the request ends (the node's
+    /// `llamanet_prompt_tokens_total` and `llamanet_generated_tokens_total`).
+    pub fn on_done(mut self, done: impl FnOnce(Usage) + Send + 'static) -> Self {
         self.on_done = Some(Box::new(done));
         self
     }
@@ -363,30 +363,41 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let tokens = self.tokens.total();
+        let usage = self.tokens.usage();
         self.upstream
             .proxied_tokens
-            .fetch_add(tokens, Ordering::Relaxed);
+            .fetch_add(usage.completion, Ordering::Relaxed);
         self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(done) = self.on_done.take() {
-            done(tokens);
+            done(usage);
         }
     }
 }
 
-/// Completion tokens in an OpenAI answer: its `usage.completion_tokens` when present
-/// (plain JSON, or a stream's last chunk with `include_usage`), else one per streamed
-/// event (servers send one token per event).
+/// The token counts of one answer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// `usage.prompt_tokens`; 0 when the answer did not say (a stream without
+    /// `include_usage`): a proxy cannot count a prompt it never tokenized.
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+/// Token counts in an OpenAI answer, read as it streams past: its `usage` when present
+/// (plain JSON, or a stream's last chunk with `include_usage`), else, for completion
+/// tokens, one per streamed event (servers send one token per event).
 #[derive(Debug, Default)]
 pub struct TokenCount {
     events: u64,
-    usage: Option<u64>,
+    prompt: Option<u64>,
+    completion: Option<u64>,
     /// The end of the previous chunk, so a key split between chunks is still found.
     tail: Vec<u8>,
 }
 
 impl TokenCount {
-    const KEY: &'static [u8] = b"\"completion_tokens\":";
+    const PROMPT: &'static [u8] = b"\"prompt_tokens\":";
+    const COMPLETION: &'static [u8] = b"\"completion_tokens\":";
 
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut text = std::mem::take(&mut self.tail);
@@ -394,21 +405,13 @@ impl TokenCount {
         let events = text.windows(6).filter(|w| w == b"data: ").count() as u64;
         // Events before the tail was cut are counted already.
         self.events += events;
-        if let Some(at) = find(&text, Self::KEY) {
-            let digits: Vec<u8> = text[at + Self::KEY.len()..]
-                .iter()
-                .skip_while(|b| b.is_ascii_whitespace())
-                .take_while(|b| b.is_ascii_digit())
-                .copied()
-                .collect();
-            if let Some(n) = std::str::from_utf8(&digits)
-                .ok()
-                .and_then(|d| d.parse().ok())
-            {
-                self.usage = Some(n);
-            }
+        if let Some(n) = number_after(&text, Self::PROMPT) {
+            self.prompt = Some(n);
         }
-        let keep = text.len().saturating_sub(Self::KEY.len() + 12);
+        if let Some(n) = number_after(&text, Self::COMPLETION) {
+            self.completion = Some(n);
+        }
+        let keep = text.len().saturating_sub(Self::COMPLETION.len() + 12);
         // Keep what might hold a cut key, but never a whole `data: ` already counted.
         let tail = &text[keep..];
         self.tail = match rfind(tail, b"data: ") {
@@ -417,10 +420,25 @@ impl TokenCount {
         };
     }
 
-    pub fn total(&self) -> u64 {
-        // `data: [DONE]` is no token.
-        self.usage.unwrap_or(self.events.saturating_sub(1))
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt: self.prompt.unwrap_or(0),
+            // `data: [DONE]` is no token.
+            completion: self.completion.unwrap_or(self.events.saturating_sub(1)),
+        }
     }
+}
+
+/// The whole number right after `key` (spaces allowed), if the text has both.
+fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = find(text, key)?;
+    let digits: Vec<u8> = text[at + key.len()..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -440,7 +458,13 @@ mod tests {
         let mut count = TokenCount::default();
         count.feed(b"{\"id\":\"x\",\"usage\":{\"prompt_tokens\":5,\"completion_tok");
         count.feed(b"ens\": 17,\"total_tokens\":22}}");
-        assert_eq!(count.total(), 17);
+        assert_eq!(
+            count.usage(),
+            Usage {
+                prompt: 5,
+                completion: 17
+            }
+        );
     }
 
     #[test]
@@ -450,7 +474,35 @@ mod tests {
             count.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");
         }
         count.feed(b"data: [DONE]\n\n");
-        assert_eq!(count.total(), 5);
+        // No usage chunk: the prompt is unknown, not guessed.
+        assert_eq!(
+            count.usage(),
+            Usage {
+                prompt: 0,
+                completion: 5
+            }
+        );
+    }
+
+    #[test]
+    fn a_streams_usage_chunk_gives_both_counts_and_details_do_not_confuse_it() {
+        let mut count = TokenCount::default();
+        count.feed(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"prompt_tokens\\\": 99\"}}]}\n\n",
+        );
+        // Text that merely quotes the key is escaped JSON, not a count.
+        assert_eq!(count.usage().prompt, 0);
+        count.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,");
+        count
+            .feed(b"\"prompt_tokens_details\":{\"cached_tokens\":8},\"completion_tokens\":1}}\n\n");
+        count.feed(b"data: [DONE]\n\n");
+        assert_eq!(
+            count.usage(),
+            Usage {
+                prompt: 12,
+                completion: 1
+            }
+        );
     }
 
     #[test]
@@ -458,7 +510,7 @@ mod tests {
         let mut count = TokenCount::default();
         count.feed(b"data: {\"a\":1}\n\ndata: {}\n\nda");
         count.feed(b"ta: {\"a\":2}\n\ndata: [DONE]\n\n");
-        assert_eq!(count.total(), 3);
+        assert_eq!(count.usage().completion, 3);
     }
 
     fn upstream() -> Arc<Upstream> {
@@ -499,18 +551,22 @@ mod tests {
     #[test]
     fn in_flight_guards_count_requests_and_add_their_tokens() {
         let upstream = upstream();
-        let told = Arc::new(AtomicU64::new(0));
+        let told = Arc::new(std::sync::Mutex::new(None));
         let a = upstream.begin();
         let mut b = upstream.begin().on_done({
             let told = Arc::clone(&told);
-            move |n| told.store(n, Ordering::Relaxed)
+            move |usage| *told.lock().unwrap() = Some(usage)
         });
         assert_eq!(upstream.in_flight(), 2);
-        b.tokens.feed(b"{\"usage\":{\"completion_tokens\":9}}");
+        b.tokens
+            .feed(b"{\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":9}}");
         drop(b);
         assert_eq!(
-            told.load(Ordering::Relaxed),
-            9,
+            *told.lock().unwrap(),
+            Some(Usage {
+                prompt: 4,
+                completion: 9
+            }),
             "the callback hears the tokens"
         );
         drop(a);

@@ -1,15 +1,17 @@
 //! In-process swarm simulation over libp2p's memory transport (a benchmark, not a test:
 //! `#[ignore]`d, run by hand). Measures, for N peers: time until every peer sees a newly
 //! joined node, time until a killed node leaves every view, provider lookup latency, and
-//! memory per peer. Results go to `bench/swarm_RESULTS.md` by hand.
+//! memory per peer. Results go to `bench/RESULTS.md` by hand.
 //!
 //! ```text
 //! LLAMANET_SIM_PEERS=200 LLAMANET_SIM_INTERVAL_MS=2000 \
 //!   cargo test --release -p llamanet-node --no-default-features --test swarm_sim -- --ignored --nocapture
 //! ```
 //!
-//! Every peer verifies every heartbeat (the gossipsub message signature and ours), so the
-//! CPU cost grows with N² / interval; on two cores that, not memory, bounds N.
+//! Every peer verifies every heartbeat (LlamaNet's signature, once per message), so the
+//! CPU cost grows with N² / interval; on two cores that, not memory, bounds N. The run
+//! prints that cost per heartbeat received, to size a real swarm whose nodes each have
+//! their own CPU.
 
 mod swarm_support;
 
@@ -38,12 +40,47 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time this process has used (user + system), from /proc/self/stat.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state; utime and
+    // stime are the 14th and 15th fields overall, in clock ticks (100 per second).
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Open connections per peer: (min, mean, max).
+fn connections(peers: &[SwarmHandle]) -> (u64, u64, u64) {
+    let counts: Vec<u64> = peers
+        .iter()
+        .map(|p| p.metrics().snapshot().connected_peers)
+        .collect();
+    let sum: u64 = counts.iter().sum();
+    (
+        counts.iter().copied().min().unwrap_or(0),
+        sum / counts.len().max(1) as u64,
+        counts.iter().copied().max().unwrap_or(0),
+    )
+}
+
+/// A node as deployed (production gossip heartbeat, query timeout and idle timeout), on
+/// the memory transport, announcing `sim-model`.
 fn sim_config(bootstrap: Vec<libp2p::Multiaddr>, interval: Duration) -> SwarmConfig {
+    let defaults = SwarmConfig::default();
     SwarmConfig {
         listen: vec!["/memory/0".parse().unwrap()],
         transport: TransportKind::Memory,
         heartbeat_interval: interval,
         initial_status: status(Some("sim-model")),
+        gossip_heartbeat: defaults.gossip_heartbeat,
+        query_timeout: defaults.query_timeout,
+        idle_connection_timeout: defaults.idle_connection_timeout,
         ..node_config(bootstrap)
     }
 }
@@ -90,11 +127,32 @@ async fn simulate_swarm() {
     );
     let settle = wait_until_quiet(&peers, n, Duration::from_secs(120)).await;
     println!("sim: every peer sees all {n} after {settle:?}");
-    let rss_after = rss_kib();
+    let report_memory = |when: &str| {
+        let rss = rss_kib().saturating_sub(rss_before);
+        let (min, mean, max) = connections(&peers);
+        println!(
+            "sim: {when}: memory {rss} KiB for {n} peers = {} KiB per peer; connections per peer min {min} mean {mean} max {max}",
+            rss / n as u64
+        );
+    };
+    report_memory("settled");
+    // Connections the joins' DHT queries opened are closed once older than the query
+    // timeout (the connection budget); measure the steady state after that.
+    tokio::time::sleep(SwarmConfig::default().query_timeout + Duration::from_secs(5)).await;
+    report_memory("budget applied");
+
+    // Steady state: what heartbeats cost. Every peer receives every heartbeat, so the swarm
+    // handles n * n / interval of them per second, in this one process.
+    let window = Duration::from_secs(10);
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    tokio::time::sleep(window).await;
+    let cores = (cpu_time() - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    let received_per_s = (n * n) as f64 / interval.as_secs_f64();
     println!(
-        "sim: memory {} KiB for {n} peers = {} KiB per peer",
-        rss_after.saturating_sub(rss_before),
-        rss_after.saturating_sub(rss_before) / n as u64
+        "sim: steady state: {cores:.2} cores busy; {:.1} ms of CPU per peer per second; \
+         {:.0} us per heartbeat received ({received_per_s:.0}/s swarm-wide)",
+        cores * 1000.0 / n as f64,
+        cores * 1e6 / received_per_s
     );
 
     // A newcomer: how long until every peer sees it.
@@ -142,6 +200,8 @@ async fn simulate_swarm() {
         percentile(&lookups, 0.5),
         percentile(&lookups, 0.99)
     );
+    tokio::time::sleep(SwarmConfig::default().query_timeout + Duration::from_secs(5)).await;
+    report_memory("after the lookups, budget applied");
     for p in &peers {
         p.abort();
     }

@@ -37,6 +37,19 @@ pub(crate) struct Channels {
     pub listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
 }
 
+/// Peers that must have answered a shard query with providers before it stops early. The
+/// records of a shard live on the peers closest to its key, and every provider announces
+/// to the closest it finds, so these peers hold (nearly) the same set; asking further only
+/// costs time. Three answers cover announcers that saw slightly different closest peers.
+const HOLDERS_ENOUGH: usize = 3;
+
+/// One shard query of a provider lookup.
+struct ShardQuery {
+    lookup: u64,
+    /// Answers that carried providers (our own store counts as one).
+    answers: usize,
+}
+
 /// A provider lookup over all shards of one model.
 struct ProviderLookup {
     /// Shard queries not finished yet.
@@ -62,10 +75,12 @@ pub(crate) struct EventLoop {
     /// Provider keys this node announces, by model.
     provided: HashMap<String, kad::RecordKey>,
     lookups: HashMap<u64, ProviderLookup>,
-    lookup_queries: HashMap<QueryId, u64>,
+    lookup_queries: HashMap<QueryId, ShardQuery>,
     next_lookup: u64,
     /// Whether the DHT routing table has had anyone in it yet.
     reached_dht: bool,
+    /// Peers this node dialed and is connected to, since when (the connection budget).
+    dialed: HashMap<PeerId, Instant>,
     /// Bootstrap names resolved off the event loop: `(target index, addresses or error)`.
     resolved_tx: mpsc::UnboundedSender<(usize, Result<Vec<Multiaddr>, String>)>,
     resolved_rx: mpsc::UnboundedReceiver<(usize, Result<Vec<Multiaddr>, String>)>,
@@ -104,6 +119,7 @@ impl EventLoop {
             lookup_queries: HashMap::new(),
             next_lookup: 0,
             reached_dht: false,
+            dialed: HashMap::new(),
             resolved_tx,
             resolved_rx,
         })
@@ -325,10 +341,14 @@ impl EventLoop {
                 peer_id,
                 connection_id,
                 num_established,
+                endpoint,
                 ..
             } => {
                 if let Some(index) = self.bootstrap_dials.remove(&connection_id) {
                     self.bootstrap_answered(index, peer_id);
+                }
+                if endpoint.is_dialer() {
+                    self.dialed.entry(peer_id).or_insert_with(Instant::now);
                 }
                 if num_established.get() == 1 {
                     debug!(peer = %peer_id, "connected");
@@ -340,6 +360,7 @@ impl EventLoop {
                 num_established: 0,
                 ..
             } => {
+                self.dialed.remove(&peer_id);
                 debug!(peer = %peer_id, "disconnected");
                 self.emit(PeerEvent::Disconnected(peer_id));
             }
@@ -439,9 +460,10 @@ impl EventLoop {
         };
         match result {
             QueryResult::GetProviders(result) => {
-                let Some(&lookup_id) = self.lookup_queries.get(&id) else {
+                let Some(shard) = self.lookup_queries.get_mut(&id) else {
                     return;
                 };
+                let lookup_id = shard.lookup;
                 let lookup = self
                     .lookups
                     .get_mut(&lookup_id)
@@ -449,6 +471,13 @@ impl EventLoop {
                 match result {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
                         lookup.found.extend(providers);
+                        shard.answers += 1;
+                        if shard.answers >= HOLDERS_ENOUGH
+                            && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
+                        {
+                            // Ends with one more event, `step.last`, handled below.
+                            query.finish();
+                        }
                     }
                     Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
                     Err(err) => debug!(%err, "provider query of one shard failed"),
@@ -494,7 +523,13 @@ impl EventLoop {
         );
         for key in keys {
             let query = self.swarm.behaviour_mut().kad.get_providers(key);
-            self.lookup_queries.insert(query, lookup_id);
+            self.lookup_queries.insert(
+                query,
+                ShardQuery {
+                    lookup: lookup_id,
+                    answers: 0,
+                },
+            );
         }
     }
 
@@ -554,6 +589,7 @@ impl EventLoop {
         }
         self.rearm_lost_bootstrap();
         self.dial_due_bootstrap();
+        self.prune_connections();
 
         let metrics = &self.channels.metrics;
         let connected = self.swarm.connected_peers().count() as u64;
@@ -731,6 +767,42 @@ impl EventLoop {
                 target.answered = false;
                 target.failed(now, backoff);
             }
+        }
+    }
+
+    /// Keeps the connection count near the budget (see [`super::connections`]).
+    fn prune_connections(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        if connected <= self.config.connection_target {
+            return;
+        }
+        let mut keep: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_mesh_peers()
+            .copied()
+            .collect();
+        keep.extend(self.bootstrap.iter().filter_map(|target| target.reached));
+        let prune = super::connections::to_prune(
+            connected,
+            self.config.connection_target,
+            &self.dialed,
+            &keep,
+            Instant::now(),
+            // By then the query that opened the connection is over.
+            self.config.query_timeout,
+        );
+        if !prune.is_empty() {
+            debug!(
+                connected,
+                closing = prune.len(),
+                "over the connection budget"
+            );
+        }
+        for peer in prune {
+            self.dialed.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 

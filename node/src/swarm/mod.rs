@@ -34,6 +34,7 @@
 
 pub mod behaviour;
 pub mod bootstrap;
+mod connections;
 pub mod discovery;
 mod event_loop;
 pub mod heartbeat;
@@ -64,6 +65,10 @@ pub use peer_table::{ExpiryPolicy, ModelSummary, PeerTable, PeerTableSnapshot, S
 /// Default heartbeat interval; with the default expiry of three intervals a dead node leaves
 /// every view within 6 s (the mission asks for "within seconds", the issue for 10 s).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Connections kept before unneeded ones are closed: room for a full gossip mesh (12 at
+/// most), the bootstrap peers, and the queries under way.
+pub const DEFAULT_CONNECTION_TARGET: usize = 32;
 
 /// Default TCP listen address (all interfaces, the port the operator's Services expose).
 pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/4001";
@@ -97,8 +102,14 @@ pub struct SwarmConfig {
     pub query_timeout: Duration,
     /// Gossipsub's own heartbeat (mesh maintenance), not ours.
     pub gossip_heartbeat: Duration,
-    /// Connections idle this long are closed; gossip mesh connections never idle.
+    /// Connections without an open stream are closed after this long. Gossipsub keeps a
+    /// stream open to every peer of the topic, so between full peers the connection
+    /// budget does that work.
     pub idle_connection_timeout: Duration,
+    /// Connections a node keeps before it closes those it dialed, that are older than
+    /// the query timeout and that it no longer needs (see [`connections`]). Mesh and
+    /// bootstrap peers are never closed for it.
+    pub connection_target: usize,
     /// Upper bound of a connection's handshake (pre-shared key, Noise, Yamux). A peer with
     /// the wrong swarm key may make the other side wait for bytes that never make sense.
     pub handshake_timeout: Duration,
@@ -122,7 +133,8 @@ impl Default for SwarmConfig {
             provider_ttl: Duration::from_secs(600),
             query_timeout: Duration::from_secs(10),
             gossip_heartbeat: Duration::from_secs(1),
-            idle_connection_timeout: Duration::from_secs(300),
+            idle_connection_timeout: Duration::from_secs(30),
+            connection_target: DEFAULT_CONNECTION_TARGET,
             handshake_timeout: Duration::from_secs(20),
             initial_status: NodeStatus::default(),
         }

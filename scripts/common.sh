@@ -36,7 +36,7 @@ export GOFLAGS=${GOFLAGS:--mod=mod}
 
 # Room the build and the test clusters need (each test pod copies the model). The target
 # folder only grows: every feature combination cargo builds leaves its own binaries.
-MIN_FREE_GIB=${LLAMANET_MIN_FREE_GIB:-10}
+MIN_FREE_GIB=${LLAMANET_MIN_FREE_GIB:-15}
 
 _step_t0=$(date +%s)
 step() { printf '\n\033[1m==> %s\033[0m  (+%ss)\n' "$*" "$(( $(date +%s) - _step_t0 ))"; }

@@ -65,14 +65,23 @@ async fn nodes_close_connections_they_no_longer_need_and_still_hear_everyone() {
         let pruned = wait_until(
             "spare connections to close",
             Duration::from_secs(20),
-            || connections(&nodes).iter().skip(1).all(|&c| c < NODES as u64 - 1),
+            || {
+                connections(&nodes)
+                    .iter()
+                    .skip(1)
+                    .all(|&c| c < NODES as u64 - 1)
+            },
         )
         .await;
         let after = connections(&nodes);
         println!("connections per node {pruned:?} later: {after:?}");
         // The seed is everyone's bootstrap peer: the others keep their connection to it,
         // and it never closes connections others dialed.
-        assert_eq!(after[0], NODES as u64 - 1, "the bootstrap peer kept everyone");
+        assert_eq!(
+            after[0],
+            NODES as u64 - 1,
+            "the bootstrap peer kept everyone"
+        );
         let total_after: u64 = after.iter().sum();
         let total_joined: u64 = joined.iter().sum();
         assert!(
@@ -89,10 +98,14 @@ async fn nodes_close_connections_they_no_longer_need_and_still_hear_everyone() {
             .await
             .unwrap();
         let id = newcomer.peer_id();
-        let seen = wait_until("everyone to see the newcomer", Duration::from_secs(10), || {
-            nodes.iter().all(|n| n.heartbeat_of(&id).is_some())
-                && newcomer.snapshot().peers.len() > NODES
-        })
+        let seen = wait_until(
+            "everyone to see the newcomer",
+            Duration::from_secs(10),
+            || {
+                nodes.iter().all(|n| n.heartbeat_of(&id).is_some())
+                    && newcomer.snapshot().peers.len() > NODES
+            },
+        )
         .await;
         println!("newcomer seen by all {seen:?} after it started");
 

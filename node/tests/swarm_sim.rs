@@ -213,7 +213,12 @@ async fn wait_until_quiet(peers: &[SwarmHandle], n: usize, limit: Duration) -> D
     let start = Instant::now();
     let mut last_report = Instant::now();
     loop {
-        let sizes: Vec<usize> = peers.iter().map(|p| p.snapshot().peers.len()).collect();
+        // The gauge each peer keeps (refreshed every quarter interval): cloning 100 tables
+        // of 100 entries 20 times a second took a tenth of the CPU in a profile.
+        let sizes: Vec<usize> = peers
+            .iter()
+            .map(|p| p.metrics().snapshot().peer_table_size as usize)
+            .collect();
         let min = sizes.iter().copied().min().unwrap_or(0);
         if min >= n {
             return start.elapsed();
@@ -236,6 +241,6 @@ async fn wait_until_quiet(peers: &[SwarmHandle], n: usize, limit: Duration) -> D
             start.elapsed() < limit,
             "the swarm did not converge within {limit:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

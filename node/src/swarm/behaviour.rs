@@ -103,6 +103,15 @@ impl Behaviour {
             // Publish to the mesh only, not to every subscribed peer we are connected to:
             // with hundreds of nodes, flooding multiplies the copies every peer handles.
             .flood_publish(false)
+            // Lazy gossip (IHAVE) repairs lost messages by advertising recent message ids
+            // to peers outside the mesh. A heartbeat needs little repair: the next one
+            // replaces it an interval later. With the defaults (ids of the last 3 gossip
+            // heartbeats, to max(6, a quarter of the other peers)), every peer processed
+            // ids of every heartbeat many times over, a cost growing with N³ that
+            // dominated the simulation's profile (hash lookups and compares).
+            .history_gossip(1)
+            .gossip_lazy(3)
+            .gossip_factor(0.1)
             .max_transmit_size(64 * 1024)
             .build()
             .map_err(|err| io::Error::other(format!("gossipsub config: {err}")))?;

@@ -58,6 +58,7 @@ pub const DEFAULT_SWARM_PORT: i32 = 4001;
     printcolumn = r#"{"name": "Peers", "type": "integer", "jsonPath": ".status.peerCount", "description": "Replicas whose heartbeats are fresh"}"#,
     printcolumn = r#"{"name": "Tok/s", "type": "number", "jsonPath": ".status.tokensPerSecond", "description": "Generated tokens per second, summed over replicas"}"#,
     printcolumn = r#"{"name": "Last-Heartbeat", "type": "date", "jsonPath": ".status.lastHeartbeatTime"}"#,
+    printcolumn = r#"{"name": "Swarm", "type": "integer", "priority": 1, "jsonPath": ".status.swarmNodes", "description": "Healthy nodes in the whole swarm serving the model, any cluster"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -479,6 +480,12 @@ pub struct InferenceNodeStatus {
     #[serde(default)]
     pub tokens_per_second: f64,
 
+    /// Healthy nodes in the whole swarm that serve this model, in any cluster or namespace
+    /// (these replicas, other InferenceNodes, sidecars, nodes outside Kubernetes), as the
+    /// operator's swarm peer sees them: what a request for the model can be routed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm_nodes: Option<i32>,
+
     /// The metadata.generation this status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -714,9 +721,20 @@ mod tests {
                 "Peers",
                 "Tok/s",
                 "Last-Heartbeat",
+                "Swarm",
                 "Age"
             ]
         );
+        // The swarm-wide count shows with `-o wide` only: the default table stays narrow.
+        let swarm = version
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.name == "Swarm")
+            .unwrap();
+        assert_eq!(swarm.priority, Some(1));
+        assert_eq!(swarm.json_path, ".status.swarmNodes");
     }
 
     #[test]

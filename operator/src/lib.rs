@@ -39,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
 
+use llamanet_node::swarm::discovery::Discovery;
+
 use crate::config::{LeaderElection, RunConfig};
 use crate::heartbeat::HeartbeatTable;
 use crate::leader::{Elector, Role};
@@ -48,12 +50,14 @@ use crate::server::{AppState, Readiness};
 
 /// Runs the operator until `shutdown` resolves: the metrics and probes server, and the
 /// controller — at once, or with leader election only while this replica holds the Lease.
-/// `heartbeats` is the table the swarm peer fills. On shutdown running reconciles finish,
-/// then the Lease is released. Fails only when the metrics address cannot be bound.
+/// `heartbeats` is the table the swarm peer fills, and `swarm` that peer's view of the whole
+/// swarm (`status.swarmNodes`). On shutdown running reconciles finish, then the Lease is
+/// released. Fails only when the metrics address cannot be bound.
 pub async fn run(
     client: Client,
     config: RunConfig,
     heartbeats: HeartbeatTable,
+    swarm: Option<Arc<dyn Discovery>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
@@ -80,13 +84,16 @@ pub async fn run(
     // A fresh context per term of leadership: nothing remembered from an earlier term is
     // trusted after another replica may have written in between.
     let context = || {
-        Arc::new(Context::new(
-            client.clone(),
-            config.operator.clone(),
-            heartbeats.clone(),
-            metrics.clone(),
-            &config.identity,
-        ))
+        Arc::new(
+            Context::new(
+                client.clone(),
+                config.operator.clone(),
+                heartbeats.clone(),
+                metrics.clone(),
+                &config.identity,
+            )
+            .with_discovery(swarm.clone()),
+        )
     };
 
     match config.leader_election.clone() {

@@ -4,10 +4,12 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 use kube::{Client, CustomResourceExt};
+use llamanet_node::swarm::discovery::Discovery;
 use llamanet_operator::config::{self, LeaderElection, OperatorConfig, RunConfig};
 use llamanet_operator::crd::InferenceNode;
 use llamanet_operator::heartbeat::HeartbeatTable;
@@ -167,7 +169,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _swarm = match swarm_peer::start(swarm_config, heartbeats.clone()).await {
+    let swarm = match swarm_peer::start(swarm_config, heartbeats.clone()).await {
         Ok(handle) => handle,
         Err(err) => {
             tracing::error!("joining the swarm: {err:#}");
@@ -175,7 +177,9 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(?config, "operator started");
-    let result = llamanet_operator::run(client, config, heartbeats, shutdown_signal()).await;
+    let view: Arc<dyn Discovery> = Arc::new(swarm.clone());
+    let result =
+        llamanet_operator::run(client, config, heartbeats, Some(view), shutdown_signal()).await;
     if let Err(err) = result {
         tracing::error!("{err:#}");
         return ExitCode::FAILURE;

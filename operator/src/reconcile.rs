@@ -31,6 +31,7 @@ use kube::runtime::events::{Event, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use llamanet_node::swarm::discovery::Discovery;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -70,6 +71,9 @@ pub struct Context {
     pub config: OperatorConfig,
     pub heartbeats: HeartbeatTable,
     pub metrics: Arc<Metrics>,
+    /// The operator's view of the whole swarm (its swarm peer): how many nodes serve each
+    /// resource's model anywhere, for `status.swarmNodes`.
+    pub discovery: Option<Arc<dyn Discovery>>,
     recorder: Recorder,
     pod_monitors: PodMonitorSupport,
     /// The status this run last wrote per resource. The watch cache lags behind our own
@@ -107,9 +111,16 @@ impl Context {
             config,
             heartbeats,
             metrics,
+            discovery: None,
             pod_monitors: PodMonitorSupport::default(),
             written: Mutex::default(),
         }
+    }
+
+    /// Counts each resource's model across the swarm through `discovery`.
+    pub fn with_discovery(mut self, discovery: Option<Arc<dyn Discovery>>) -> Self {
+        self.discovery = discovery;
+        self
     }
 
     fn last_written(&self, key: &ResourceKey, uid: &str) -> Option<Written> {
@@ -247,6 +258,10 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
         model: children::model_name(&node.spec.model),
         endpoint: children::endpoint(&node),
         selector: children::selector_string(&name),
+        swarm_nodes: ctx.discovery.as_ref().map(|swarm| {
+            let model = children::model_name(&node.spec.model);
+            swarm.nodes(Some(&model)).len() as i32
+        }),
     };
     let key = (namespace.clone(), name.clone());
     let last_written = ctx.last_written(&key, &uid);

@@ -248,6 +248,8 @@ pub struct Observation<'a> {
     pub model: String,
     pub endpoint: String,
     pub selector: String,
+    /// Healthy nodes serving the model anywhere in the swarm (`None`: no swarm view).
+    pub swarm_nodes: Option<i32>,
 }
 
 /// One replica the spec wants, with what is known about it.
@@ -337,6 +339,7 @@ pub fn compute(previous: Option<&InferenceNodeStatus>, obs: &Observation) -> Inf
         last_heartbeat_time: peers.iter().map(|p| p.last_heartbeat_time.clone()).max(),
         peers,
         tokens_per_second: round_tenth(fresh.iter().map(|h| h.tokens_per_second).sum()),
+        swarm_nodes: obs.swarm_nodes,
         observed_generation: obs.generation,
         selector: Some(obs.selector.clone()),
     }
@@ -672,6 +675,7 @@ mod tests {
                 model: "gemma-3-270m".into(),
                 endpoint: "http://gemma.ai.svc:8080/v1".into(),
                 selector: "app.kubernetes.io/instance=gemma".into(),
+                swarm_nodes: Some(5),
             },
         )
     }
@@ -701,6 +705,8 @@ mod tests {
         assert_eq!(status.replicas_ready.as_deref(), Some("2/2"));
         assert_eq!(status.peer_count, 2);
         assert_eq!(status.tokens_per_second, 57.5);
+        // Nodes anywhere in the swarm, as the operator's swarm peer counted them.
+        assert_eq!(status.swarm_nodes, Some(5));
         assert_eq!(status.last_heartbeat_time, Some(Time(t(10))));
         assert_eq!(status.observed_generation, Some(4));
         assert_eq!(status.peers.len(), 2);
@@ -1104,6 +1110,7 @@ mod tests {
                 model: String::new(),
                 endpoint: String::new(),
                 selector: String::new(),
+                swarm_nodes: None,
             })
         }
         // Lost after 6 s: gemma-1 (heard at 4) goes stale first, at 10.

@@ -4,8 +4,9 @@
 //!
 //! Other Rust programs pick a node with these; `llamanet check` counts the nodes a client
 //! could use through the same trait (a `/v1/swarm` snapshot is a [`Discovery`] too), and
-//! the in-node router applies the same power-of-two-choices rule to its peer table. (The
-//! operator needs no selection: it reads every heartbeat from its own swarm peer.)
+//! the in-node router applies the same power-of-two-choices rule to its peer table. The
+//! operator counts, through its swarm peer as a [`Discovery`], the nodes anywhere in the
+//! swarm that serve each InferenceNode's model (`status.swarmNodes`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

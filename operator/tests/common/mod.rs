@@ -5,6 +5,7 @@
 #![allow(dead_code)] // Each test file uses its own part.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use llamanet_cluster::Cluster;
@@ -71,17 +72,20 @@ impl Operator {
         let table = heartbeats.clone();
         runtime.spawn(async move {
             // Its own client and swarm peer, so that they die with its runtime.
-            let _swarm = match options.swarm {
+            let swarm = match options.swarm {
                 Some(swarm) => Some(swarm_peer::start(swarm, table.clone()).await.unwrap()),
                 None => None,
             };
+            let view = swarm.map(|handle| {
+                Arc::new(handle) as Arc<dyn llamanet_node::swarm::discovery::Discovery>
+            });
             let client = llamanet_cluster::control_plane::client_from_kubeconfig(&kubeconfig)
                 .await
                 .unwrap();
             let shutdown = async move {
                 let _ = shutdown_rx.await;
             };
-            llamanet_operator::run(client, config, table, shutdown)
+            llamanet_operator::run(client, config, table, view, shutdown)
                 .await
                 .unwrap();
             let _ = done_tx.send(());

@@ -72,6 +72,51 @@ fn names(pods: &[Pod]) -> Vec<String> {
     names
 }
 
+/// `llamanet serve` of the default model on the host, outside the cluster; killed on drop.
+struct Outside(std::process::Child);
+
+impl Outside {
+    fn serve(model: &Path, pod_ip: &str) -> Self {
+        let port = llamanet_cluster::control_plane::free_port()
+            .unwrap()
+            .to_string();
+        let bin = llamanet_cluster::cluster::default_workspace_bin_dir().join("llamanet");
+        let child = Command::new(bin)
+            .args(["serve", "--model"])
+            .arg(model)
+            .args([
+                "--model-id",
+                "gemma-3-270m",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+            ])
+            .args([
+                "--parallel",
+                "1",
+                "--ctx-size",
+                "1024",
+                "--cluster",
+                "outside",
+            ])
+            .args(["--swarm-listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--bootstrap", &format!("/ip4/{pod_ip}/tcp/4001")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("llamanet serve starts");
+        Outside(child)
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     let model = default_model();
@@ -128,6 +173,47 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..5], ["gemma-cpu", "True", "2/2", "gemma-3-270m", "2"]);
+
+    // `-o wide` adds the whole swarm's count of nodes serving the model, as the operator's
+    // swarm peer sees them (here: the same two).
+    let wide = eventually(Duration::from_secs(30), "SWARM 2 in -o wide", || async {
+        let wide = cluster.kubectl_ok(&["get", "inferencenodes", "-o", "wide"], None);
+        let header: Vec<&str> = wide.lines().next()?.split_whitespace().collect();
+        let row: Vec<&str> = wide.lines().nth(1)?.split_whitespace().collect();
+        let column = header.iter().position(|h| *h == "SWARM")?;
+        (row.get(column) == Some(&"2")).then_some(wide)
+    })
+    .await;
+    eprintln!("{wide}");
+    let swarm_nodes = || async {
+        let node: serde_json::Value = serde_json::from_str(
+            &cluster.kubectl_ok(&["get", "inferencenode", "gemma-cpu", "-o", "json"], None),
+        )
+        .ok()?;
+        node["status"]["swarmNodes"].as_i64()
+    };
+
+    // A node outside Kubernetes joins through one pod's swarm address: the count covers the
+    // whole swarm, not only this resource's replicas, and drops again when it dies.
+    let pods_now = pods(&cluster, "default", "app.kubernetes.io/instance=gemma-cpu").await;
+    let pod_ip = pods_now[0].status.as_ref().unwrap().pod_ip.clone().unwrap();
+    let outside = Outside::serve(&model, &pod_ip);
+    let joined = Instant::now();
+    eventually(Duration::from_secs(60), "swarmNodes 3", || async {
+        (swarm_nodes().await == Some(3)).then_some(())
+    })
+    .await;
+    eprintln!(
+        "a node outside the cluster counted {:?} after it started",
+        joined.elapsed()
+    );
+    drop(outside);
+    let killed = Instant::now();
+    eventually(Duration::from_secs(30), "swarmNodes back to 2", || async {
+        (swarm_nodes().await == Some(2)).then_some(())
+    })
+    .await;
+    eprintln!("and uncounted {:?} after it was killed", killed.elapsed());
 
     // Both node pods answer; one of them through the swarm for the other's model.
     let nodes = pods(&cluster, "default", "app.kubernetes.io/instance=gemma-cpu").await;

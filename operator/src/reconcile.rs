@@ -247,6 +247,11 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
     ctx.heartbeats
         .retain_pods(&namespace, &name, |pod| is_wanted_pod(&name, replicas, pod));
     let heartbeats = ctx.heartbeats.for_resource(&namespace, &name);
+    let model = children::model_name(&node.spec.model);
+    let swarm_nodes = ctx
+        .discovery
+        .as_ref()
+        .map(|swarm| swarm.nodes(Some(&model)).len() as i32);
     let observation = Observation {
         name: &name,
         generation: node.metadata.generation,
@@ -255,13 +260,10 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
         heartbeats: &heartbeats,
         heartbeat_interval: ctx.config.heartbeat_interval,
         now: Timestamp::now(),
-        model: children::model_name(&node.spec.model),
+        model,
         endpoint: children::endpoint(&node),
         selector: children::selector_string(&name),
-        swarm_nodes: ctx.discovery.as_ref().map(|swarm| {
-            let model = children::model_name(&node.spec.model);
-            swarm.nodes(Some(&model)).len() as i32
-        }),
+        swarm_nodes,
     };
     let key = (namespace.clone(), name.clone());
     let last_written = ctx.last_written(&key, &uid);

@@ -66,14 +66,6 @@ def swarm_view(node, timeout=3.0):
         return json.loads(response.read())
 
 
-def health_ok(node) -> bool:
-    try:
-        status, _ = http_get(node.base + "/health", timeout=2)
-        return status == 200
-    except OSError:
-        return False
-
-
 def summary(view):
     """Compact `peer endpoint healthy models` lines for failure messages."""
     return [f"{p['peer_id'][-8:]} {p.get('endpoints')} healthy={p.get('healthy')} "
@@ -152,7 +144,7 @@ def swarm():
             for node in sw.nodes:
                 assert node.proc.poll() is None, \
                     f"{node.base} exited with {node.proc.returncode}; see {node.log.name}"
-            pending = [n for n in pending if not health_ok(n)]
+            pending = [n for n in pending if not n.healthy()]
             if pending:
                 assert time.monotonic() < deadline, \
                     f"not healthy within {START_TIMEOUT_S} s: {[n.log.name for n in pending]}"

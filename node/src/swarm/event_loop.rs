@@ -589,11 +589,14 @@ impl EventLoop {
         }
         self.rearm_lost_bootstrap();
         self.dial_due_bootstrap();
-        self.prune_connections();
+        // Connections being closed still count until they are gone.
+        let connected = self.swarm.connected_peers().count();
+        self.prune_connections(connected);
 
         let metrics = &self.channels.metrics;
-        let connected = self.swarm.connected_peers().count() as u64;
-        metrics.connected_peers.store(connected, Ordering::Relaxed);
+        metrics
+            .connected_peers
+            .store(connected as u64, Ordering::Relaxed);
         let routing: usize = self
             .swarm
             .behaviour_mut()
@@ -771,8 +774,7 @@ impl EventLoop {
     }
 
     /// Keeps the connection count near the budget (see [`super::connections`]).
-    fn prune_connections(&mut self) {
-        let connected = self.swarm.connected_peers().count();
+    fn prune_connections(&mut self, connected: usize) {
         if connected <= self.config.connection_target {
             return;
         }

@@ -401,10 +401,17 @@ async fn container_spec(
 /// kubelet does: the end of its log, at most 80 lines and 2048 bytes. (Containers here
 /// have no termination-log file, so the log is the only source.)
 fn log_tail(log: &std::path::Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
     const MAX_LINES: usize = 80;
-    const MAX_BYTES: usize = 2048;
-    let text = std::fs::read(log).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(MAX_BYTES)..]);
+    const MAX_BYTES: u64 = 2048;
+    // Only the end is read: a crash-looping container's log grows with every restart.
+    let mut text = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(log) {
+        let len = file.metadata().map_or(0, |m| m.len());
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(MAX_BYTES)));
+        let _ = file.take(MAX_BYTES).read_to_end(&mut text);
+    }
+    let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.trim_end().lines().collect();
     lines[lines.len().saturating_sub(MAX_LINES)..].join("\n")
 }

@@ -164,6 +164,34 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Bytes read from each end of a model file for its [`fingerprint`].
+const FINGERPRINT_SPAN: u64 = 1 << 20;
+
+/// A cheap identity of a model file: SHA-256 over its size, first MiB and last MiB, as 32
+/// hex digits. Two nodes whose fingerprints match serve the same weights and vocabulary
+/// for any practical purpose (GGUF puts its metadata and vocabulary first and tensors
+/// after), which is what continuing another node's stream by token ids needs. It costs two
+/// reads instead of hashing gigabytes at every start.
+pub fn fingerprint(path: &Path) -> io::Result<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut hasher = Sha256::new();
+    hasher.update(size.to_le_bytes());
+    let mut buf = Vec::new();
+    (&mut file).take(FINGERPRINT_SPAN).read_to_end(&mut buf)?;
+    hasher.update(&buf);
+    if size > FINGERPRINT_SPAN {
+        file.seek(SeekFrom::Start(
+            size.saturating_sub(FINGERPRINT_SPAN).max(FINGERPRINT_SPAN),
+        ))?;
+        buf.clear();
+        file.take(FINGERPRINT_SPAN).read_to_end(&mut buf)?;
+        hasher.update(&buf);
+    }
+    Ok(hex::encode(&hasher.finalize()[..16]))
+}
+
 /// Verifies that the file at `path` exists and has the SHA-256 `expected` (hex, any case).
 ///
 /// This reads the whole file and blocks; call it from `spawn_blocking` in async code.
@@ -433,6 +461,24 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
         path
+    }
+
+    #[test]
+    fn fingerprints_tell_files_apart_by_size_head_and_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = 3 * FINGERPRINT_SPAN as usize;
+        let mut bytes = vec![7u8; big];
+        let a = write(dir.path(), "a.gguf", &bytes);
+        let same = write(dir.path(), "same.gguf", &bytes);
+        assert_eq!(fingerprint(&a).unwrap(), fingerprint(&same).unwrap());
+        assert_eq!(fingerprint(&a).unwrap().len(), 32);
+        bytes[big - 1] = 8;
+        let tail = write(dir.path(), "tail.gguf", &bytes);
+        assert_ne!(fingerprint(&a).unwrap(), fingerprint(&tail).unwrap());
+        let short = write(dir.path(), "short.gguf", &bytes[..100]);
+        let shorter = write(dir.path(), "shorter.gguf", &bytes[..99]);
+        assert_ne!(fingerprint(&short).unwrap(), fingerprint(&shorter).unwrap());
+        assert!(fingerprint(&dir.path().join("missing")).is_err());
     }
 
     /// Files in `dir` other than `keep`: a failed fetch must leave no temporary files.

@@ -1,7 +1,9 @@
 //! The continuous-batching engine on the real default model (Gemma 3 270M Q4_K_M): several
 //! requests at once all finish with the right counts, a seed reproduces its output, a
 //! dropped receiver frees its slot, prompt prefixes are reused, stop strings cut output,
-//! a JSON grammar holds, and oversized requests are refused before they are queued.
+//! a JSON grammar holds, oversized requests are refused before they are queued, and a
+//! request resumed from any point of another's answer (as a node continuing a dead node's
+//! stream does) writes exactly the rest of that answer, greedy and seeded.
 //!
 //! One engine serves every check (loading per test would dominate the run time), so the
 //! checks run in sequence inside one test. Speed is printed, never asserted.
@@ -12,6 +14,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use llama_cpp_2::token::LlamaToken;
 use llamanet_node::engine::{
     Engine, EngineSettings, FinishReason, GenerationEvent, GenerationRequest, SamplingParams,
     SubmitError, Usage,
@@ -30,10 +33,13 @@ struct Outcome {
     text: String,
     finish: FinishReason,
     usage: Usage,
+    /// Each text event with the tokens it announced.
+    pieces: Vec<(String, Vec<LlamaToken>)>,
 }
 
 async fn collect(mut events: UnboundedReceiver<GenerationEvent>) -> Outcome {
     let mut text = String::new();
+    let mut pieces = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let event = tokio::time::timeout_at(deadline, events.recv())
@@ -41,7 +47,13 @@ async fn collect(mut events: UnboundedReceiver<GenerationEvent>) -> Outcome {
             .expect("generation finishes in time")
             .expect("engine answers");
         match event {
-            GenerationEvent::Text(piece) => text.push_str(&piece),
+            GenerationEvent::Text {
+                text: piece,
+                tokens,
+            } => {
+                text.push_str(&piece);
+                pieces.push((piece, tokens));
+            }
             GenerationEvent::Done {
                 finish_reason,
                 usage,
@@ -50,6 +62,7 @@ async fn collect(mut events: UnboundedReceiver<GenerationEvent>) -> Outcome {
                     text,
                     finish: finish_reason,
                     usage,
+                    pieces,
                 };
             }
             GenerationEvent::Failed(message) => panic!("generation failed: {message}"),
@@ -68,7 +81,41 @@ fn request(
         max_tokens: Some(max_tokens),
         stop: Vec::new(),
         sampling,
+        resume: Vec::new(),
     }
+}
+
+/// Resumes `original` (an answer to `base`) after its first `events` text events: the
+/// rest must be exactly the text of the events after those, with the same counts.
+async fn check_resume(
+    engine: &Engine,
+    base: &GenerationRequest,
+    original: &Outcome,
+    events: usize,
+) {
+    let resume: Vec<LlamaToken> = original.pieces[..events]
+        .iter()
+        .flat_map(|(_, tokens)| tokens.iter().copied())
+        .collect();
+    let expected: String = original.pieces[events..]
+        .iter()
+        .map(|(text, _)| text.as_str())
+        .collect();
+    let mut resumed = base.clone();
+    resumed.resume = resume.clone();
+    let rest = collect(engine.submit(resumed).unwrap()).await;
+    assert_eq!(
+        rest.text,
+        expected,
+        "resumed after {} tokens ({events} events)",
+        resume.len()
+    );
+    assert_eq!(rest.finish, original.finish);
+    assert_eq!(
+        rest.usage.completion_tokens,
+        original.usage.completion_tokens
+    );
+    assert_eq!(rest.usage.prompt_tokens, original.usage.prompt_tokens);
 }
 
 fn greedy() -> SamplingParams {
@@ -234,6 +281,41 @@ async fn continuous_batching_on_the_default_model() {
     let value: serde_json::Value = serde_json::from_str(&json.text).expect("grammar gives JSON");
     assert!(value["age"].is_i64(), "{value}");
 
+    // Resuming another node's answer, at the start, in the middle and near the end, greedy
+    // and seeded (each position draws from its own seeded generator), also with a stop
+    // string in play: the rest is exactly what the first run wrote after that point.
+    let mut cases = vec![
+        request(&engine, "Explain why the sky is blue:", 48, greedy()),
+        request(&engine, "Write a poem about the sea:", 48, seeded()),
+    ];
+    let mut stopping = request(&engine, "Count: 1, 2, 3, 4, 5, 6,", 40, greedy());
+    stopping.stop = vec![" 12".into()];
+    cases.push(stopping);
+    for base in &cases {
+        let original = collect(engine.submit(base.clone()).unwrap()).await;
+        let n = original.pieces.len();
+        assert!(n >= 4, "too short to resume: {:?}", original.text);
+        for events in [0, 1, n / 2, n - 1] {
+            check_resume(&engine, base, &original, events).await;
+        }
+    }
+    // Bad resumes are refused before queueing, each with its reason.
+    let mut unknown = request(&engine, "Hello", 8, greedy());
+    unknown.resume = vec![LlamaToken(engine.n_vocab())];
+    assert_eq!(
+        engine.submit(unknown).unwrap_err(),
+        SubmitError::UnknownResumeToken(engine.n_vocab())
+    );
+    let mut overlong = request(&engine, "Hello", 8, greedy());
+    overlong.resume = vec![LlamaToken(1); 8];
+    assert!(matches!(
+        engine.submit(overlong),
+        Err(SubmitError::ResumeTooLong {
+            resumed: 8,
+            room: 8
+        })
+    ));
+
     // Cancellation: dropping the receiver frees the slot within a step or two.
     let long = engine
         .submit(request(&engine, "Tell me a long story:", 500, greedy()))
@@ -253,6 +335,7 @@ async fn continuous_batching_on_the_default_model() {
         max_tokens: Some(1),
         stop: Vec::new(),
         sampling: greedy(),
+        resume: Vec::new(),
     };
     assert_eq!(engine.submit(empty).unwrap_err(), SubmitError::EmptyPrompt);
 

@@ -34,6 +34,7 @@ fn listed(model: Option<&str>, healthy: bool) -> PeerView {
                         id: id.into(),
                         context_size: 2048,
                         quantization: "Q4_K_M".into(),
+                        fingerprint: String::new(),
                     })
                     .into_iter()
                     .collect(),

@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 
 use crate::crd::{InferenceNodeStatus, Phase};
 use crate::error::Error;
-use crate::heartbeat::HeartbeatTable;
+use crate::heartbeat::{HeartbeatTable, Rejection};
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "llamanet_operator";
@@ -38,6 +38,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "llamanet_operator_status_patches_total",
     "llamanet_operator_inference_node_replicas",
     "llamanet_operator_heartbeat_to_status_seconds",
+    "llamanet_operator_heartbeats_rejected_total",
 ];
 
 /// Every phase, so the phase gauge shows zeros instead of missing series.
@@ -261,6 +262,19 @@ struct HeartbeatAges(HeartbeatTable);
 
 impl Collector for HeartbeatAges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let mut family = encoder.encode_descriptor(
+                "heartbeats_rejected",
+                "Heartbeats that claimed an InferenceNode replica they could not prove (signed by another key than the replica's identity, or naming a replica or resource that does not exist), by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for rejection in Rejection::ALL {
+                let labels = [("reason", rejection.as_str())];
+                prometheus_client::metrics::counter::ConstCounter::new(self.0.rejected(rejection))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
         let ages = self.0.oldest_heartbeats();
         let mut metric = encoder.encode_descriptor(
             "heartbeat_age_seconds",

@@ -248,10 +248,14 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
         .retain_pods(&namespace, &name, |pod| is_wanted_pod(&name, replicas, pod));
     let heartbeats = ctx.heartbeats.for_resource(&namespace, &name);
     let model = children::model_name(&node.spec.model);
-    let swarm_nodes = ctx
-        .discovery
-        .as_ref()
-        .map(|swarm| swarm.nodes(Some(&model)).len() as i32);
+    // Peers that claimed one of our replicas without its key are not counted.
+    let swarm_nodes = ctx.discovery.as_ref().map(|swarm| {
+        swarm
+            .nodes(Some(&model))
+            .iter()
+            .filter(|node| !node.peer_id.is_some_and(|p| ctx.heartbeats.is_impostor(&p)))
+            .count() as i32
+    });
     let observation = Observation {
         name: &name,
         generation: node.metadata.generation,
@@ -395,8 +399,11 @@ async fn ensure_identity_keys(
         .and_then(|s| s.data)
         .unwrap_or_default();
     let Some(data) = identity::with_missing_keys(name, node.spec.replicas, &existing) else {
+        // Heartbeats count only when signed by these keys (see `heartbeat.rs`).
+        ctx.heartbeats.set_owners(namespace, name, &existing);
         return Ok(());
     };
+    ctx.heartbeats.set_owners(namespace, name, &data);
     let owner = node
         .controller_owner_ref(&())
         .ok_or(Error::MissingObjectKey(".metadata.uid"))?;

@@ -1,12 +1,16 @@
 //! The operator as a swarm peer: it listens on the swarm port (its Service is where the
 //! node pods of this cluster bootstrap), takes part in the DHT, publishes no heartbeat of
-//! its own, and records every verified heartbeat that names an InferenceNode and pod in the
-//! [`HeartbeatTable`], which wakes that resource's reconciler.
+//! its own, and offers every verified heartbeat that names an InferenceNode and pod to the
+//! [`HeartbeatTable`], which keeps it only if its signer is that pod's own identity (and
+//! then wakes that resource's reconciler). Refusals are counted there and logged here at
+//! most once per signer a minute, so a flood of false claims costs no log volume.
 //!
 //! The swarm itself (transport, signatures, peer table) is `llamanet_node::swarm`, built
 //! without the llama.cpp engine.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use llamanet_node::swarm::{self, PeerEvent, SwarmConfig, SwarmHandle};
@@ -52,9 +56,10 @@ pub async fn start(config: SwarmPeerConfig, table: HeartbeatTable) -> anyhow::Re
     .await?;
     let mut events = handle.subscribe();
     tokio::spawn(async move {
+        let mut quiet = LogLimit::default();
         loop {
             match events.recv().await {
-                Ok(PeerEvent::Heartbeat(heartbeat)) => record(&table, &heartbeat),
+                Ok(PeerEvent::Heartbeat(heartbeat)) => record(&table, &heartbeat, &mut quiet),
                 Ok(_) => {}
                 // Missed some: the next heartbeat of each replica comes within an interval.
                 Err(RecvError::Lagged(missed)) => {
@@ -68,16 +73,50 @@ pub async fn start(config: SwarmPeerConfig, table: HeartbeatTable) -> anyhow::Re
     Ok(handle)
 }
 
-/// Records a heartbeat that says which InferenceNode replica sent it; others (nodes run by
-/// hand, tools) are not the operator's business.
-fn record(table: &HeartbeatTable, heartbeat: &swarm::Heartbeat) {
+/// Logs a refusal at most once per signer per [`LogLimit::EVERY`]; remembers a bounded
+/// number of signers.
+#[derive(Default)]
+struct LogLimit {
+    last: HashMap<swarm::PeerId, Instant>,
+}
+
+impl LogLimit {
+    const EVERY: Duration = Duration::from_secs(60);
+    const KEPT: usize = 4096;
+
+    fn allow(&mut self, peer: swarm::PeerId) -> bool {
+        let now = Instant::now();
+        if self
+            .last
+            .get(&peer)
+            .is_some_and(|at| now.duration_since(*at) < Self::EVERY)
+        {
+            return false;
+        }
+        if self.last.len() >= Self::KEPT {
+            self.last
+                .retain(|_, at| now.duration_since(*at) < Self::EVERY);
+        }
+        // Thousands of fresh identities within a minute: a flood, counted but not logged.
+        if self.last.len() >= Self::KEPT {
+            return false;
+        }
+        self.last.insert(peer, now);
+        true
+    }
+}
+
+/// Offers a heartbeat that says which InferenceNode replica sent it to the table; others
+/// (nodes run by hand, tools, other clusters' replicas) are not the operator's business.
+fn record(table: &HeartbeatTable, heartbeat: &swarm::Heartbeat, quiet: &mut LogLimit) {
     let status = &heartbeat.status;
     let (Some(owner), Some(pod)) = (&status.inference_node, &status.pod) else {
         return;
     };
-    table.record(
+    let accepted = table.accept(
         &owner.namespace,
         &owner.name,
+        &heartbeat.peer_id,
         ReplicaHeartbeat {
             pod: pod.clone(),
             peer_id: heartbeat.peer_id.to_string(),
@@ -87,4 +126,35 @@ fn record(table: &HeartbeatTable, heartbeat: &swarm::Heartbeat) {
             slots_total: status.slots_total,
         },
     );
+    if let Err(rejection) = accepted
+        && quiet.allow(heartbeat.peer_id)
+    {
+        tracing::warn!(
+            peer = %heartbeat.peer_id,
+            claims = %format!("{}/{} pod {pod}", owner.namespace, owner.name),
+            reason = rejection.as_str(),
+            "refused a heartbeat that claims a replica it cannot prove (further ones from this peer are counted, not logged, for a minute)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_once_per_signer_a_minute_and_floods_not_at_all() {
+        let mut limit = LogLimit::default();
+        let peer = swarm::PeerId::random();
+        assert!(limit.allow(peer));
+        assert!(!limit.allow(peer));
+        for _ in 1..LogLimit::KEPT {
+            assert!(limit.allow(swarm::PeerId::random()));
+        }
+        assert!(
+            !limit.allow(swarm::PeerId::random()),
+            "a flood stops logging"
+        );
+        assert_eq!(limit.last.len(), LogLimit::KEPT);
+    }
 }

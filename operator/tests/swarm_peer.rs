@@ -1,10 +1,14 @@
 //! The operator's swarm peer receives a node's signed heartbeats over real libp2p on
-//! loopback and records them under the InferenceNode and pod they name.
+//! loopback and records them under the InferenceNode and pod they name, if and only if the
+//! signer is that pod's identity key; a stranger's heartbeats claiming the same replicas
+//! change nothing and are counted.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::ByteString;
 use llamanet_node::swarm::{self, InferenceNodeRef, NodeStatus, SwarmConfig};
-use llamanet_operator::heartbeat::HeartbeatTable;
+use llamanet_operator::heartbeat::{HeartbeatTable, Rejection};
 use llamanet_operator::swarm_peer::{self, SwarmPeerConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,12 +50,29 @@ async fn heartbeats_of_replicas_reach_the_table() {
         initial_status: status,
         ..SwarmConfig::default()
     };
-    let replica = swarm::start(
-        swarm::Keypair::generate_ed25519(),
-        node_config(status(Some("gemma-0"))),
-    )
-    .await
-    .unwrap();
+    // The identity Secret as the reconciler wrote it: keys for gemma-0 and gemma-1.
+    let key0 = swarm::Keypair::generate_ed25519();
+    let key1 = swarm::Keypair::generate_ed25519();
+    let secret = BTreeMap::from([
+        (
+            "gemma-0".to_owned(),
+            ByteString(key0.to_protobuf_encoding().unwrap()),
+        ),
+        (
+            "gemma-1".to_owned(),
+            ByteString(key1.to_protobuf_encoding().unwrap()),
+        ),
+    ]);
+    table.set_owners("ml", "gemma", &secret);
+    let replica = swarm::start(key0, node_config(status(Some("gemma-0"))))
+        .await
+        .unwrap();
+    // A stranger with its own key claims gemma-1 (not running) with huge figures.
+    let mut forged = status(Some("gemma-1"));
+    forged.tokens_per_second = 9999.0;
+    let stranger = swarm::start(swarm::Keypair::generate_ed25519(), node_config(forged))
+        .await
+        .unwrap();
     // A node run by hand names no InferenceNode: not the operator's business.
     let _stray = swarm::start(
         swarm::Keypair::generate_ed25519(),
@@ -85,4 +106,18 @@ async fn heartbeats_of_replicas_reach_the_table() {
         1,
         "the stray node is not recorded"
     );
+    // The stranger's claims were heard, refused and counted, never recorded.
+    let started = Instant::now();
+    while table.rejected(Rejection::IdentityMismatch) < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the stranger's heartbeats were not counted as refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let beats = table.for_resource("ml", "gemma");
+    assert_eq!(beats.len(), 1, "{beats:?}");
+    assert_eq!(beats[0].pod, "gemma-0");
+    assert!(table.is_impostor(&stranger.peer_id()));
+    assert!(!table.is_impostor(&replica.peer_id()));
 }

@@ -4,10 +4,11 @@
 use std::time::Instant;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::error::ApiError;
-use super::generation::{self, Kind, Shape};
+use super::generation::{self, Kind, Relayed, Shape};
 use super::template::TemplateMessage;
 use super::types::ChatCompletionRequest;
 use super::{AppState, OpenAiJson};
@@ -16,12 +17,15 @@ const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
 pub async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     OpenAiJson(request): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let loaded = state.ready()?;
     state.check_model(&request.model)?;
     let options = request.fields.validate()?;
+    let relayed = Relayed::from_headers(&headers)?;
+    let resume = relayed.check_resume(&options, 1, &loaded.engine.info().fingerprint)?;
     if request.messages.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",
@@ -60,7 +64,17 @@ pub async fn create(
     let bos = loaded.template.bos_token();
     let add_bos = bos.is_empty() || !prompt_text.starts_with(bos);
     let prompt = loaded.engine.tokenize(&prompt_text, add_bos);
-    let requests = generation::requests(vec![prompt], &options)?;
-    let shape = Shape::new(Kind::Chat, &state.config.model_id, "/v1/chat/completions");
-    generation::respond(&state, &loaded.engine, shape, requests, &options, received).await
+    let requests = generation::requests(vec![prompt], &options, resume)?;
+    let shape =
+        Shape::new(Kind::Chat, &state.config.model_id, "/v1/chat/completions").resumed(resume);
+    generation::respond(
+        &state,
+        &loaded.engine,
+        shape,
+        requests,
+        &options,
+        &relayed,
+        received,
+    )
+    .await
 }

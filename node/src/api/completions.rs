@@ -4,10 +4,11 @@
 use std::time::Instant;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::error::ApiError;
-use super::generation::{self, Kind, Shape};
+use super::generation::{self, Kind, Relayed, Shape};
 use super::types::{CompletionRequest, PromptField};
 use super::{AppState, OpenAiJson};
 
@@ -16,12 +17,14 @@ const MAX_PROMPTS: usize = 64;
 
 pub async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     OpenAiJson(request): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let loaded = state.ready()?;
     state.check_model(&request.model)?;
     let options = request.fields.validate()?;
+    let relayed = Relayed::from_headers(&headers)?;
     if request.echo == Some(true) {
         return Err(ApiError::invalid_param(
             "echo",
@@ -61,7 +64,19 @@ pub async fn create(
         }
         prompts.push(loaded.engine.tokenize(text, true));
     }
-    let requests = generation::requests(prompts, &options)?;
-    let shape = Shape::new(Kind::Completion, &state.config.model_id, "/v1/completions");
-    generation::respond(&state, &loaded.engine, shape, requests, &options, received).await
+    let resume =
+        relayed.check_resume(&options, prompts.len(), &loaded.engine.info().fingerprint)?;
+    let requests = generation::requests(prompts, &options, resume)?;
+    let shape =
+        Shape::new(Kind::Completion, &state.config.model_id, "/v1/completions").resumed(resume);
+    generation::respond(
+        &state,
+        &loaded.engine,
+        shape,
+        requests,
+        &options,
+        &relayed,
+        received,
+    )
+    .await
 }

@@ -142,6 +142,15 @@ impl ApiError {
         }
     }
 
+    /// 409: a forwarder asked this node to continue a stream it cannot continue (another
+    /// model file, a bad header, tokens that do not fit). The forwarder tries elsewhere.
+    pub fn resume_rejected(message: impl Into<String>) -> Self {
+        ApiError {
+            code: Some("resume_rejected"),
+            ..Self::new(StatusCode::CONFLICT, "invalid_request_error", message)
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
@@ -186,6 +195,9 @@ impl From<SubmitError> for ApiError {
             },
             SubmitError::UnknownToken(_) => ApiError::invalid_param("logit_bias", err.to_string()),
             SubmitError::EmptyPrompt => ApiError::invalid_param("prompt", err.to_string()),
+            SubmitError::UnknownResumeToken(_) | SubmitError::ResumeTooLong { .. } => {
+                ApiError::resume_rejected(err.to_string())
+            }
         }
     }
 }

@@ -273,13 +273,28 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Drops the headers only nodes may set (see `route::resume`) from what clients send, so
+/// no client can pose as a forwarder asking for annotations or a resumed stream.
+async fn strip_internal_headers(mut request: Request, next: Next) -> Response {
+    for name in crate::route::resume::INTERNAL_HEADERS {
+        request.headers_mut().remove(name);
+    }
+    next.run(request).await
+}
+
 async fn not_found(request: Request) -> ApiError {
     ApiError::not_found(request.uri().path())
 }
 
-/// Checks the bearer key in constant time when one is configured.
+/// Checks the bearer key in constant time when one is configured. Requests a peer
+/// forwarded over the swarm carry no client key: the entry node checked it, and the peer
+/// is trusted by identity (see `route::transport::PeerTrust`).
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(expected) = &state.config.api_key {
+    let forwarded = request
+        .extensions()
+        .get::<crate::route::ForwardedBy>()
+        .is_some();
+    if !forwarded && let Some(expected) = &state.config.api_key {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -379,6 +394,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 context_size: engine.settings.context_size.get()
                     / engine.settings.parallel.get().max(1),
                 quantization: quantization_of(&engine.model),
+                fingerprint: crate::model::fingerprint(&engine.model).unwrap_or_default(),
             };
             (state, vec![model], engine.settings.parallel.get())
         }
@@ -402,6 +418,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         }
     };
 
+    let mut trust = None;
     if let Some(membership) = &options.membership {
         let advertised = Advertised {
             http_host: address.ip().to_string(),
@@ -410,15 +427,27 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             slots_total,
         };
         if let Some(handle) = membership.join(&advertised).await? {
+            trust = Some(crate::route::PeerTrust::for_node(
+                membership.swarm_key.is_some(),
+                options.api.api_key.is_some(),
+                &membership.trusted_peers().map_err(anyhow::Error::msg)?,
+            ));
             let _ = state.swarm.set(handle);
         }
     }
     tokio::spawn(swarm::report_load(state.clone()));
 
-    let shutdown = Arc::new(tokio::sync::Notify::new());
     let app = router(state.clone());
+    // Requests peers forward arrive over swarm streams; each is a task of `peer_tasks`, so
+    // draining can wait for them like for HTTP connections.
+    let peer_tasks = tokio_util::task::TaskTracker::new();
+    if let (Some(swarm), Some(trust)) = (state.swarm.get(), trust) {
+        crate::route::transport::serve_peers(swarm, app.clone(), trust, peer_tasks.clone())?;
+    }
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let public = app.layer(middleware::from_fn(strip_internal_headers));
     let server_shutdown = Arc::clone(&shutdown);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, public).with_graceful_shutdown(async move {
         server_shutdown.notified().await;
     });
     let server = tokio::spawn(async move { server.await });
@@ -435,16 +464,32 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         grace_seconds = options.shutdown_grace.as_secs(),
         "shutting down: no new requests, finishing those in flight"
     );
+    // New requests get 503 `shutting_down` from here on (forwarders try elsewhere), and the
+    // swarm hears at once that this node is leaving. The swarm itself stays up until the
+    // requests peers forwarded here are done: their answers travel on its streams.
     state.shutting_down.store(true, Ordering::Relaxed);
-    swarm::leave(&state).await;
+    swarm::announce_leaving(&state).await;
     shutdown.notify_one();
-    match tokio::time::timeout(options.shutdown_grace, server).await {
-        Ok(Ok(Ok(()))) => tracing::info!("all requests finished"),
-        Ok(Ok(Err(err))) => return Err(err.into()),
-        Ok(Err(err)) => return Err(anyhow::anyhow!("the server task failed: {err}")),
-        Err(_) => tracing::warn!("grace period over; dropping the requests still running"),
-    }
-    Ok(())
+    peer_tasks.close();
+    let drained = async {
+        let served = server.await;
+        peer_tasks.wait().await;
+        served
+    };
+    let result = match tokio::time::timeout(options.shutdown_grace, drained).await {
+        Ok(Ok(Ok(()))) => {
+            tracing::info!("all requests finished");
+            Ok(())
+        }
+        Ok(Ok(Err(err))) => Err(err.into()),
+        Ok(Err(err)) => Err(anyhow::anyhow!("the server task failed: {err}")),
+        Err(_) => {
+            tracing::warn!("grace period over; dropping the requests still running");
+            Ok(())
+        }
+    };
+    swarm::leave(&state).await;
+    result
 }
 
 /// Loads the model in the background and installs it; a failure goes to `failed`.

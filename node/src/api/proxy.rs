@@ -18,9 +18,9 @@ use futures::StreamExt;
 
 use super::error::ApiError;
 use super::{AppState, Local};
-use crate::route::forward::upstream_headers;
+use crate::route::RouteError;
+use crate::route::failover::upstream_headers;
 use crate::route::layer::ModelField;
-use crate::route::{ForwardRequest, RouteError, Target};
 
 pub async fn pass(State(state): State<AppState>, request: Request) -> Response {
     match proxy(&state, request).await {
@@ -59,24 +59,13 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ApiError>
         metrics.generated_tokens.inc_by(usage.completion);
     });
     let started = std::time::Instant::now();
-    let me = state
-        .swarm
-        .get()
-        .map_or_else(libp2p::PeerId::random, |swarm| swarm.peer_id());
-    let target = Target {
-        peer_id: me,
-        endpoint: upstream.config().base.clone(),
-        load: 0.0,
-    };
     let path = parts
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
     let headers = upstream_headers(&parts.headers, upstream.config().api_key.as_deref());
-    let outgoing = ForwardRequest::new(parts.method, path, parts.headers, bytes);
     let response = upstream
-        .proxy()
-        .relay(&target, &outgoing, headers)
+        .relay(parts.method, &path, headers, bytes)
         .await
         .map_err(|reason| ApiError::upstream_unavailable(&reason))?;
     // `relay` returns once the first chunk is in: for a stream, the engine's first token.

@@ -58,7 +58,7 @@ async fn report_engine_load(state: &AppState) {
         }
         let loaded = state.loaded.get();
         swarm.update_status(|status| {
-            status.healthy = loaded.is_some();
+            status.healthy = loaded.is_some() && !state.shutting_down.load(Ordering::Relaxed);
             if let Some(loaded) = loaded {
                 let load = loaded.engine.load();
                 status.slots_busy = load.busy_slots.load(Ordering::Relaxed) as u32;
@@ -113,16 +113,24 @@ pub fn advertised_models(seen: &UpstreamState) -> Vec<ModelInfo> {
             id: model.id.clone(),
             context_size: model.context_size,
             quantization: String::new(),
+            fingerprint: String::new(),
         })
         .collect()
 }
 
-/// Says goodbye: one last heartbeat marked unhealthy, so routers stop choosing this node
-/// before its entry expires, then stops the swarm.
-pub async fn leave(state: &AppState) {
+/// Tells the swarm this node is leaving: a heartbeat marked unhealthy at once, so routers
+/// stop choosing it before its entry expires. The swarm keeps running (requests forwarded
+/// here still stream back over it).
+pub async fn announce_leaving(state: &AppState) {
     if let Some(swarm) = state.swarm.get() {
         swarm.update_status(|status| status.healthy = false);
         let _ = swarm.publish_heartbeat().await;
+    }
+}
+
+/// Stops the swarm (after [`announce_leaving`] and the drain).
+pub async fn leave(state: &AppState) {
+    if let Some(swarm) = state.swarm.get() {
         swarm.shutdown().await;
     }
 }

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
@@ -111,18 +110,24 @@ struct Active {
     events: mpsc::UnboundedSender<GenerationEvent>,
     /// Held while the request runs: its admission place.
     _place: tokio::sync::OwnedSemaphorePermit,
+    /// The prompt, followed by the tokens resumed from another node (if any).
     prompt: Vec<LlamaToken>,
+    /// How many tokens at the end of `prompt` were resumed (generated elsewhere).
+    resumed: usize,
     /// Prompt tokens in the cache (reused ones included); the prompt is done when this
     /// reaches its length.
     evaluated: usize,
     cached_tokens: usize,
     max_tokens: usize,
-    sampler: LlamaSampler,
+    sampler: sampling::Sampler,
     /// Greedy without bias, penalties or grammar: the argmax of the logits, no sampler chain.
     plain_greedy: bool,
     stop: StopMatcher,
     /// Bytes of a character that the next token completes.
     pending_bytes: Vec<u8>,
+    /// Tokens sampled since the last text went out (their text is held back).
+    unannounced: Vec<LlamaToken>,
+    /// Tokens generated, resumed ones included; also the answer position of the next one.
     generated: usize,
     /// Sampled and sent, to be decoded next step.
     next_token: Option<LlamaToken>,
@@ -231,7 +236,10 @@ impl<'m> Batcher<'m> {
             return;
         }
         let queued = job.submitted.elapsed();
-        let prompt = job.request.prompt;
+        let original = job.request.prompt.len();
+        let resume = job.request.resume;
+        let mut prompt = job.request.prompt;
+        prompt.extend_from_slice(&resume);
         let free: Vec<FreeSlot<'_, LlamaToken>> = self
             .slots
             .iter()
@@ -251,7 +259,7 @@ impl<'m> Batcher<'m> {
             return;
         };
         let max_tokens = match scheduler::generation_room(
-            prompt.len(),
+            original,
             job.request.max_tokens,
             self.slot_context,
         ) {
@@ -266,14 +274,34 @@ impl<'m> Batcher<'m> {
                 return;
             }
         };
+        if prompt.len() >= self.slot_context || resume.len() >= max_tokens {
+            // Handle::submit checked this already; kept for direct callers.
+            let _ = job.events.send(GenerationEvent::Failed(format!(
+                "{} resumed tokens leave no room to generate",
+                resume.len()
+            )));
+            return;
+        }
         let plain_greedy = sampling::is_plain_greedy(&job.request.sampling);
-        let sampler = match sampling::build(self.model, &job.request.sampling, self.slot_context) {
-            Ok(sampler) => sampler,
-            Err(message) => {
-                let _ = job.events.send(GenerationEvent::Failed(message));
-                return;
-            }
-        };
+        let mut sampler =
+            match sampling::build(self.model, &job.request.sampling, self.slot_context) {
+                Ok(sampler) => sampler,
+                Err(message) => {
+                    let _ = job.events.send(GenerationEvent::Failed(message));
+                    return;
+                }
+            };
+        // Bring the per-request state to where the other node left it: the sampler's
+        // grammar and penalties, the stop-string matcher and a half-finished character.
+        // Their text was delivered already, so what the replay releases is dropped.
+        sampler.replay(&resume);
+        let mut stop = StopMatcher::new(job.request.stop);
+        let mut pending_bytes = Vec::new();
+        let vocab = self.model.llama().vocab();
+        for &token in &resume {
+            vocab.token_to_piece_into(token, &mut pending_bytes, false, None);
+            let _ = stop.push(&take_utf8(&mut pending_bytes));
+        }
         let order = self.tick();
         let slot = &mut self.slots[placement.slot];
         // Keep the shared prefix, drop the rest of what this sequence held.
@@ -300,14 +328,16 @@ impl<'m> Batcher<'m> {
             events: job.events,
             _place: job.place,
             prompt,
+            resumed: resume.len(),
             evaluated: reused,
-            cached_tokens: reused,
+            cached_tokens: reused.min(original),
             max_tokens,
             sampler,
             plain_greedy,
-            stop: StopMatcher::new(job.request.stop),
-            pending_bytes: Vec::new(),
-            generated: 0,
+            stop,
+            pending_bytes,
+            unannounced: Vec::new(),
+            generated: resume.len(),
             next_token: None,
             logits_at: None,
             order,
@@ -456,7 +486,7 @@ impl<'m> Batcher<'m> {
         let token = if active.plain_greedy {
             sampling::argmax(context.get_logits_ith(at))
         } else {
-            active.sampler.sample(context, at)
+            active.sampler.sample(context, at, active.generated)
         };
         if active.first_token.is_none() {
             active.first_token = Some(active.admitted.elapsed());
@@ -466,6 +496,7 @@ impl<'m> Batcher<'m> {
             return false;
         }
         active.generated += 1;
+        active.unannounced.push(token);
         vocab.token_to_piece_into(token, &mut active.pending_bytes, false, None);
         let text = take_utf8(&mut active.pending_bytes);
         let (text, stopped) = match active.stop.push(&text) {
@@ -473,7 +504,8 @@ impl<'m> Batcher<'m> {
             StopOutcome::Stopped(text) => (text, true),
         };
         if !text.is_empty() {
-            let _ = active.events.send(GenerationEvent::Text(text));
+            let tokens = std::mem::take(&mut active.unannounced);
+            let _ = active.events.send(GenerationEvent::Text { text, tokens });
         }
         if stopped {
             self.finish(index, FinishReason::Stop, false);
@@ -498,11 +530,12 @@ impl<'m> Batcher<'m> {
             let mut text = String::from_utf8_lossy(&active.pending_bytes).into_owned();
             text.push_str(&active.stop.finish());
             if !text.is_empty() {
-                let _ = active.events.send(GenerationEvent::Text(text));
+                let tokens = std::mem::take(&mut active.unannounced);
+                let _ = active.events.send(GenerationEvent::Text { text, tokens });
             }
         }
         let usage = Usage {
-            prompt_tokens: active.prompt.len(),
+            prompt_tokens: active.prompt.len() - active.resumed,
             cached_tokens: active.cached_tokens,
             completion_tokens: active.generated,
             time_to_first_token: active.first_token.unwrap_or_default(),

@@ -65,6 +65,8 @@ pub struct EngineInfo {
     pub eos_text: String,
     pub embeddings: bool,
     pub load_time: Duration,
+    /// The model file's [`crate::model::fingerprint`]; empty if it could not be read.
+    pub fingerprint: String,
 }
 
 #[derive(Debug)]
@@ -118,6 +120,7 @@ impl Engine {
             eos_text: model.eos_text(),
             embeddings,
             load_time,
+            fingerprint: crate::model::fingerprint(path).unwrap_or_default(),
         };
         Ok(Engine {
             shared: Arc::new(Shared {
@@ -217,6 +220,21 @@ impl Engine {
             .find(|(token, _)| !(0..n_vocab).contains(&token.0))
         {
             return Err(SubmitError::UnknownToken(token.0));
+        }
+        if let Some(token) = request
+            .resume
+            .iter()
+            .find(|token| !(0..n_vocab).contains(&token.0))
+        {
+            return Err(SubmitError::UnknownResumeToken(token.0));
+        }
+        let room =
+            generation_room(request.prompt.len(), request.max_tokens, slot_context).unwrap_or(0);
+        if !request.resume.is_empty() && request.resume.len() >= room {
+            return Err(SubmitError::ResumeTooLong {
+                resumed: request.resume.len(),
+                room,
+            });
         }
         Ok(())
     }

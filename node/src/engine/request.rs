@@ -21,7 +21,9 @@ pub struct SamplingParams {
     pub top_k: i32,
     /// Tokens below `min_p` times the best token's probability are dropped; 0 disables it.
     pub min_p: f32,
-    /// Seed of the random choice; `None` picks a fresh one per request.
+    /// Seed of the random choices; `None` picks a fresh one per request. Each position of
+    /// the answer draws from its own generator seeded from this and the position, so a
+    /// continuation on another node draws what this node would have.
     pub seed: Option<u32>,
     /// Subtracted once from the logit of every token already generated.
     pub presence_penalty: f32,
@@ -59,6 +61,9 @@ pub struct GenerationRequest {
     /// Strings that end generation; they and what follows are not returned.
     pub stop: Vec<String>,
     pub sampling: SamplingParams,
+    /// Tokens already generated (and delivered) by another node: evaluated after the
+    /// prompt, never sent again, and counted as generated. Empty for a fresh request.
+    pub resume: Vec<LlamaToken>,
 }
 
 /// Why a generation ended (the OpenAI `finish_reason`).
@@ -98,8 +103,12 @@ pub struct Usage {
 /// exactly one `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenerationEvent {
-    /// Output text (complete UTF-8, stop-string candidates held back).
-    Text(String),
+    /// Output text (complete UTF-8, stop-string candidates held back) and the tokens
+    /// sampled since the previous `Text`, whose text this completes.
+    Text {
+        text: String,
+        tokens: Vec<LlamaToken>,
+    },
     Done {
         finish_reason: FinishReason,
         usage: Usage,
@@ -138,6 +147,10 @@ pub enum SubmitError {
     QueueFull { slots: usize, queue: usize },
     #[error("the engine has stopped")]
     Stopped,
+    #[error("token id {0} to resume from is not in the model's vocabulary")]
+    UnknownResumeToken(i32),
+    #[error("{resumed} tokens to resume from leave no room: this request may generate {room}")]
+    ResumeTooLong { resumed: usize, room: usize },
 }
 
 /// A request on its way to the engine thread with the channel its answer goes to.

@@ -71,6 +71,9 @@ pub const SWARM_METRIC_NAMES: &[&str] = &[
     "llamanet_swarm_bootstrap_failures_total",
     "llamanet_route_forwards_total",
     "llamanet_route_failovers_total",
+    "llamanet_route_continuations_total",
+    "llamanet_route_broken_streams_total",
+    "llamanet_route_peers_suspected_total",
 ];
 
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
@@ -165,7 +168,7 @@ impl Collector for SwarmSource {
         {
             let mut family = encoder.encode_descriptor(
                 "route_forwards",
-                "Requests forwarded to a peer, by how they ended (ok, failover, failed)",
+                "Requests routed past their first candidate or to a peer, by how they ended (ok: the first peer answered; failover: a later peer did; local: this node did after peers failed; failed: nobody did)",
                 None,
                 MetricType::Counter,
             )?;
@@ -177,11 +180,30 @@ impl Collector for SwarmSource {
                     .encode(family.encode_family(&labels)?)?;
             }
         }
+        let route = source.route.snapshot();
         counter(
             &mut encoder,
             "route_failovers",
-            "Peers given up on before their first byte while forwarding",
-            source.route.snapshot().failovers,
+            "Candidates given up on before their first byte",
+            route.failovers,
+        )?;
+        counter(
+            &mut encoder,
+            "route_continuations",
+            "Streams whose node failed mid-answer, continued on another node",
+            route.continuations,
+        )?;
+        counter(
+            &mut encoder,
+            "route_broken_streams",
+            "Relayed answers that broke after their first byte and could not be continued",
+            route.broken_streams,
+        )?;
+        counter(
+            &mut encoder,
+            "route_peers_suspected",
+            "Times a peer was suspected after a failed attempt (out of the candidates until a newer healthy heartbeat)",
+            route.suspected,
         )?;
         Ok(())
     }

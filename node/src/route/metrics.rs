@@ -13,13 +13,16 @@ pub enum ForwardOutcome {
     Failover,
     /// No peer answered.
     Failed,
+    /// Peers failed first and this node served the request itself (its last resort).
+    Local,
 }
 
 impl ForwardOutcome {
-    pub const ALL: [ForwardOutcome; 3] = [
+    pub const ALL: [ForwardOutcome; 4] = [
         ForwardOutcome::Ok,
         ForwardOutcome::Failover,
         ForwardOutcome::Failed,
+        ForwardOutcome::Local,
     ];
 
     /// The metric label value.
@@ -28,6 +31,7 @@ impl ForwardOutcome {
             ForwardOutcome::Ok => "ok",
             ForwardOutcome::Failover => "failover",
             ForwardOutcome::Failed => "failed",
+            ForwardOutcome::Local => "local",
         }
     }
 }
@@ -35,11 +39,16 @@ impl ForwardOutcome {
 /// Counters of the router. Shared as `Arc<RouteMetrics>`.
 #[derive(Debug, Default)]
 pub struct RouteMetrics {
-    forwards: [AtomicU64; 3],
-    /// Individual failovers: one per peer given up on before the first byte.
+    forwards: [AtomicU64; 4],
+    /// Individual failovers: one per candidate given up on before the first byte.
     failovers: AtomicU64,
-    /// Streams that broke after the first byte (ended with an error event).
+    /// Answers that broke after the first byte and could not be continued (ended with an
+    /// error event or an aborted body).
     broken_streams: AtomicU64,
+    /// Streams that broke and were continued on another node.
+    continuations: AtomicU64,
+    /// Peers put under suspicion by a failed attempt.
+    suspected: AtomicU64,
 }
 
 /// The counters at one moment.
@@ -48,8 +57,11 @@ pub struct RouteMetricsSnapshot {
     pub forwards_ok: u64,
     pub forwards_failover: u64,
     pub forwards_failed: u64,
+    pub forwards_local: u64,
     pub failovers: u64,
     pub broken_streams: u64,
+    pub continuations: u64,
+    pub suspected: u64,
 }
 
 impl RouteMetrics {
@@ -65,6 +77,10 @@ impl RouteMetrics {
         self.broken_streams.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn record_suspected(&self) {
+        self.suspected.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Forwards that ended with `outcome`.
     pub fn forwards(&self, outcome: ForwardOutcome) -> u64 {
         self.forwards[outcome as usize].load(Ordering::Relaxed)
@@ -75,9 +91,22 @@ impl RouteMetrics {
             forwards_ok: self.forwards(ForwardOutcome::Ok),
             forwards_failover: self.forwards(ForwardOutcome::Failover),
             forwards_failed: self.forwards(ForwardOutcome::Failed),
+            forwards_local: self.forwards(ForwardOutcome::Local),
             failovers: self.failovers.load(Ordering::Relaxed),
             broken_streams: self.broken_streams.load(Ordering::Relaxed),
+            continuations: self.continuations.load(Ordering::Relaxed),
+            suspected: self.suspected.load(Ordering::Relaxed),
         }
+    }
+}
+
+impl super::relay::RelayEvents for RouteMetrics {
+    fn broken(&self) {
+        self.record_broken_stream();
+    }
+
+    fn continued(&self) {
+        self.continuations.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -103,6 +132,6 @@ mod tests {
         );
         assert_eq!(snap.failovers, 1);
         let labels: Vec<&str> = ForwardOutcome::ALL.iter().map(|o| o.as_str()).collect();
-        assert_eq!(labels, ["ok", "failover", "failed"]);
+        assert_eq!(labels, ["ok", "failover", "failed", "local"]);
     }
 }

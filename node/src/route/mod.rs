@@ -1,88 +1,81 @@
 //! Routing between nodes: any node accepts any OpenAI request, and this module decides
-//! whether to serve it here or send it to a peer, then carries it there.
+//! where it runs, carries it there, and makes a node's death invisible to the client.
 //!
-//! - [`pick`](mod@pick) chooses: the candidates are the live peers serving the model (from a
-//!   [`PeerSource`], the swarm's peer table in a node); the less loaded of two random ones
-//!   wins, unless prompt-prefix affinity names a peer that is not clearly busier. A node
-//!   that serves the model itself forwards only when a peer is clearly less loaded.
-//! - [`forward`] carries a request to the chosen peer with `reqwest` and streams the answer
-//!   back unbuffered, failing over to the next candidate before the first byte and ending a
-//!   broken stream with an SSE error event. It marks the request with
-//!   [`FORWARDED_HEADER`]; a request that carries it is never forwarded again (one hop).
-//! - [`error`] is the OpenAI-shaped error answers of routing (no peer serves the model,
-//!   no peer answered); [`metrics`] the forward counters the Prometheus registry reads.
+//! By file, in the order a request meets them:
+//! - [`layer`]: the axum middleware in front of the generation routes; it reads the body
+//!   once and hands the request to the [`Router`].
+//! - [`pick`](mod@pick): the plan, pure: this node and the live peers serving the model,
+//!   in the order to try them (less loaded of two random peers, prefix affinity, this
+//!   node first when it is not busier and always as the last resort), suspects last.
+//! - [`breaker`]: which peers are suspect since they failed an attempt, and the evidence
+//!   that readmits them (a healthy heartbeat sent after the failure).
+//! - [`failover`]: the attempts, in plan order, until one answers before its first byte;
+//!   what counts as a failed attempt; continuing a stream that breaks later.
+//! - [`transport`]: how an attempt reaches a peer: HTTP/1.1 over a swarm stream (Noise,
+//!   bound to the peer id), never to a URL a heartbeat names; and serving what peers
+//!   forward here. A forwarded request is served where it lands (one hop at most).
+//! - [`relay`] and [`resume`]: carrying an answer's body back, and the annotations that
+//!   let another node continue a broken stream exactly where the client is.
+//! - [`inflight`], [`metrics`], [`error`]: forwards in flight per peer (counted into
+//!   their load), counters, and routing's own OpenAI error answers.
 //!
 //! Not here: the swarm itself (`crate::swarm`), serving a request locally (`crate::api`).
-//!
-//! # Wiring into `serve`
-//!
-//! [`layer::route_or_serve`] is the whole routing step as axum middleware; the handlers
-//! stay as they are. In `api::router`, when the node runs a swarm:
-//!
-//! ```ignore
-//! use llamanet_node::route::{self, ForwarderConfig, PickPolicy, RouteLayer};
-//!
-//! let gate = RouteLayer {
-//!     router: route::Router::for_swarm(swarm.clone(), PickPolicy::default(), ForwarderConfig::default()),
-//!     // Whether we serve `model` and our load; infinite while loading (see `LocalView`).
-//!     local: Arc::new(move |model: &str| state.local_view(model)),
-//!     body_limit: state.config.body_limit,
-//! };
-//! let routed = |handler| {
-//!     handler.layer(middleware::from_fn_with_state(gate.clone(), route::route_or_serve))
-//! };
-//! Router::new()
-//!     .route("/v1/chat/completions", routed(post(chat::create)))
-//!     .route("/v1/completions", routed(post(completions::create)))
-//!     // ... authentication stays the outer `route_layer`, so it runs before routing.
-//! ```
-//!
-//! Written out, the middleware does what a handler would do before enqueueing locally:
-//! `if !is_forwarded(&headers) && let Route::Forward(targets) = router.decide(..) { return
-//! router.forward(&targets, request).await }`, plus the 404 of [`RouteError::NotServed`].
-//! `GET /v1/models` lists `router.models()` (every model in the swarm) and `GET /v1/swarm`
-//! returns `Json(swarm.snapshot())`; [`RouteMetrics`] feeds the forward counters.
 
+pub mod breaker;
 pub mod error;
-pub mod forward;
+pub mod failover;
 pub mod inflight;
 pub mod layer;
 pub mod metrics;
 pub mod pick;
+pub mod relay;
+pub mod resume;
+pub mod transport;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use axum::response::Response;
 use libp2p::PeerId;
 use rand::Rng;
 
-use crate::swarm::SwarmHandle;
+use crate::swarm::{PeerEvent, SwarmHandle};
 
+pub use breaker::{BreakerPolicy, Breakers};
 pub use error::RouteError;
-pub use forward::{
-    FORWARDED_HEADER, ForwardRequest, Forwarder, ForwarderConfig, NODE_HEADER, is_forwarded,
-};
+pub use failover::{ForwardRequest, ForwarderConfig, Here, NODE_HEADER};
 pub use inflight::InFlight;
 pub use layer::{LocalView, RouteLayer, route_or_serve};
 pub use metrics::{ForwardOutcome, RouteMetrics, RouteMetricsSnapshot};
 pub use pick::{
-    LocalState, PeerSource, PickPolicy, Route, RouteRequest, Target, affinity_of, pick,
+    Candidate, LocalState, PeerSource, PickPolicy, Route, RouteRequest, Target, affinity_of, pick,
 };
+pub use transport::{ForwardedBy, PeerTrust};
 
-/// Everything a node needs to route: where peers come from, the policy, the HTTP client.
-/// Clone it freely (it is a few `Arc`s).
+/// Everything a node needs to route: where peers come from, the policy, the way to reach
+/// them, and what it has learned about them. Clone it freely (one `Arc`).
 #[derive(Clone)]
 pub struct Router {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     peers: Arc<dyn PeerSource>,
+    me: PeerId,
     policy: PickPolicy,
-    forwarder: Forwarder,
+    config: ForwarderConfig,
+    /// How peers are reached; `None` in tests of the decisions alone.
+    swarm: Option<SwarmHandle>,
+    metrics: Arc<RouteMetrics>,
+    inflight: InFlight,
+    breakers: Mutex<Breakers>,
 }
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router")
-            .field("policy", &self.policy)
-            .field("forwarder", &self.forwarder)
+            .field("me", &self.inner.me)
+            .field("policy", &self.inner.policy)
+            .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
 }
@@ -103,13 +96,43 @@ impl PeerSource for WithInFlight<'_> {
     fn models(&self) -> Vec<String> {
         self.peers.models()
     }
+
+    fn order_of(&self, peer: &PeerId) -> Option<breaker::Order> {
+        self.peers.order_of(peer)
+    }
 }
 
 impl Router {
-    /// A router over a running swarm: this node's peer id marks what it forwards.
+    /// A router over a running swarm: peers from its table, reached over its streams, and
+    /// its heartbeats as the evidence that readmits suspects.
     pub fn for_swarm(swarm: SwarmHandle, policy: PickPolicy, config: ForwarderConfig) -> Self {
-        let me = swarm.peer_id();
-        Self::new(Arc::new(swarm), me, policy, config)
+        let router = Self::new(
+            Arc::new(swarm.clone()),
+            swarm.peer_id(),
+            policy,
+            config,
+            Some(swarm.clone()),
+        );
+        let weak = Arc::downgrade(&router.inner);
+        let mut events = swarm.subscribe();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let event = match events.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(inner) = weak.upgrade() else { return };
+                let mut breakers = lock(&inner.breakers);
+                match event {
+                    PeerEvent::Heartbeat(heartbeat) => breakers.heard(&heartbeat),
+                    PeerEvent::PeerLeft(peer) => breakers.retain(|p| *p != peer),
+                    _ => {}
+                }
+            }
+        });
+        router
     }
 
     pub fn new(
@@ -117,35 +140,61 @@ impl Router {
         me: PeerId,
         policy: PickPolicy,
         config: ForwarderConfig,
+        swarm: Option<SwarmHandle>,
     ) -> Self {
         Router {
-            peers,
-            policy,
-            forwarder: Forwarder::new(me, config),
+            inner: Arc::new(Inner {
+                peers,
+                me,
+                policy,
+                config,
+                swarm,
+                metrics: Arc::new(RouteMetrics::default()),
+                inflight: InFlight::default(),
+                breakers: Mutex::new(Breakers::new(BreakerPolicy::default())),
+            }),
         }
     }
 
-    /// This node's peer id, which marks what it forwards and names what it serves.
+    /// This node's peer id, which names what it serves.
     pub fn me(&self) -> PeerId {
-        self.forwarder.me()
+        self.inner.me
     }
 
     pub fn policy(&self) -> &PickPolicy {
-        &self.policy
+        &self.inner.policy
+    }
+
+    pub fn config(&self) -> &ForwarderConfig {
+        &self.inner.config
     }
 
     pub fn metrics(&self) -> Arc<RouteMetrics> {
-        self.forwarder.metrics()
+        Arc::clone(&self.inner.metrics)
+    }
+
+    pub(crate) fn swarm(&self) -> Option<&SwarmHandle> {
+        self.inner.swarm.as_ref()
     }
 
     /// Forwards in flight, by peer (counted into peers' loads when choosing).
-    pub fn forwarder_inflight(&self) -> &InFlight {
-        self.forwarder.inflight()
+    pub fn inflight(&self) -> &InFlight {
+        &self.inner.inflight
     }
 
     /// Every model in the swarm, by id.
     pub fn models(&self) -> Vec<String> {
-        self.peers.models()
+        self.inner.peers.models()
+    }
+
+    /// Peers suspect right now.
+    pub fn suspects(&self) -> usize {
+        lock(&self.inner.breakers).count()
+    }
+
+    /// Whether `peer` is out of the candidate set now.
+    pub fn is_suspect(&self, peer: &PeerId) -> bool {
+        lock(&self.inner.breakers).is_suspect(peer, Instant::now())
     }
 
     /// This node's side of the decision.
@@ -163,7 +212,8 @@ impl Router {
     }
 
     /// [`Router::decide`] with a given random source (tests use a seeded one). Peers'
-    /// announced loads count the forwards this node has in flight to them.
+    /// announced loads count the forwards this node has in flight to them; suspects go
+    /// last.
     pub fn decide_with(
         &self,
         request: &RouteRequest<'_>,
@@ -171,14 +221,41 @@ impl Router {
         rng: &mut impl Rng,
     ) -> Route {
         let peers = WithInFlight {
-            peers: self.peers.as_ref(),
-            inflight: self.forwarder.inflight(),
+            peers: self.inner.peers.as_ref(),
+            inflight: &self.inner.inflight,
         };
-        pick(&peers, local, request, &self.policy, rng)
+        let now = Instant::now();
+        let mut breakers = lock(&self.inner.breakers);
+        pick(
+            &peers,
+            local,
+            request,
+            &self.inner.policy,
+            rng,
+            &mut |peer| breakers.is_suspect(peer, now),
+        )
     }
 
-    /// Sends `request` to `targets` in order (see [`Forwarder::forward`]).
-    pub async fn forward(&self, targets: &[Target], request: ForwardRequest) -> Response {
-        self.forwarder.forward(targets, request).await
+    /// Records a failed attempt at `target`: suspect from now on.
+    pub(crate) fn peer_failed(&self, target: &Target) {
+        self.inner.metrics.record_suspected();
+        lock(&self.inner.breakers).failed(target.peer_id, Some(target.order), Instant::now());
     }
+
+    /// Like [`Router::peer_failed`] when only the id is at hand (a stream that broke).
+    pub(crate) fn peer_failed_by_id(&self, peer: &PeerId) {
+        self.inner.metrics.record_suspected();
+        let order = self.inner.peers.order_of(peer);
+        lock(&self.inner.breakers).failed(*peer, order, Instant::now());
+    }
+
+    pub(crate) fn peer_succeeded(&self, peer: &PeerId) {
+        lock(&self.inner.breakers).succeeded(peer);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -3,22 +3,27 @@
 //! through an `Rng`, so every decision is reproducible in tests.
 //!
 //! The rules, in order:
-//! 1. Candidates are live, healthy peers that serve the model and announce an endpoint,
-//!    this node excluded.
+//! 1. Candidates are live, healthy peers that serve the model, this node excluded, and not
+//!    suspect (a peer that just failed an attempt, see `breaker.rs`).
 //! 2. The preferred candidate is the less loaded of two picked at random (power of two
 //!    choices: close to always taking the least loaded, without every router stampeding the
 //!    same idle peer between two heartbeats). With prompt-prefix affinity, the peer that
 //!    rendezvous hashing assigns to the prefix is preferred instead while its load is not
 //!    clearly worse, so repeated prefixes meet a warm KV cache.
-//! 3. A node that serves the model itself forwards only when that candidate is clearly less
-//!    loaded, or when it is saturated and the candidate is less loaded: a hop costs a
-//!    connection and a copy, so near-ties stay local.
+//! 3. A node that serves the model itself goes first unless that candidate is clearly less
+//!    loaded, or it is saturated and the candidate is less loaded: a hop costs a stream and
+//!    a copy, so near-ties stay local.
+//! 4. The plan lists every candidate worth an attempt, in order: the chosen one, the other
+//!    peers least loaded first (at most `max_attempts` peers), this node whenever it serves
+//!    the model (first or as the last resort), and suspects at the very end. A request
+//!    fails only when every one of them failed before answering.
 //!
 //! Load is `(slots_busy + queue_depth) / slots_total` as the heartbeats report it.
 
 use libp2p::PeerId;
 use rand::Rng;
 
+use super::breaker::Order;
 use crate::swarm::{Heartbeat, SwarmHandle};
 
 /// Where peers and their load come from: the swarm's peer table in a node, a fixed list in
@@ -28,11 +33,17 @@ pub trait PeerSource: Send + Sync {
     fn peers_serving(&self, model: &str) -> Vec<Heartbeat>;
     /// Every model served in the swarm, sorted.
     fn models(&self) -> Vec<String>;
+    /// The order of `peer`'s latest heartbeat, if it is live.
+    fn order_of(&self, peer: &PeerId) -> Option<Order>;
 }
 
 impl PeerSource for SwarmHandle {
     fn peers_serving(&self, model: &str) -> Vec<Heartbeat> {
         SwarmHandle::peers_serving(self, model)
+    }
+
+    fn order_of(&self, peer: &PeerId) -> Option<Order> {
+        self.heartbeat_of(peer).map(|h| h.order())
     }
 
     fn models(&self) -> Vec<String> {
@@ -59,6 +70,10 @@ impl PeerSource for Vec<Heartbeat> {
         models.sort();
         models.dedup();
         models
+    }
+
+    fn order_of(&self, peer: &PeerId) -> Option<Order> {
+        self.iter().find(|h| h.peer_id == *peer).map(|h| h.order())
     }
 }
 
@@ -115,74 +130,128 @@ pub struct LocalState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub peer_id: PeerId,
-    /// Base URL of its OpenAI API, e.g. `http://10.0.0.7:8080`.
-    pub endpoint: String,
     pub load: f64,
+    /// The heartbeat it was chosen on (for the breaker: evidence must be newer).
+    pub order: Order,
+    /// Its model file's fingerprint (a broken stream continues only on an equal one).
+    pub fingerprint: String,
 }
 
 impl Target {
-    fn from_heartbeat(heartbeat: &Heartbeat) -> Option<Self> {
-        Some(Target {
+    fn from_heartbeat(heartbeat: &Heartbeat, model: &str) -> Self {
+        Target {
             peer_id: heartbeat.peer_id,
-            endpoint: heartbeat.status.endpoints.first()?.clone(),
             load: heartbeat.status.load(),
-        })
+            order: heartbeat.order(),
+            fingerprint: heartbeat
+                .status
+                .models
+                .iter()
+                .find(|m| m.id == model)
+                .map(|m| m.fingerprint.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Where an attempt goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Candidate {
+    /// This node's own handler.
+    Local,
+    Peer(Target),
+}
+
+impl Candidate {
+    pub fn peer(&self) -> Option<&Target> {
+        match self {
+            Candidate::Local => None,
+            Candidate::Peer(target) => Some(target),
+        }
     }
 }
 
 /// The decision.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
-    /// Serve here.
-    Local,
-    /// Forward: try these in order (the chosen peer, then failover candidates).
-    Forward(Vec<Target>),
+    /// Try these in order until one answers.
+    Serve(Vec<Candidate>),
     /// Nobody, this node included, serves the model.
     NotServed,
 }
 
+impl Route {
+    /// Whether the first attempt stays on this node.
+    pub fn is_local_first(&self) -> bool {
+        matches!(self, Route::Serve(plan) if plan.first() == Some(&Candidate::Local))
+    }
+}
+
 /// Decides where a request for `request.model` runs (see the module docs for the rules).
+/// `suspect` says which peers just failed (the breakers).
 pub fn pick(
     peers: &dyn PeerSource,
     local: &LocalState,
     request: &RouteRequest<'_>,
     policy: &PickPolicy,
     rng: &mut impl Rng,
+    suspect: &mut dyn FnMut(&PeerId) -> bool,
 ) -> Route {
-    let mut candidates: Vec<Target> = peers
+    let (mut candidates, mut suspects): (Vec<Target>, Vec<Target>) = peers
         .peers_serving(request.model)
         .iter()
         .filter(|h| h.peer_id != local.peer_id)
-        .filter_map(Target::from_heartbeat)
-        .collect();
+        .map(|h| Target::from_heartbeat(h, request.model))
+        .partition(|t| !suspect(&t.peer_id));
     // Least loaded first (ties by peer id) so failover order does not depend on the source.
-    candidates.sort_by(|a, b| {
+    let by_load = |a: &Target, b: &Target| {
         a.load
             .total_cmp(&b.load)
             .then_with(|| a.peer_id.cmp(&b.peer_id))
-    });
-    if candidates.is_empty() {
-        return if local.serves {
-            Route::Local
-        } else {
-            Route::NotServed
-        };
-    }
+    };
+    candidates.sort_by(by_load);
+    suspects.sort_by(by_load);
+    let max_peers = policy.max_attempts.max(1);
 
-    let chosen = choose(&candidates, request.affinity, policy, rng);
-    if local.serves {
-        let peer_load = candidates[chosen].load;
-        let clearly_less = local.load - peer_load >= policy.clearly_less;
-        let saturated = local.load >= policy.saturated && peer_load < local.load;
-        if !(clearly_less || saturated) {
-            return Route::Local;
+    let mut plan = Vec::new();
+    if candidates.is_empty() {
+        if local.serves {
+            plan.push(Candidate::Local);
+        }
+    } else {
+        let chosen = choose(&candidates, request.affinity, policy, rng);
+        let local_first = local.serves && {
+            let peer_load = candidates[chosen].load;
+            let clearly_less = local.load - peer_load >= policy.clearly_less;
+            let saturated = local.load >= policy.saturated && peer_load < local.load;
+            !(clearly_less || saturated)
+        };
+        if local_first {
+            plan.push(Candidate::Local);
+        }
+        let first = candidates.remove(chosen);
+        plan.extend(
+            std::iter::once(first)
+                .chain(candidates)
+                .take(max_peers)
+                .map(Candidate::Peer),
+        );
+        if local.serves && !local_first {
+            plan.push(Candidate::Local);
         }
     }
-    let first = candidates.remove(chosen);
-    let mut targets = vec![first];
-    targets.extend(candidates);
-    targets.truncate(policy.max_attempts.max(1));
-    Route::Forward(targets)
+    let peers_planned = plan.iter().filter(|c| c.peer().is_some()).count();
+    plan.extend(
+        suspects
+            .into_iter()
+            .take(max_peers.saturating_sub(peers_planned))
+            .map(Candidate::Peer),
+    );
+    if plan.is_empty() {
+        Route::NotServed
+    } else {
+        Route::Serve(plan)
+    }
 }
 
 /// Index of the preferred candidate among `candidates` (non-empty, sorted by load).
@@ -323,6 +392,7 @@ mod tests {
                     id: MODEL.into(),
                     context_size: 4096,
                     quantization: String::new(),
+                    fingerprint: String::new(),
                 }],
                 slots_busy: busy,
                 slots_total: 4,
@@ -356,11 +426,19 @@ mod tests {
         }
     }
 
-    fn forwarded_to(route: Route) -> Vec<PeerId> {
+    /// The plan in order: `None` for this node, `Some(peer)` for a peer.
+    fn plan(route: &Route) -> Vec<Option<PeerId>> {
         match route {
-            Route::Forward(targets) => targets.into_iter().map(|t| t.peer_id).collect(),
-            other => panic!("expected a forward, got {other:?}"),
+            Route::Serve(plan) => plan.iter().map(|c| c.peer().map(|t| t.peer_id)).collect(),
+            Route::NotServed => panic!("expected a plan, got NotServed"),
         }
+    }
+
+    /// The peers of a plan that starts with a peer.
+    fn forwarded_to(route: Route) -> Vec<PeerId> {
+        let plan = plan(&route);
+        assert!(plan[0].is_some(), "expected a forward first, got {route:?}");
+        plan.into_iter().flatten().collect()
     }
 
     #[test]
@@ -369,28 +447,51 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let policy = PickPolicy::default();
         assert_eq!(
-            pick(&peers, &router_only(), &ask(None), &policy, &mut rng),
+            pick(
+                &peers,
+                &router_only(),
+                &ask(None),
+                &policy,
+                &mut rng,
+                &mut |_| false
+            ),
             Route::NotServed
         );
         assert_eq!(
-            pick(&peers, &serving(3.0), &ask(None), &policy, &mut rng),
-            Route::Local
+            pick(
+                &peers,
+                &serving(3.0),
+                &ask(None),
+                &policy,
+                &mut rng,
+                &mut |_| false
+            ),
+            Route::Serve(vec![Candidate::Local])
         );
     }
 
     #[test]
-    fn self_unhealthy_and_endpointless_peers_are_never_candidates() {
+    fn self_and_unhealthy_peers_are_never_candidates_endpoints_do_not_matter() {
+        // Forwards travel over swarm streams: an HTTP endpoint is not needed.
         let local = serving(2.0);
         let mut me = peer(0, 0);
         me.peer_id = local.peer_id;
         let mut sick = peer(0, 0);
         sick.status.healthy = false;
-        let mut silent = peer(0, 0);
+        let mut silent = peer(4, 0);
         silent.status.endpoints.clear();
+        let silent_id = silent.peer_id;
         let peers = vec![me, sick, silent];
         let mut rng = StdRng::seed_from_u64(2);
-        let route = pick(&peers, &local, &ask(None), &PickPolicy::default(), &mut rng);
-        assert_eq!(route, Route::Local);
+        let route = pick(
+            &peers,
+            &local,
+            &ask(None),
+            &PickPolicy::default(),
+            &mut rng,
+            &mut |_| false,
+        );
+        assert_eq!(plan(&route), vec![Some(silent_id), None]);
     }
 
     #[test]
@@ -410,6 +511,7 @@ mod tests {
                 &ask(None),
                 &PickPolicy::default(),
                 &mut rng,
+                &mut |_| false,
             );
             *counts.entry(names[&forwarded_to(route)[0]]).or_default() += 1;
         }
@@ -429,6 +531,7 @@ mod tests {
             &ask(None),
             &PickPolicy::default(),
             &mut rng,
+            &mut |_| false,
         ));
         assert_eq!(targets.len(), 3);
         let rest: Vec<PeerId> = by_load
@@ -444,16 +547,29 @@ mod tests {
     fn a_serving_node_forwards_only_to_a_clearly_less_loaded_peer() {
         let policy = PickPolicy::default();
         let mut rng = StdRng::seed_from_u64(4);
-        // One peer at 0.25: we at 0.5 keep it, at 0.75 forward.
+        // One peer at 0.25: we at 0.5 keep it (the peer backs us up), at 0.75 forward (we
+        // back it up).
         let peers = vec![peer(1, 0)];
-        assert_eq!(
-            pick(&peers, &serving(0.5), &ask(None), &policy, &mut rng),
-            Route::Local
+        let id = Some(peers[0].peer_id);
+        let route = pick(
+            &peers,
+            &serving(0.5),
+            &ask(None),
+            &policy,
+            &mut rng,
+            &mut |_| false,
         );
-        assert_eq!(
-            forwarded_to(pick(&peers, &serving(0.75), &ask(None), &policy, &mut rng)),
-            vec![peers[0].peer_id]
+        assert!(route.is_local_first());
+        assert_eq!(plan(&route), vec![None, id]);
+        let route = pick(
+            &peers,
+            &serving(0.75),
+            &ask(None),
+            &policy,
+            &mut rng,
+            &mut |_| false,
         );
+        assert_eq!(plan(&route), vec![id, None]);
     }
 
     #[test]
@@ -462,12 +578,27 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(5);
         let peers = vec![peer(4, 0)];
         // Peer at 1.0: not less loaded than our 1.0; at 1.25 (queue) we hand it over.
-        assert_eq!(
-            pick(&peers, &serving(1.0), &ask(None), &policy, &mut rng),
-            Route::Local
+        assert!(
+            pick(
+                &peers,
+                &serving(1.0),
+                &ask(None),
+                &policy,
+                &mut rng,
+                &mut |_| false
+            )
+            .is_local_first()
         );
         assert_eq!(
-            forwarded_to(pick(&peers, &serving(1.25), &ask(None), &policy, &mut rng)).len(),
+            forwarded_to(pick(
+                &peers,
+                &serving(1.25),
+                &ask(None),
+                &policy,
+                &mut rng,
+                &mut |_| false
+            ))
+            .len(),
             1
         );
     }
@@ -478,9 +609,23 @@ mod tests {
         let key = affinity_of(br#"{"prompt":"You are a helpful assistant. Hi"}"#, 512);
         let policy = PickPolicy::default();
         let mut rng = StdRng::seed_from_u64(6);
-        let first = forwarded_to(pick(&peers, &router_only(), &ask(key), &policy, &mut rng))[0];
+        let first = forwarded_to(pick(
+            &peers,
+            &router_only(),
+            &ask(key),
+            &policy,
+            &mut rng,
+            &mut |_| false,
+        ))[0];
         for _ in 0..50 {
-            let again = forwarded_to(pick(&peers, &router_only(), &ask(key), &policy, &mut rng));
+            let again = forwarded_to(pick(
+                &peers,
+                &router_only(),
+                &ask(key),
+                &policy,
+                &mut rng,
+                &mut |_| false,
+            ));
             assert_eq!(again[0], first);
         }
         // The affine peer fills up: now clearly busier than the others, affinity yields.
@@ -494,7 +639,14 @@ mod tests {
             })
             .collect();
         for _ in 0..50 {
-            let route = pick(&peers, &router_only(), &ask(key), &policy, &mut rng);
+            let route = pick(
+                &peers,
+                &router_only(),
+                &ask(key),
+                &policy,
+                &mut rng,
+                &mut |_| false,
+            );
             assert_ne!(forwarded_to(route)[0], first);
         }
     }
@@ -513,6 +665,7 @@ mod tests {
                 &ask(key),
                 &PickPolicy::default(),
                 &mut rng,
+                &mut |_| false,
             );
             owners.insert(forwarded_to(route)[0]);
         }
@@ -566,6 +719,7 @@ mod tests {
             PeerId::random(),
             PickPolicy::default(),
             super::super::ForwarderConfig::default(),
+            None,
         );
         let request = RouteRequest {
             model: MODEL,
@@ -576,11 +730,9 @@ mod tests {
         let mut chosen = Vec::new();
         let mut guards = Vec::new();
         for _ in 0..4 {
-            let Route::Forward(targets) = router.decide_with(&request, &local, &mut rng) else {
-                panic!("a router forwards");
-            };
-            chosen.push(targets[0].peer_id);
-            guards.push(router.forwarder_inflight().begin(targets[0].peer_id));
+            let first = forwarded_to(router.decide_with(&request, &local, &mut rng))[0];
+            chosen.push(first);
+            guards.push(router.inflight().begin(first));
         }
         let mut counts: HashMap<PeerId, usize> = HashMap::new();
         for peer in &chosen {
@@ -596,9 +748,59 @@ mod tests {
         assert_eq!(counts[&chosen[0]], 3, "{counts:?}");
         drop(guards);
         // With nothing in flight the affine peer is the choice again.
-        let Route::Forward(targets) = router.decide_with(&request, &local, &mut rng) else {
-            panic!("a router forwards");
-        };
-        assert_eq!(targets[0].peer_id, chosen[0]);
+        let first = forwarded_to(router.decide_with(&request, &local, &mut rng))[0];
+        assert_eq!(first, chosen[0]);
+    }
+
+    #[test]
+    fn suspects_come_after_everyone_else_and_this_node_is_the_last_resort() {
+        let peers = vec![peer(0, 0), peer(1, 0), peer(2, 0)];
+        let bad = peers[0].peer_id;
+        let policy = PickPolicy::default();
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut suspect = |p: &PeerId| *p == bad;
+        // We are saturated: peers first, then us, then the suspect.
+        let route = pick(
+            &peers,
+            &serving(2.0),
+            &ask(None),
+            &policy,
+            &mut rng,
+            &mut suspect,
+        );
+        let order = plan(&route);
+        assert_eq!(order.len(), 4, "{order:?}");
+        assert!(order[0].is_some() && order[1].is_some());
+        assert!(!order[..2].contains(&Some(bad)), "{order:?}");
+        assert_eq!(&order[2..], [None, Some(bad)]);
+        // A router with only a suspect left still tries it rather than answer 404.
+        let only = vec![peers[0].clone()];
+        let route = pick(
+            &only,
+            &router_only(),
+            &ask(None),
+            &policy,
+            &mut rng,
+            &mut suspect,
+        );
+        assert_eq!(plan(&route), vec![Some(bad)]);
+    }
+
+    #[test]
+    fn plans_try_at_most_max_attempts_peers_but_always_this_node() {
+        let peers: Vec<Heartbeat> = (0..6).map(|_| peer(0, 0)).collect();
+        let policy = PickPolicy::default();
+        let mut rng = StdRng::seed_from_u64(10);
+        let route = pick(
+            &peers,
+            &serving(4.0),
+            &ask(None),
+            &policy,
+            &mut rng,
+            &mut |_| false,
+        );
+        let order = plan(&route);
+        assert_eq!(order.len(), policy.max_attempts + 1);
+        assert_eq!(order.last(), Some(&None));
     }
 }

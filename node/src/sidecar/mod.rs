@@ -20,8 +20,11 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 
 use crate::cli::UpstreamKind;
-use crate::route::{Forwarder, ForwarderConfig};
+use crate::route::relay::{self, BoxError, RelayEvents};
 use figures::{Figures, ListedModel};
+
+/// Longest silence of a proxied answer's body before it counts as broken.
+const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How the sidecar reaches its engine.
 #[derive(Debug, Clone)]
@@ -58,8 +61,8 @@ pub struct UpstreamState {
 pub struct Upstream {
     config: UpstreamConfig,
     client: reqwest::Client,
-    /// Carries requests to the engine and answers back (see [`Forwarder::relay`]).
-    proxy: Forwarder,
+    /// Proxied answers that broke after their first byte.
+    broken: AtomicU64,
     state: RwLock<UpstreamState>,
     /// Requests being proxied now.
     in_flight: AtomicU32,
@@ -84,19 +87,10 @@ impl Upstream {
             .no_proxy()
             .build()
             .expect("a plain HTTP client always builds");
-        let proxy = Forwarder::new(
-            // Only marks forwards between peers, which the engine never gets.
-            libp2p::PeerId::random(),
-            ForwarderConfig {
-                connect_timeout: config.probe_timeout.max(Duration::from_secs(1)),
-                response_timeout: config.request_timeout,
-                ..ForwarderConfig::default()
-            },
-        );
         Arc::new(Upstream {
             config,
             client,
-            proxy,
+            broken: AtomicU64::new(0),
             state: RwLock::new(UpstreamState {
                 reason: "not checked yet".into(),
                 ..UpstreamState::default()
@@ -111,9 +105,60 @@ impl Upstream {
         &self.config
     }
 
-    /// The HTTP client that carries proxied requests.
-    pub fn proxy(&self) -> &Forwarder {
-        &self.proxy
+    /// Sends a request to the engine as it is (`path` and `body`, with `headers`) and
+    /// streams the answer back once its first chunk is in; `Err` with the reason when it
+    /// fails before that. A body that breaks later ends as `relay::plain` ends it.
+    pub async fn relay(
+        self: &Arc<Self>,
+        method: axum::http::Method,
+        path: &str,
+        headers: axum::http::HeaderMap,
+        body: Bytes,
+    ) -> Result<axum::response::Response, String> {
+        let url = format!("{}{path}", self.config.base);
+        let sent = self
+            .client
+            .request(method, &url)
+            .headers(headers)
+            .body(body)
+            .send();
+        let upstream = match tokio::time::timeout(self.config.request_timeout, sent).await {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(err)) => return Err(relay::describe_http(&err)),
+            Err(_) => {
+                return Err(format!(
+                    "no answer within {:?}",
+                    self.config.request_timeout
+                ));
+            }
+        };
+        let status = upstream.status();
+        let headers = crate::route::failover::incoming_headers(upstream.headers());
+        let sse = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let mut chunks = upstream.bytes_stream();
+        let first = match tokio::time::timeout(STALL_TIMEOUT, chunks.next()).await {
+            Ok(Some(Ok(chunk))) => Some(chunk),
+            Ok(None) => None,
+            Ok(Some(Err(err))) => {
+                return Err(format!("body failed: {}", relay::describe_http(&err)));
+            }
+            Err(_) => return Err(format!("no body within {STALL_TIMEOUT:?}")),
+        };
+        let rest = chunks.map(|chunk| chunk.map_err(|err| -> BoxError { Box::new(err) }));
+        let body = futures::stream::iter(first.map(Ok)).chain(rest).boxed();
+        let events: Arc<dyn RelayEvents> = Arc::clone(self) as Arc<dyn RelayEvents>;
+        let relayed = relay::plain(body, sse, STALL_TIMEOUT, self.config.base.clone(), events);
+        let mut response = axum::response::Response::new(axum::body::Body::from_stream(relayed));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Ok(response)
+    }
+
+    /// Proxied answers that broke after their first byte.
+    pub fn broken_answers(&self) -> u64 {
+        self.broken.load(Ordering::Relaxed)
     }
 
     /// The state at the last poll.
@@ -294,12 +339,12 @@ impl Upstream {
         let response = request
             .send()
             .await
-            .map_err(|err| format!("{path}: {}", crate::route::forward::describe(&err)))?;
+            .map_err(|err| format!("{path}: {}", crate::route::relay::describe_http(&err)))?;
         let status = response.status().as_u16();
         let body = response
             .text()
             .await
-            .map_err(|err| format!("{path}: {}", crate::route::forward::describe(&err)))?;
+            .map_err(|err| format!("{path}: {}", crate::route::relay::describe_http(&err)))?;
         Ok((status, body))
     }
 
@@ -325,6 +370,15 @@ fn parse_json(body: &str, path: &str) -> Result<Value, String> {
 
 /// One proxied request in flight; reads the token counts of its answer and, when dropped,
 /// adds them, tells [`InFlight::on_done`]'s callback and ends the request.
+impl RelayEvents for Upstream {
+    fn broken(&self) {
+        self.broken.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sidecar's engine streams are never continued elsewhere.
+    fn continued(&self) {}
+}
+
 pub struct InFlight {
     upstream: Arc<Upstream>,
     tokens: TokenCount,

@@ -1,6 +1,7 @@
 //! The libp2p parts of a node and how they are put together: the transport (TCP or, for
 //! in-process simulations, memory; optionally behind a pre-shared key; then Noise and Yamux;
-//! DNS on top) and one `NetworkBehaviour` combining Kademlia, identify, ping and gossipsub.
+//! DNS on top) and one `NetworkBehaviour` combining Kademlia, identify, ping, gossipsub and
+//! generic streams.
 //!
 //! Only construction lives here. What happens with the events is `event_loop.rs`.
 
@@ -47,6 +48,8 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
+    /// Streams for forwarded requests (see `streams.rs`).
+    pub stream: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
@@ -126,6 +129,7 @@ impl Behaviour {
             identify,
             ping: ping::Behaviour::new(ping::Config::new()),
             gossipsub,
+            stream: libp2p_stream::Behaviour::new(),
         })
     }
 }

@@ -35,6 +35,8 @@ pub(crate) struct Channels {
     pub table: SharedPeerTable,
     pub metrics: Arc<SwarmMetrics>,
     pub listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
+    /// Peers with streams open (never pruned by the connection budget).
+    pub in_use: super::InUse,
 }
 
 /// Peers that must have answered a shard query with providers before it stops early. The
@@ -123,6 +125,11 @@ impl EventLoop {
             resolved_tx,
             resolved_rx,
         })
+    }
+
+    /// A control for opening and accepting streams on this swarm's connections.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.swarm.behaviour().stream.new_control()
     }
 
     /// Starts every listener and waits until each has an address (bounded), so callers get
@@ -786,6 +793,8 @@ impl EventLoop {
             .copied()
             .collect();
         keep.extend(self.bootstrap.iter().filter_map(|target| target.reached));
+        // Connections carrying forwarded requests, or that did a moment ago.
+        keep.extend(self.channels.in_use.peers(Instant::now()));
         let prune = super::connections::to_prune(
             connected,
             self.config.connection_target,

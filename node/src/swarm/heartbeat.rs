@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 const SIGNING_DOMAIN: &[u8] = b"llamanet-heartbeat/1:";
 
 /// One model a node serves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// The model id clients put in requests (`"model": ...`).
     pub id: String,
@@ -32,6 +32,10 @@ pub struct ModelInfo {
     /// Quantization label, e.g. `Q4_K_M`; empty when unknown.
     #[serde(default)]
     pub quantization: String,
+    /// The model file's fingerprint (`crate::model::fingerprint`); empty when unknown (an
+    /// engine behind a sidecar). Streams continue only between equal fingerprints.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
 }
 
 /// Which `InferenceNode` resource (and pod) a node belongs to, when the operator started it.
@@ -287,6 +291,7 @@ pub(crate) mod tests {
                     id: "qwen2.5-0.5b".into(),
                     context_size: 4096,
                     quantization: "Q4_K_M".into(),
+                    fingerprint: String::new(),
                 }],
                 slots_busy: 1,
                 slots_total: 4,

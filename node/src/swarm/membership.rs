@@ -70,6 +70,16 @@ pub struct MembershipArgs {
     /// Do not join any swarm: serve this process's model only.
     #[arg(long, env = "LLAMANET_NO_SWARM")]
     pub no_swarm: bool,
+
+    /// Peer id allowed to forward requests here (repeatable). Only needed for a node with
+    /// an API key in a public swarm (no --swarm-key): there, peers not listed get 403, since
+    /// anyone can join a public swarm. In a private swarm every member may forward.
+    #[arg(
+        long = "trusted-peer",
+        env = "LLAMANET_TRUSTED_PEERS",
+        value_delimiter = ','
+    )]
+    pub trusted_peers: Vec<String>,
 }
 
 /// What the process serves, for its first heartbeats.
@@ -155,12 +165,24 @@ impl MembershipArgs {
         })
     }
 
+    /// `--trusted-peer` as peer ids; the error names the bad value.
+    pub fn trusted_peers(&self) -> Result<Vec<super::PeerId>, String> {
+        self.trusted_peers
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|err| format!("--trusted-peer {p:?} is not a peer id: {err}"))
+            })
+            .collect()
+    }
+
     /// Joins the swarm (or returns `None` with `--no-swarm`).
     pub async fn join(&self, advertised: &Advertised) -> anyhow::Result<Option<SwarmHandle>> {
         if self.no_swarm {
             return Ok(None);
         }
         let config = self.config(advertised).map_err(anyhow::Error::msg)?;
+        self.trusted_peers().map_err(anyhow::Error::msg)?;
         let key = match &self.identity {
             Some(path) => identity::load_or_create(path)?.0,
             None => super::Keypair::generate_ed25519(),
@@ -224,6 +246,7 @@ mod tests {
                 id: "gemma-3-270m".into(),
                 context_size: 2048,
                 quantization: "Q4_K_M".into(),
+                fingerprint: String::new(),
             }],
             slots_total: 4,
         }
@@ -274,5 +297,8 @@ mod tests {
         assert!(err.contains("positive"), "{err}");
         let err = config(&["--bootstrap", "not-a-multiaddr"]).unwrap_err();
         assert!(err.contains("--bootstrap"), "{err}");
+        let cli = Cli::try_parse_from(["x", "--trusted-peer", "nope"]).unwrap();
+        let err = cli.swarm.trusted_peers().unwrap_err();
+        assert!(err.contains("--trusted-peer \"nope\""), "{err}");
     }
 }

@@ -24,7 +24,7 @@
 //! };
 //! let swarm = swarm::start(key, config).await?;
 //! swarm.update_status(|s| {
-//!     s.models = vec![ModelInfo { id: "qwen2.5-0.5b".into(), context_size: 4096, quantization: "Q4_K_M".into() }];
+//!     s.models = vec![ModelInfo { id: "qwen2.5-0.5b".into(), context_size: 4096, quantization: "Q4_K_M".into(), ..ModelInfo::default() }];
 //!     s.slots_total = 4;
 //!     s.healthy = true;
 //! });
@@ -43,6 +43,7 @@ pub mod membership;
 pub mod metrics;
 pub mod peer_table;
 pub mod providers;
+pub mod streams;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -61,6 +62,7 @@ pub use heartbeat::{
 };
 pub use metrics::{SwarmMetrics, SwarmMetricsSnapshot};
 pub use peer_table::{ExpiryPolicy, ModelSummary, PeerTable, PeerTableSnapshot, SharedPeerTable};
+pub use streams::{HTTP_PROTOCOL, InUse, PeerStream};
 
 /// Default heartbeat interval; with the default expiry of three intervals a dead node leaves
 /// every view within 6 s (the mission asks for "within seconds", the issue for 10 s).
@@ -219,6 +221,10 @@ pub enum SwarmError {
     Stopped,
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("cannot open a stream to {peer}: {reason}")]
+    OpenStream { peer: PeerId, reason: String },
+    #[error("streams of {0} are already accepted elsewhere in this process")]
+    AlreadyAccepted(libp2p::StreamProtocol),
 }
 
 /// Requests to the swarm task.
@@ -243,6 +249,9 @@ struct Shared {
     listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
     task: AbortHandle,
     query_timeout: Duration,
+    /// Opens and accepts streams on the swarm's connections.
+    streams: libp2p_stream::Control,
+    in_use: InUse,
 }
 
 /// A clonable handle to a running swarm. The swarm stops when the last handle is dropped,
@@ -272,6 +281,7 @@ pub async fn start(key: Keypair, config: SwarmConfig) -> Result<SwarmHandle, Swa
     let (status_tx, status_rx) = watch::channel(config.initial_status.clone());
     let listen_addrs = Arc::new(RwLock::new(Vec::new()));
     let query_timeout = config.query_timeout;
+    let in_use = InUse::default();
 
     let mut event_loop = event_loop::EventLoop::new(
         key,
@@ -283,8 +293,10 @@ pub async fn start(key: Keypair, config: SwarmConfig) -> Result<SwarmHandle, Swa
             table: table.clone(),
             metrics: metrics.clone(),
             listen_addrs: listen_addrs.clone(),
+            in_use: in_use.clone(),
         },
     )?;
+    let streams = event_loop.stream_control();
     event_loop.listen().await?;
     let task = tokio::spawn(event_loop.run()).abort_handle();
 
@@ -299,6 +311,8 @@ pub async fn start(key: Keypair, config: SwarmConfig) -> Result<SwarmHandle, Swa
             listen_addrs,
             task,
             query_timeout,
+            streams,
+            in_use,
         }),
     })
 }
@@ -422,6 +436,52 @@ impl SwarmHandle {
     /// Peers with an open connection right now.
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, SwarmError> {
         self.request(Command::ConnectedPeers).await
+    }
+
+    /// Opens a stream to `peer` for `protocol`, dialing the peer first if it is not
+    /// connected (with the addresses the swarm knows for it). Bounded by `timeout`.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: libp2p::StreamProtocol,
+        timeout: Duration,
+    ) -> Result<PeerStream, SwarmError> {
+        // Each control has one slot for opening streams; a clone per call lets forwards to
+        // different peers open concurrently.
+        let mut control = self.shared.streams.clone();
+        let stream = tokio::time::timeout(timeout, control.open_stream(peer, protocol))
+            .await
+            .map_err(|_| SwarmError::OpenStream {
+                peer,
+                reason: format!("no stream within {timeout:?}"),
+            })?
+            .map_err(|err| SwarmError::OpenStream {
+                peer,
+                reason: err.to_string(),
+            })?;
+        Ok(PeerStream::new(peer, stream, &self.shared.in_use))
+    }
+
+    /// Inbound streams of `protocol` from now on, each with the peer that opened it. One
+    /// acceptor per protocol; dropping it stops accepting.
+    pub fn accept_streams(
+        &self,
+        protocol: libp2p::StreamProtocol,
+    ) -> Result<impl futures::Stream<Item = PeerStream> + Send + use<>, SwarmError> {
+        use futures::StreamExt;
+        let incoming = self
+            .shared
+            .streams
+            .clone()
+            .accept(protocol.clone())
+            .map_err(|_| SwarmError::AlreadyAccepted(protocol))?;
+        let in_use = self.shared.in_use.clone();
+        Ok(incoming.map(move |(peer, stream)| PeerStream::new(peer, stream, &in_use)))
+    }
+
+    /// Streams open with `peer` right now, either way.
+    pub fn open_streams(&self, peer: &PeerId) -> usize {
+        self.shared.in_use.open(peer)
     }
 
     /// Stops the swarm, closing its connections, and waits until it has.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 
-use crate::route::forward::describe;
+use crate::route::relay::describe_http as describe;
 use crate::swarm::discovery::{Candidate, Discovery};
 use crate::swarm::{self, Heartbeat, PeerTableSnapshot, SwarmConfig, SwarmHandle};
 

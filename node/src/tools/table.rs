@@ -159,6 +159,7 @@ pub(crate) mod tests {
                             id: id.into(),
                             context_size: 4096,
                             quantization: "Q4_K_M".into(),
+                            fingerprint: String::new(),
                         })
                         .into_iter()
                         .collect(),

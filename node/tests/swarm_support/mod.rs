@@ -48,6 +48,7 @@ pub fn status(model: Option<&str>) -> NodeStatus {
                 id: id.into(),
                 context_size: 2048,
                 quantization: "Q4_K_M".into(),
+                fingerprint: String::new(),
             })
             .into_iter()
             .collect(),

@@ -1,0 +1,269 @@
+//! How a forwarded request travels: HTTP/1.1 over a swarm stream ([`HTTP_PROTOCOL`]), one
+//! exchange per stream.
+//!
+//! Why not the peer's HTTP endpoint: a heartbeat's endpoint URL is only the peer's claim, so
+//! dialling it would send clients' prompts, in clear text, wherever a stranger points, and
+//! make every node a relay to any URL. A swarm stream instead rides the connection whose
+//! Noise handshake proved the peer id that signs the heartbeats: the forwarder knows exactly
+//! who answers, the traffic is encrypted, and no second port or certificate is needed. The
+//! client's credentials stay at the entry node: only the headers in [`FORWARDED_HEADERS`]
+//! travel, and the serving node trusts the forwarder's identity ([`PeerTrust`]) instead of a
+//! key.
+//!
+//! The serving side ([`serve_peers`]) runs the node's own axum app on each inbound stream,
+//! with the caller's peer id as a [`ForwardedBy`] request extension: that is what marks a
+//! request as forwarded (one hop at most) and lets it skip the API key. Nothing a client
+//! sends can set an extension.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderName, Request, Response, StatusCode};
+use futures::StreamExt;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use libp2p::PeerId;
+use tokio::sync::Semaphore;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+use crate::swarm::{HTTP_PROTOCOL, SwarmError, SwarmHandle};
+
+/// The peer a request came from, set on requests that arrived over a swarm stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedBy(pub PeerId);
+
+/// The only client headers a forward carries (plus the internal ones routing adds). No
+/// `Authorization`, cookies or proxy headers ever leave the entry node.
+pub const FORWARDED_HEADERS: [&str; 4] = ["content-type", "accept", "user-agent", "x-request-id"];
+
+/// Paths peers may forward to: the OpenAI generation routes, nothing else.
+pub const FORWARDABLE_PATHS: [&str; 3] =
+    ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+
+/// Inbound exchanges served at once over all peers; past it new streams are refused at once
+/// (the forwarder tries its next candidate).
+const MAX_INBOUND: usize = 512;
+
+/// Inbound exchanges served at once for one peer.
+const MAX_INBOUND_PER_PEER: usize = 128;
+
+/// Longest a peer may take to send a request's head once its stream is open.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who may forward requests to this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerTrust {
+    /// Every peer that can connect: the swarm is private (a pre-shared key keeps everyone
+    /// else out), or the node has no API key to protect anyway.
+    Members,
+    /// Only these peers (a node with an API key in a public swarm: strangers could join
+    /// and use it without the key otherwise).
+    Only(HashSet<PeerId>),
+}
+
+impl PeerTrust {
+    /// The rule for a node: members when the swarm is private or nothing needs a key,
+    /// otherwise only the listed peers.
+    pub fn for_node(private_swarm: bool, has_api_key: bool, trusted: &[PeerId]) -> Self {
+        if private_swarm || !has_api_key {
+            PeerTrust::Members
+        } else {
+            PeerTrust::Only(trusted.iter().copied().collect())
+        }
+    }
+
+    pub fn allows(&self, peer: &PeerId) -> bool {
+        match self {
+            PeerTrust::Members => true,
+            PeerTrust::Only(peers) => peers.contains(peer),
+        }
+    }
+}
+
+/// Why a request never reached a peer, or its answer never started.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    Open(#[from] SwarmError),
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(hyper::Error),
+    #[error("the peer did not answer: {0}")]
+    Request(hyper::Error),
+}
+
+/// The headers a forward carries: [`FORWARDED_HEADERS`] of the client's, plus `extra`.
+pub fn outgoing_headers(incoming: &HeaderMap, extra: &[(HeaderName, String)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for name in FORWARDED_HEADERS {
+        for value in incoming.get_all(name) {
+            headers.append(HeaderName::from_static(name), value.clone());
+        }
+    }
+    for (name, value) in extra {
+        if let Ok(value) = value.parse() {
+            headers.insert(name.clone(), value);
+        }
+    }
+    headers
+}
+
+/// Sends one request to `peer` over a new stream and returns its answer once the response
+/// head is in; the body streams as the peer writes it.
+pub async fn send(
+    swarm: &SwarmHandle,
+    peer: PeerId,
+    request: Request<Full<Bytes>>,
+    open_timeout: Duration,
+) -> Result<Response<Incoming>, SendError> {
+    let stream = swarm.open_stream(peer, HTTP_PROTOCOL, open_timeout).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream.compat()))
+            .await
+            .map_err(SendError::Handshake)?;
+    // Drives the exchange until the answer's last byte; ends with it.
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            debug!(%peer, %err, "forwarded exchange ended with an error");
+        }
+    });
+    sender
+        .send_request(request)
+        .await
+        .map_err(SendError::Request)
+}
+
+/// Serves `app` to peers over inbound streams until the swarm stops. Each exchange runs as a
+/// task of `tracker`, so a draining node can wait for the forwards it is serving. Requests
+/// from peers `trust` does not allow get 403; paths other than [`FORWARDABLE_PATHS`] 404.
+pub fn serve_peers(
+    swarm: &SwarmHandle,
+    app: axum::Router,
+    trust: PeerTrust,
+    tracker: TaskTracker,
+) -> Result<tokio::task::JoinHandle<()>, SwarmError> {
+    let mut incoming = swarm.accept_streams(HTTP_PROTOCOL)?;
+    let trust = Arc::new(trust);
+    let slots = Arc::new(Semaphore::new(MAX_INBOUND));
+    let swarm = swarm.clone();
+    Ok(tokio::spawn(async move {
+        while let Some(stream) = incoming.next().await {
+            let peer = stream.peer();
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                warn!(%peer, "too many forwarded requests in progress; refusing a stream");
+                continue;
+            };
+            // The stream itself counts as one.
+            if swarm.open_streams(&peer) > MAX_INBOUND_PER_PEER {
+                warn!(%peer, "peer has too many forwarded requests in progress; refusing a stream");
+                continue;
+            }
+            let app = app.clone();
+            let trust = Arc::clone(&trust);
+            tracker.spawn(async move {
+                let _slot = slot;
+                let service = hyper::service::service_fn(move |request| {
+                    serve_one(app.clone(), Arc::clone(&trust), peer, request)
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream.compat()), service)
+                    .await;
+                if let Err(err) = served {
+                    debug!(%peer, %err, "inbound forwarded exchange ended with an error");
+                }
+            });
+        }
+    }))
+}
+
+async fn serve_one(
+    app: axum::Router,
+    trust: Arc<PeerTrust>,
+    peer: PeerId,
+    mut request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if !trust.allows(&peer) {
+        warn!(%peer, "refused a forwarded request from a peer this node does not trust");
+        return Ok(refusal(
+            StatusCode::FORBIDDEN,
+            "peer_not_trusted",
+            &format!(
+                "peer {peer} may not forward requests to this node: it has an API key and the \
+                 swarm is public; use a swarm key (--swarm-key) or --trusted-peer"
+            ),
+        ));
+    }
+    if !FORWARDABLE_PATHS.contains(&request.uri().path()) {
+        return Ok(refusal(
+            StatusCode::NOT_FOUND,
+            "not_forwardable",
+            &format!("{} cannot be forwarded", request.uri().path()),
+        ));
+    }
+    request.extensions_mut().insert(ForwardedBy(peer));
+    Ok(app
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|never| match never {}))
+}
+
+fn refusal(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}
+    });
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::header;
+
+    #[test]
+    fn forwards_carry_no_credentials_and_only_listed_headers() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::AUTHORIZATION, "Bearer secret".parse().unwrap());
+        incoming.insert(header::COOKIE, "session=1".parse().unwrap());
+        incoming.insert("x-api-key", "secret".parse().unwrap());
+        incoming.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        incoming.insert("x-request-id", "r1".parse().unwrap());
+        incoming.insert(header::HOST, "node:8080".parse().unwrap());
+        let extra = [(
+            HeaderName::from_static("x-llamanet-annotate"),
+            "1".to_string(),
+        )];
+        let out = outgoing_headers(&incoming, &extra);
+        let names: Vec<&str> = out.keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["content-type", "x-request-id", "x-llamanet-annotate"],
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn keyed_nodes_in_public_swarms_trust_only_listed_peers() {
+        let (friend, stranger) = (PeerId::random(), PeerId::random());
+        assert_eq!(PeerTrust::for_node(true, true, &[]), PeerTrust::Members);
+        assert_eq!(PeerTrust::for_node(false, false, &[]), PeerTrust::Members);
+        let only = PeerTrust::for_node(false, true, &[friend]);
+        assert!(only.allows(&friend));
+        assert!(!only.allows(&stranger));
+        assert!(PeerTrust::Members.allows(&stranger));
+    }
+}

@@ -1,0 +1,168 @@
+//! Streams to and from peers over the swarm's own connections (libp2p-stream).
+//!
+//! A stream rides the connection the swarm already has to a peer: Noise-encrypted and bound
+//! to the peer id that signs the peer's heartbeats, so whoever opens one knows exactly who
+//! answers, and whoever accepts one knows exactly who asked. Routing carries forwarded
+//! requests on them (HTTP/1.1 over [`HTTP_PROTOCOL`], see `crate::route::transport`).
+//!
+//! Every stream, either way, is counted per peer while it is open ([`InUse`]): the
+//! connection budget never closes a connection that carries one, and keeps a peer it used a
+//! moment ago (a follow-up forward is likely).
+//!
+//! Not here: what travels on a stream (the router's business).
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncRead, AsyncWrite};
+use libp2p::{PeerId, StreamProtocol};
+
+/// Forwarded OpenAI requests: one HTTP/1.1 exchange per stream.
+pub const HTTP_PROTOCOL: StreamProtocol = StreamProtocol::new("/llamanet/http/1");
+
+/// How long a peer stays "in use" after its last stream closed.
+const RECENT: Duration = Duration::from_secs(30);
+
+/// Open streams per peer, and when each peer's last one closed. Clone it freely.
+#[derive(Debug, Clone, Default)]
+pub struct InUse {
+    peers: Arc<Mutex<HashMap<PeerId, Usage>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    open: usize,
+    last: Instant,
+}
+
+impl InUse {
+    /// Counts one stream with `peer` until the guard drops.
+    pub fn begin(&self, peer: PeerId) -> InUseGuard {
+        let mut peers = self.lock();
+        let usage = peers.entry(peer).or_insert(Usage {
+            open: 0,
+            last: Instant::now(),
+        });
+        usage.open += 1;
+        InUseGuard {
+            owner: self.clone(),
+            peer,
+        }
+    }
+
+    /// Peers with an open stream, or one that closed less than [`RECENT`] ago; forgets the
+    /// others.
+    pub fn peers(&self, now: Instant) -> Vec<PeerId> {
+        let mut peers = self.lock();
+        peers.retain(|_, usage| usage.open > 0 || now.duration_since(usage.last) < RECENT);
+        peers.keys().copied().collect()
+    }
+
+    /// Streams open with `peer` right now.
+    pub fn open(&self, peer: &PeerId) -> usize {
+        self.lock().get(peer).map_or(0, |usage| usage.open)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Usage>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One open stream, counted in [`InUse`] until dropped.
+#[derive(Debug)]
+pub struct InUseGuard {
+    owner: InUse,
+    peer: PeerId,
+}
+
+impl Drop for InUseGuard {
+    fn drop(&mut self) {
+        let mut peers = self.owner.lock();
+        if let Some(usage) = peers.get_mut(&self.peer) {
+            usage.open = usage.open.saturating_sub(1);
+            usage.last = Instant::now();
+        }
+    }
+}
+
+/// A stream with a peer: a libp2p stream that counts itself in [`InUse`] while open.
+/// Reads and writes go straight to the libp2p stream (futures' `AsyncRead`/`AsyncWrite`;
+/// `tokio_util::compat` adapts it for tokio and hyper).
+#[derive(Debug)]
+pub struct PeerStream {
+    peer: PeerId,
+    stream: libp2p::Stream,
+    _use: InUseGuard,
+}
+
+impl PeerStream {
+    pub(crate) fn new(peer: PeerId, stream: libp2p::Stream, in_use: &InUse) -> Self {
+        PeerStream {
+            peer,
+            stream,
+            _use: in_use.begin(peer),
+        }
+    }
+
+    /// The peer at the other end, as the connection's Noise handshake proved it.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_in_use_while_a_stream_is_open_and_a_while_after() {
+        let in_use = InUse::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let first = in_use.begin(a);
+        let second = in_use.begin(a);
+        assert_eq!(in_use.open(&a), 2);
+        assert_eq!(in_use.open(&b), 0);
+        let now = Instant::now();
+        assert_eq!(in_use.peers(now), vec![a]);
+        drop(first);
+        drop(second);
+        assert_eq!(in_use.open(&a), 0);
+        assert_eq!(in_use.peers(Instant::now()), vec![a], "recently used");
+        assert!(
+            in_use.peers(Instant::now() + RECENT).is_empty(),
+            "forgotten once idle for long"
+        );
+    }
+}

@@ -112,13 +112,22 @@ async fn node(
     bootstrap: Option<&Node>,
     trust: PeerTrust,
 ) -> Node {
-    let swarm = start_node(
-        bootstrap
-            .map(|b| vec![addr_of(&b.swarm)])
-            .unwrap_or_default(),
-        serves.then_some(MODEL),
-    )
-    .await;
+    let bootstrap = bootstrap
+        .map(|b| vec![addr_of(&b.swarm)])
+        .unwrap_or_default();
+    node_via(name, serves, load, behaviour, bootstrap, trust).await
+}
+
+/// [`node`] joining through explicit addresses.
+async fn node_via(
+    name: &'static str,
+    serves: bool,
+    load: f64,
+    behaviour: Behaviour,
+    bootstrap: Vec<libp2p::Multiaddr>,
+    trust: PeerTrust,
+) -> Node {
+    let swarm = start_node(bootstrap, serves.then_some(MODEL)).await;
     // Every test model file is the same one: streams may continue between any two nodes.
     swarm.update_status(|s| {
         for model in &mut s.models {
@@ -849,6 +858,155 @@ async fn a_model_nobody_serves_is_a_404_listing_the_swarm_models() {
         assert_eq!(answer["served_by"], "router");
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_urls_in_heartbeats_are_never_dialled() {
+    init_logs();
+    bounded(Duration::from_secs(30), async {
+        // A trap where a liar's heartbeat says its API is: it counts connections.
+        let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let trap_url = format!("http://{}", trap.local_addr().unwrap());
+        let dialled = Arc::new(AtomicUsize::new(0));
+        tokio::spawn({
+            let dialled = dialled.clone();
+            async move {
+                while trap.accept().await.is_ok() {
+                    dialled.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        let honest = node(
+            "honest",
+            true,
+            0.0,
+            Behaviour::Answer,
+            None,
+            PeerTrust::Members,
+        )
+        .await;
+        // Busier, so the idle liar is always the first choice.
+        honest.swarm.update_status(|s| s.slots_busy = 3);
+        honest.swarm.publish_heartbeat().await.unwrap();
+        let liar = start_node(vec![addr_of(&honest.swarm)], Some(MODEL)).await;
+        liar.update_status(|s| s.endpoints = vec![trap_url.clone()]);
+        liar.publish_heartbeat().await.unwrap();
+        let router = node(
+            "router",
+            false,
+            f64::INFINITY,
+            Behaviour::Answer,
+            Some(&honest),
+            PeerTrust::Members,
+        )
+        .await;
+        wait_until(
+            "the router sees both, the liar with its trap",
+            Duration::from_secs(10),
+            || {
+                router
+                    .swarm
+                    .heartbeat_of(&honest.id())
+                    .is_some_and(|h| h.status.slots_busy == 3)
+                    && router
+                        .swarm
+                        .heartbeat_of(&liar.peer_id())
+                        .is_some_and(|h| h.status.endpoints == [trap_url.clone()])
+            },
+        )
+        .await;
+        for _ in 0..5 {
+            let (status, _, chunks) = send(&router.url, PLAIN_CHAT).await;
+            assert_eq!(status, reqwest::StatusCode::OK, "{}", text(&chunks));
+            let answer: serde_json::Value = serde_json::from_slice(&chunks.concat_bytes()).unwrap();
+            assert_eq!(answer["served_by"], "honest");
+        }
+        assert_eq!(
+            dialled.load(Ordering::SeqCst),
+            0,
+            "a URL from a heartbeat was dialled"
+        );
+        assert!(
+            router.router.is_suspect(&liar.peer_id()),
+            "the liar answers no forwards"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_requests_cross_the_network_encrypted() {
+    init_logs();
+    bounded(Duration::from_secs(30), async {
+        let peer = node("peer", true, 0.0, Behaviour::Answer, None, PeerTrust::Members).await;
+        // A tap between the router and the peer: every byte of the connection, both ways.
+        let peer_port = addr_of(&peer.swarm)
+            .iter()
+            .find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+                _ => None,
+            })
+            .unwrap();
+        let (tap_port, captured) = tap(peer_port).await;
+        let via_tap: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{tap_port}/p2p/{}", peer.id()).parse().unwrap();
+        let router = node_via("router", false, f64::INFINITY, Behaviour::Answer, vec![via_tap], PeerTrust::Members).await;
+        meet(&[&peer, &router]).await;
+
+        let before = captured.lock().unwrap().len();
+        let secret_prompt = "zebra-secret-prompt-7731";
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", router.url))
+            .header(header::AUTHORIZATION, "Bearer client-secret-key-4242")
+            .body(format!(r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"{secret_prompt}"}}]}}"#))
+            .send()
+            .await
+            .unwrap();
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["served_by"], "peer");
+        let captured = captured.lock().unwrap().clone();
+        println!("{} bytes crossed the tap, {} during the request", captured.len(), captured.len() - before);
+        assert!(captured.len() - before >= 200, "the request did not cross the tap");
+        let text = String::from_utf8_lossy(&captured);
+        for plain in [secret_prompt, "client-secret-key-4242", "served_by", MODEL, "chat/completions"] {
+            assert!(!text.contains(plain), "{plain:?} crossed the network in clear text");
+        }
+    })
+    .await;
+}
+
+/// A TCP relay on loopback in front of `target`: returns its port and every byte that
+/// crossed it, both ways.
+async fn tap(target: u16) -> (u16, Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    async fn pipe(
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+        captured: Arc<std::sync::Mutex<Vec<u8>>>,
+    ) {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            captured.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let captured = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let shared = captured.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                continue;
+            };
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
+            tokio::spawn(pipe(in_read, out_write, shared.clone()));
+            tokio::spawn(pipe(out_read, in_write, shared.clone()));
+        }
+    });
+    (port, captured)
 }
 
 trait ConcatBytes {

@@ -144,7 +144,7 @@ async fn monitor_once_json_over_http_prints_the_peer_table() {
             peers: vec![listed(Some("qwen"), true)],
         };
         let url = fake_node(view.clone(), StatusCode::OK).await;
-        let source = SwarmSource::open(None, Some(&url), None, Duration::from_secs(2))
+        let source = SwarmSource::open(None, Some(&url), None, None, Duration::from_secs(2))
             .await
             .unwrap();
         let seen = monitor::snapshot(&source, Duration::from_secs(2))
@@ -219,9 +219,15 @@ async fn check_and_monitor_through_a_real_swarm_via_bootstrap() {
         assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
 
         // monitor --once --json through the same kind of light peer.
-        let source = SwarmSource::open(Some(&addr_of(&other)), None, None, Duration::from_secs(3))
-            .await
-            .unwrap();
+        let source = SwarmSource::open(
+            Some(&addr_of(&other)),
+            None,
+            None,
+            None,
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
         let start = Instant::now();
         let view = monitor::snapshot(&source, Duration::from_secs(3))
             .await

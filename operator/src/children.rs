@@ -9,7 +9,10 @@
 //! - Service `<name>-swarm`: headless, the libp2p port of every replica (also the
 //!   StatefulSet's governing Service);
 //! - Secret `<name>-identity` (created by the controller, only mounted here): one libp2p key per
-//!   pod name, so each replica keeps its peer id across restarts and rescheduling.
+//!   pod name, so each replica keeps its peer id across restarts and rescheduling;
+//! - Secret `<name>-swarm-key`: a copy of the operator's own swarm pre-shared key, when the
+//!   operator runs a private swarm (the chart's default) and the resource names no key of its
+//!   own. Pods can only mount Secrets of their namespace, hence the copy.
 //!
 //! # Why a StatefulSet
 //! A replica's swarm identity must survive its pod being replaced: other peers, DHT records
@@ -26,8 +29,9 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, HostPathVolumeSource, Lifecycle, LifecycleHandler,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    Service, ServicePort, ServiceSpec, SleepAction, Toleration, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Toleration, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -35,7 +39,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::config::OperatorConfig;
-use crate::crd::{ExternalApi, ExternalEngine, InferenceNode, ModelSource};
+use crate::crd::{ExternalApi, ExternalEngine, InferenceNode, ModelSource, SecretKeyRef};
 use crate::error::{Error, Result};
 
 /// Name of the server container (running `llamanet serve`).
@@ -76,6 +80,31 @@ pub struct Children {
     pub stateful_set: StatefulSet,
     pub api_service: Service,
     pub swarm_service: Service,
+    /// The copy of the operator's swarm key, when the replicas use it.
+    pub swarm_key: Option<Secret>,
+}
+
+/// The key in `<name>-swarm-key` that holds the pre-shared key.
+const SWARM_KEY_ENTRY: &str = "psk";
+
+/// The Secret holding the copy of the operator's swarm key.
+pub fn swarm_key_secret_name(name: &str) -> String {
+    format!("{name}-swarm-key")
+}
+
+/// The pre-shared key the replicas of `node` use: the one the resource names, else the
+/// operator's own (as `<name>-swarm-key`), else none (a public swarm).
+pub fn swarm_key_ref(
+    node: &InferenceNode,
+    name: &str,
+    config: &OperatorConfig,
+) -> Option<SecretKeyRef> {
+    node.spec.swarm.private_key_secret.clone().or_else(|| {
+        config.swarm_key.as_ref().map(|_| SecretKeyRef {
+            name: swarm_key_secret_name(name),
+            key: SWARM_KEY_ENTRY.into(),
+        })
+    })
 }
 
 /// Name, namespace and controller owner reference of `node`, which every child carries.
@@ -163,10 +192,20 @@ pub fn desired(node: &InferenceNode, config: &OperatorConfig) -> Result<Children
         ..StatefulSet::default()
     };
 
+    let swarm_key = match (&spec.swarm.private_key_secret, &config.swarm_key) {
+        (None, Some(key)) => Some(Secret {
+            metadata: meta(swarm_key_secret_name(&name), "swarm-key"),
+            string_data: Some(BTreeMap::from([(SWARM_KEY_ENTRY.to_owned(), key.clone())])),
+            ..Secret::default()
+        }),
+        _ => None,
+    };
+
     Ok(Children {
         stateful_set,
         api_service,
         swarm_service,
+        swarm_key,
     })
 }
 
@@ -206,7 +245,7 @@ fn pod_template(
     ];
     server_mounts.extend(model.mounts.iter().cloned());
 
-    if let Some(psk) = &spec.swarm.private_key_secret {
+    if let Some(psk) = swarm_key_ref(node, name, config) {
         volumes.push(Volume {
             name: "swarm-key".into(),
             secret: Some(SecretVolumeSource {
@@ -438,7 +477,7 @@ fn node_args(
     if let Some(zone) = &spec.swarm.zone {
         args.extend(["--zone".into(), zone.clone()]);
     }
-    if let Some(psk) = &spec.swarm.private_key_secret {
+    if let Some(psk) = swarm_key_ref(node, name, config) {
         args.extend(["--swarm-key".into(), format!("{SWARM_KEY_DIR}/{}", psk.key)]);
     }
     args.extend(engine.extra_args.iter().cloned());
@@ -960,6 +999,49 @@ mod tests {
         assert_eq!(flag(&args, "--batch-size"), Some("512"));
         assert_eq!(flag(&args, "--flash-attention"), Some("on"));
         assert_eq!(&args[args.len() - 2..], ["--ctx-size", "16384"]);
+    }
+
+    #[test]
+    fn replicas_share_the_operators_private_swarm_unless_they_name_their_own_key() {
+        let key = "/key/swarm/psk/1.0.0/\n/base16/\nabcd\n".to_string();
+        let private = OperatorConfig {
+            swarm_key: Some(key.clone()),
+            ..OperatorConfig::default()
+        };
+        // The operator's key, copied into the resource's namespace and mounted.
+        let node = InferenceNode::test();
+        let children = desired(&node, &private).unwrap();
+        let secret = children.swarm_key.as_ref().expect("a copy of the key");
+        assert_eq!(secret.metadata.name.as_deref(), Some("gemma-swarm-key"));
+        assert_eq!(secret.metadata.owner_references.as_ref().unwrap().len(), 1);
+        assert_eq!(secret.string_data.as_ref().unwrap()["psk"], key);
+        assert_eq!(
+            flag(&args(&children), "--swarm-key"),
+            Some("/var/run/llamanet/swarm-key/psk")
+        );
+        let mounted = volume(pod_spec(&children), "swarm-key");
+        assert_eq!(
+            mounted.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("gemma-swarm-key")
+        );
+        // A resource's own key wins, and no copy is made.
+        let own = InferenceNode::test().with_swarm(SwarmSettings {
+            private_key_secret: Some(SecretKeyRef {
+                name: "shared-across-clusters".into(),
+                key: "key".into(),
+            }),
+            ..SwarmSettings::default()
+        });
+        let children = desired(&own, &private).unwrap();
+        assert!(children.swarm_key.is_none());
+        assert_eq!(
+            flag(&args(&children), "--swarm-key"),
+            Some("/var/run/llamanet/swarm-key/key")
+        );
+        // An operator in a public swarm: no key anywhere.
+        let children = build(&node);
+        assert!(children.swarm_key.is_none());
+        assert_eq!(flag(&args(&children), "--swarm-key"), None);
     }
 
     #[test]

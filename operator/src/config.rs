@@ -24,6 +24,10 @@ pub struct OperatorConfig {
     pub bootstrap_peers: Vec<String>,
     /// Interval at which nodes send heartbeats; staleness is judged in multiples of it.
     pub heartbeat_interval: Duration,
+    /// The pre-shared key the operator's own swarm uses (the key file's text): replicas of
+    /// resources that name no key of their own get a copy, so the swarm is private by
+    /// default. `None`: a public swarm.
+    pub swarm_key: Option<String>,
 }
 
 impl Default for OperatorConfig {
@@ -32,6 +36,7 @@ impl Default for OperatorConfig {
             default_image: DEFAULT_NODE_IMAGE.to_owned(),
             bootstrap_peers: Vec::new(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            swarm_key: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 use kube::{Client, CustomResourceExt};
-use llamanet_node::swarm::discovery::Discovery;
+use llamanet_node::swarm::{self, discovery::Discovery};
 use llamanet_operator::config::{self, LeaderElection, OperatorConfig, RunConfig};
 use llamanet_operator::crd::InferenceNode;
 use llamanet_operator::heartbeat::HeartbeatTable;
@@ -137,11 +137,24 @@ async fn main() -> ExitCode {
             ..LeaderElection::in_namespace(namespace)
         }
     });
+    // The key's text goes to the replicas of resources that name no key of their own
+    // (private by default); the swarm peer reads the same file below.
+    let swarm_key = match &cli.swarm_key {
+        None => None,
+        Some(path) => match swarm::load_psk(path) {
+            Ok(psk) => Some(psk.to_key_file()),
+            Err(err) => {
+                tracing::error!("{err}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let config = RunConfig {
         operator: OperatorConfig {
             default_image: cli.node_image,
             bootstrap_peers: cli.bootstrap_peers,
             heartbeat_interval,
+            swarm_key,
         },
         metrics_addr: Some(cli.metrics_addr),
         leader_election,

@@ -233,6 +233,10 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
     for service in [&children.api_service, &children.swarm_service] {
         apply_child(&ctx, &node, &services, service).await?;
     }
+    if let Some(swarm_key) = &children.swarm_key {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        apply_child(&ctx, &node, &secrets, swarm_key).await?;
+    }
     let stateful_sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
     apply_child(&ctx, &node, &stateful_sets, &children.stateful_set).await?;
     if ctx.pod_monitors.available(&ctx.client).await {

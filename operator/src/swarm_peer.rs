@@ -8,11 +8,10 @@
 //! The swarm itself (transport, signatures, peer table) is `llamanet_node::swarm`, built
 //! without the llama.cpp engine.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
+use llamanet_node::swarm::log_limit::LogLimit;
 use llamanet_node::swarm::{self, PeerEvent, SwarmConfig, SwarmHandle};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -73,39 +72,6 @@ pub async fn start(config: SwarmPeerConfig, table: HeartbeatTable) -> anyhow::Re
     Ok(handle)
 }
 
-/// Logs a refusal at most once per signer per [`LogLimit::EVERY`]; remembers a bounded
-/// number of signers.
-#[derive(Default)]
-struct LogLimit {
-    last: HashMap<swarm::PeerId, Instant>,
-}
-
-impl LogLimit {
-    const EVERY: Duration = Duration::from_secs(60);
-    const KEPT: usize = 4096;
-
-    fn allow(&mut self, peer: swarm::PeerId) -> bool {
-        let now = Instant::now();
-        if self
-            .last
-            .get(&peer)
-            .is_some_and(|at| now.duration_since(*at) < Self::EVERY)
-        {
-            return false;
-        }
-        if self.last.len() >= Self::KEPT {
-            self.last
-                .retain(|_, at| now.duration_since(*at) < Self::EVERY);
-        }
-        // Thousands of fresh identities within a minute: a flood, counted but not logged.
-        if self.last.len() >= Self::KEPT {
-            return false;
-        }
-        self.last.insert(peer, now);
-        true
-    }
-}
-
 /// Offers a heartbeat that says which InferenceNode replica sent it to the table; others
 /// (nodes run by hand, tools, other clusters' replicas) are not the operator's business.
 fn record(table: &HeartbeatTable, heartbeat: &swarm::Heartbeat, quiet: &mut LogLimit) {
@@ -135,26 +101,5 @@ fn record(table: &HeartbeatTable, heartbeat: &swarm::Heartbeat, quiet: &mut LogL
             reason = rejection.as_str(),
             "refused a heartbeat that claims a replica it cannot prove (further ones from this peer are counted, not logged, for a minute)"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_are_logged_once_per_signer_a_minute_and_floods_not_at_all() {
-        let mut limit = LogLimit::default();
-        let peer = swarm::PeerId::random();
-        assert!(limit.allow(peer));
-        assert!(!limit.allow(peer));
-        for _ in 1..LogLimit::KEPT {
-            assert!(limit.allow(swarm::PeerId::random()));
-        }
-        assert!(
-            !limit.allow(swarm::PeerId::random()),
-            "a flood stops logging"
-        );
-        assert_eq!(limit.last.len(), LogLimit::KEPT);
     }
 }

@@ -7,6 +7,7 @@ CARGO_TARGET_DIR defaulting to ~/.cache/llamanet/target), the model from LLAMANE
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import time
@@ -43,6 +44,14 @@ def http_get(url: str, timeout: float = 5.0):
 
 
 LOG_DIR = Path(os.environ.get("TMPDIR", "/tmp"))
+
+# Every swarm of the suite is private, as the chart makes them: one pre-shared key for the
+# session, handed to every process (nodes, routers, sidecars, tools) through the variable
+# their --swarm-key flag reads. Keyed nodes in a public swarm would refuse each other's
+# forwards (strangers could join and bypass the key).
+SWARM_KEY = LOG_DIR / f"llamanet-e2e-swarm-{os.getpid()}.key"
+SWARM_KEY.write_text(f"/key/swarm/psk/1.0.0/\n/base16/\n{secrets.token_hex(32)}\n")
+os.environ["LLAMANET_SWARM_KEY"] = str(SWARM_KEY)
 
 
 class Process:

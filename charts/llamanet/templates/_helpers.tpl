@@ -26,3 +26,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "llamanet.nodeImage" -}}
 {{ .Values.nodeImage.repository }}:{{ .Values.nodeImage.tag | default .Chart.AppVersion }}
 {{- end -}}
+
+{{/* The Secret with the swarm's pre-shared key: the user's, the generated one, or none. */}}
+{{- define "llamanet.swarmKeySecret" -}}
+{{- if .Values.swarm.privateKeySecret.name -}}
+{{- .Values.swarm.privateKeySecret.name -}}
+{{- else if .Values.swarm.private -}}
+{{- printf "%s-swarm-key" (include "llamanet.fullname" .) -}}
+{{- end -}}
+{{- end -}}

@@ -76,6 +76,25 @@ pub const SWARM_METRIC_NAMES: &[&str] = &[
     "llamanet_route_peers_suspected_total",
 ];
 
+/// Distinct `model` label values of `llamanet_swarm_model_peers`: peers choose model ids,
+/// and a series per id would let any peer grow every node's metrics without bound.
+pub const MAX_MODEL_LABELS: usize = 64;
+
+/// The label of models beyond [`MAX_MODEL_LABELS`].
+pub const OTHER_MODELS: &str = "_other";
+
+/// `(model, nodes)` for the `limit` most served models (ties by name), then the rest summed
+/// under [`OTHER_MODELS`].
+fn top_models(counts: impl Iterator<Item = (String, usize)>, limit: usize) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = counts.collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if counts.len() > limit {
+        let rest: usize = counts.drain(limit..).map(|(_, n)| n).sum();
+        counts.push((OTHER_MODELS.to_string(), rest));
+    }
+    counts
+}
+
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
     let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
     metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
@@ -126,14 +145,16 @@ impl Collector for SwarmSource {
         {
             let mut family = encoder.encode_descriptor(
                 "swarm_model_peers",
-                "Live nodes serving each model",
+                "Live nodes serving each model (the most served models by name, the rest summed under model=\"_other\")",
                 None,
                 MetricType::Gauge,
             )?;
-            for (model, summary) in models {
+            let counts = models
+                .into_iter()
+                .map(|(model, summary)| (model, summary.peers.len()));
+            for (model, nodes) in top_models(counts, MAX_MODEL_LABELS) {
                 let labels = ModelLabels { model };
-                ConstGauge::new(summary.peers.len() as i64)
-                    .encode(family.encode_family(&labels)?)?;
+                ConstGauge::new(nodes as i64).encode(family.encode_family(&labels)?)?;
             }
         }
         counter(
@@ -206,5 +227,24 @@ impl Collector for SwarmSource {
             route.suspected,
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_labels_are_capped_and_the_rest_summed() {
+        let counts = (0..100)
+            .map(|i| (format!("fake-{i:03}"), 1))
+            .chain([("gemma".to_string(), 5), ("qwen".to_string(), 3)]);
+        let top = top_models(counts, MAX_MODEL_LABELS);
+        assert_eq!(top.len(), MAX_MODEL_LABELS + 1);
+        assert_eq!(top[0], ("gemma".to_string(), 5));
+        assert_eq!(top[1], ("qwen".to_string(), 3));
+        assert_eq!(top.last().unwrap(), &(OTHER_MODELS.to_string(), 38));
+        let few = top_models([("a".to_string(), 2)].into_iter(), MAX_MODEL_LABELS);
+        assert_eq!(few, vec![("a".to_string(), 2)]);
     }
 }

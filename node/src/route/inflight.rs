@@ -39,7 +39,7 @@ impl InFlight {
         let counts = self.lock();
         for heartbeat in heartbeats {
             if let Some(n) = counts.get(&heartbeat.peer_id) {
-                heartbeat.status.queue_depth += n;
+                heartbeat.status.queue_depth = heartbeat.status.queue_depth.saturating_add(*n);
             }
         }
     }

@@ -115,14 +115,19 @@ impl Behaviour {
             .history_gossip(1)
             .gossip_lazy(3)
             .gossip_factor(0.1)
-            .max_transmit_size(64 * 1024)
+            // A heartbeat envelope is at most 8 KiB (`heartbeat::MAX_ENVELOPE_BYTES`).
+            .max_transmit_size(16 * 1024)
             .build()
             .map_err(|err| io::Error::other(format!("gossipsub config: {err}")))?;
-        let gossipsub = gossipsub::Behaviour::new(
+        let mut gossipsub = gossipsub::Behaviour::new(
             gossipsub::MessageAuthenticity::Author(peer_id),
             gossipsub_config,
         )
         .map_err(|err| io::Error::other(format!("gossipsub: {err}")))?;
+        let (params, thresholds) = peer_scoring();
+        gossipsub
+            .with_peer_score(params, thresholds)
+            .map_err(|err| io::Error::other(format!("gossipsub peer scoring: {err}")))?;
 
         Ok(Behaviour {
             kad,
@@ -132,6 +137,44 @@ impl Behaviour {
             stream: libp2p_stream::Behaviour::new(),
         })
     }
+}
+
+/// Gossipsub peer scoring for the heartbeat topic: what makes a peer's messages ignored.
+///
+/// Every message this node rejects (a bad signature, out-of-bounds figures, a peer
+/// heartbeating far faster than its interval; see `event_loop.rs`) counts as an invalid
+/// delivery against the peer that sent it. The penalty grows with the square of recent
+/// invalid deliveries (weight -10, decaying by a tenth a second), so a few honest mistakes
+/// fade but three in a burst pass the graylist threshold of -80: from then on everything
+/// the peer sends is dropped unread until its score recovers. Honest peers earn a little
+/// for delivering heartbeats first and for time in the mesh.
+///
+/// Left at zero on purpose: IP colocation (pods behind one node address, every peer of a
+/// test on 127.0.0.1) and mesh delivery rates (heartbeats are sparse: an honest peer in a
+/// small swarm would look like a slacker).
+pub fn peer_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 300.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..gossipsub::TopicScoreParams::default()
+    };
+    let mut params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..gossipsub::PeerScoreParams::default()
+    };
+    params
+        .topics
+        .insert(gossipsub::IdentTopic::new(HEARTBEAT_TOPIC).hash(), topic);
+    (params, gossipsub::PeerScoreThresholds::default())
 }
 
 /// Which wire the swarm uses.
@@ -239,6 +282,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn three_invalid_heartbeats_in_a_burst_graylist_a_peer_one_does_not() {
+        let (params, thresholds) = peer_scoring();
+        assert!(params.validate().is_ok() && thresholds.validate().is_ok());
+        let topic = &params.topics[&gossipsub::IdentTopic::new(HEARTBEAT_TOPIC).hash()];
+        let penalty = |invalid: f64| {
+            topic.topic_weight * topic.invalid_message_deliveries_weight * invalid * invalid
+        };
+        assert!(penalty(1.0) > thresholds.graylist_threshold);
+        assert!(penalty(1.0) > thresholds.gossip_threshold - 0.1);
+        assert!(penalty(3.0) < thresholds.graylist_threshold);
+    }
 
     #[test]
     fn psk_file_in_the_standard_format_loads_and_garbage_is_named() {

@@ -86,6 +86,8 @@ pub(crate) struct EventLoop {
     /// Bootstrap names resolved off the event loop: `(target index, addresses or error)`.
     resolved_tx: mpsc::UnboundedSender<(usize, Result<Vec<Multiaddr>, String>)>,
     resolved_rx: mpsc::UnboundedReceiver<(usize, Result<Vec<Multiaddr>, String>)>,
+    /// Rate of log lines about rejected heartbeats.
+    quiet: super::log_limit::LogLimit,
 }
 
 impl EventLoop {
@@ -124,6 +126,7 @@ impl EventLoop {
             dialed: HashMap::new(),
             resolved_tx,
             resolved_rx,
+            quiet: super::log_limit::LogLimit::default(),
         })
     }
 
@@ -313,7 +316,7 @@ impl EventLoop {
             }
             self.emit(PeerEvent::PeerJoined(peer));
         }
-        if update != Update::Stale
+        if matches!(update, Update::Joined | Update::Refreshed)
             && let Some(heartbeat) = accepted
         {
             self.emit(PeerEvent::Heartbeat(Box::new(heartbeat)));
@@ -332,7 +335,10 @@ impl EventLoop {
                 info,
                 ..
             })) if info.protocols.contains(&KAD_PROTOCOL) => {
-                for addr in info.listen_addrs {
+                let local = read(&self.channels.listen_addrs)
+                    .iter()
+                    .any(super::addresses::is_local);
+                for addr in super::addresses::usable(info.listen_addrs, local) {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
@@ -417,26 +423,43 @@ impl EventLoop {
             // without one comes from something else.
             None => Err(RejectReason::SourceMismatch),
         };
-        let acceptance = match verdict {
-            Ok(heartbeat) => {
-                self.channels
-                    .metrics
-                    .heartbeats_received
-                    .fetch_add(1, Ordering::Relaxed);
-                match self.insert_heartbeat(heartbeat) {
-                    // A replay (same or older sequence) is not forwarded, but its relayer did
-                    // nothing wrong by gossip rules.
-                    Update::Stale => gossipsub::MessageAcceptance::Ignore,
-                    Update::Joined | Update::Refreshed => gossipsub::MessageAcceptance::Accept,
+        let verdict = verdict.and_then(|heartbeat| {
+            self.channels
+                .metrics
+                .heartbeats_received
+                .fetch_add(1, Ordering::Relaxed);
+            match self.insert_heartbeat(heartbeat) {
+                // A replay (same or older sequence) is not forwarded, but its relayer did
+                // nothing wrong by gossip rules.
+                Update::Stale => Ok(gossipsub::MessageAcceptance::Ignore),
+                Update::Joined | Update::Refreshed => Ok(gossipsub::MessageAcceptance::Accept),
+                Update::TooFrequent => Err(RejectReason::TooFrequent),
+                // Not the sender's fault: dropped here, not held against it.
+                Update::Full => {
+                    self.channels
+                        .metrics
+                        .record_rejected(RejectReason::TableFull);
+                    Ok(gossipsub::MessageAcceptance::Ignore)
                 }
             }
+        });
+        let acceptance = match verdict {
+            Ok(acceptance) => acceptance,
             Err(reason) => {
-                warn!(
-                    source = ?message.source,
-                    via = %propagation_source,
-                    %reason,
-                    "heartbeat rejected"
-                );
+                // Counted always, logged at most once a minute per peer: a flood must not
+                // turn into a flood of log lines. Rejected messages also lower the relaying
+                // peer's gossipsub score until it is graylisted (see `behaviour.rs`).
+                if self
+                    .quiet
+                    .allow(message.source.unwrap_or(propagation_source))
+                {
+                    warn!(
+                        source = ?message.source,
+                        via = %propagation_source,
+                        %reason,
+                        "heartbeat rejected (further rejections from this peer are counted, not logged, for a minute)"
+                    );
+                }
                 self.channels.metrics.record_rejected(reason);
                 self.emit(PeerEvent::HeartbeatRejected {
                     source: message.source,

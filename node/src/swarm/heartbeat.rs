@@ -6,16 +6,36 @@
 //! carries the public key, so anyone holding the bytes (a peer, the operator, a tool reading
 //! `/v1/swarm`) can check who wrote them without asking the network.
 //!
-//! Verification ([`SignedHeartbeat::verify`]) checks the signature, that the signing key's
-//! peer id is the peer id the heartbeat claims and, at a gossip receiver, that it is also the
-//! gossipsub message source: a node can only speak for itself. Everything rejected is named by
-//! a [`RejectReason`] so it can be counted per reason.
+//! Verification ([`SignedHeartbeat::verify`]) checks the size, the signature, that the
+//! signing key's peer id is the peer id the heartbeat claims and, at a gossip receiver, that it
+//! is also the gossipsub message source: a node can only speak for itself. Then
+//! [`check_bounds`]: a signature proves who wrote a heartbeat, not that what it says is sane,
+//! so every peer-supplied list, string and figure is bounded ([`MAX_MODELS`], model ids of at
+//! most [`MAX_MODEL_ID`] characters from a fixed set, finite non-negative figures...).
+//! Everything rejected is named by a [`RejectReason`] so it can be counted per reason.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
 use libp2p::identity::{Keypair, PublicKey};
 use serde::{Deserialize, Serialize};
+
+/// Largest envelope accepted (a heartbeat with [`MAX_MODELS`] models is under 4 KiB).
+pub const MAX_ENVELOPE_BYTES: usize = 8 * 1024;
+
+/// Most models one heartbeat may announce.
+pub const MAX_MODELS: usize = 16;
+
+/// Longest model id, in characters (ASCII letters, digits and `._-:/@+`).
+pub const MAX_MODEL_ID: usize = 128;
+
+/// Most endpoints, and the longest endpoint URL.
+pub const MAX_ENDPOINTS: usize = 4;
+pub const MAX_URL: usize = 256;
+
+/// Longest free-text field (version, cluster, zone, pod, resource names, quantization,
+/// fingerprint).
+pub const MAX_LABEL: usize = 128;
 
 /// Prefix of the signed bytes, so a heartbeat signature can never be replayed as a signature
 /// over anything else the same key signs (gossipsub messages, identify records).
@@ -95,12 +115,13 @@ impl NodeStatus {
     }
 
     /// Load in `[0, ∞)`: busy slots plus queue over total slots; what "least loaded" compares.
-    /// A node without slots (router only) counts as infinitely loaded for serving.
+    /// A node without slots (router only) counts as infinitely loaded for serving. Summed in
+    /// `f64`: figures near `u32::MAX` make a peer look busy, never (by wrapping) idle.
     pub fn load(&self) -> f64 {
         if self.slots_total == 0 {
             return f64::INFINITY;
         }
-        f64::from(self.slots_busy + self.queue_depth) / f64::from(self.slots_total)
+        (f64::from(self.slots_busy) + f64::from(self.queue_depth)) / f64::from(self.slots_total)
     }
 }
 
@@ -158,15 +179,27 @@ pub enum RejectReason {
     /// Validly signed by someone other than the gossipsub message source (a relayed copy is
     /// fine, but the message's origin must be the heartbeat's author).
     SourceMismatch,
+    /// Larger than [`MAX_ENVELOPE_BYTES`].
+    TooLarge,
+    /// Signed, but says something out of bounds (see [`check_bounds`]).
+    OutOfBounds,
+    /// A peer's heartbeats come far faster than its announced interval allows.
+    TooFrequent,
+    /// A new peer while the peer table is full.
+    TableFull,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::Malformed,
         RejectReason::BadPublicKey,
         RejectReason::BadSignature,
         RejectReason::PeerIdMismatch,
         RejectReason::SourceMismatch,
+        RejectReason::TooLarge,
+        RejectReason::OutOfBounds,
+        RejectReason::TooFrequent,
+        RejectReason::TableFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -176,6 +209,10 @@ impl RejectReason {
             RejectReason::BadSignature => "bad_signature",
             RejectReason::PeerIdMismatch => "peer_id_mismatch",
             RejectReason::SourceMismatch => "source_mismatch",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::OutOfBounds => "out_of_bounds",
+            RejectReason::TooFrequent => "too_frequent",
+            RejectReason::TableFull => "table_full",
         }
     }
 
@@ -239,9 +276,56 @@ impl SignedHeartbeat {
     }
 }
 
-/// Decodes and verifies gossiped bytes in one step.
+/// Decodes and verifies gossiped bytes in one step, bounds included.
 pub fn verify_bytes(bytes: &[u8], source: Option<&PeerId>) -> Result<Heartbeat, RejectReason> {
-    SignedHeartbeat::from_bytes(bytes)?.verify(source)
+    if bytes.len() > MAX_ENVELOPE_BYTES {
+        return Err(RejectReason::TooLarge);
+    }
+    let heartbeat = SignedHeartbeat::from_bytes(bytes)?.verify(source)?;
+    check_bounds(&heartbeat)?;
+    Ok(heartbeat)
+}
+
+/// Whether `id` may be a model id: 1 to [`MAX_MODEL_ID`] characters, ASCII letters, digits
+/// and `._-:/@+` (what model names on hubs and in GGUF files use), nothing that could break
+/// a log line, a metric label or a URL.
+pub fn valid_model_id(id: &str) -> bool {
+    (1..=MAX_MODEL_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:/@+".contains(&b))
+}
+
+/// Checks what a (validly signed) heartbeat says against the bounds in the module docs.
+pub fn check_bounds(heartbeat: &Heartbeat) -> Result<(), RejectReason> {
+    let status = &heartbeat.status;
+    let label = |text: &str| text.len() <= MAX_LABEL;
+    let figure = |value: f64| value.is_finite() && value >= 0.0;
+    let fine = status.models.len() <= MAX_MODELS
+        && status
+            .models
+            .iter()
+            .all(|m| valid_model_id(&m.id) && label(&m.quantization) && label(&m.fingerprint))
+        && status.endpoints.len() <= MAX_ENDPOINTS
+        && status
+            .endpoints
+            .iter()
+            .all(|e| e.len() <= MAX_URL && (e.starts_with("http://") || e.starts_with("https://")))
+        && [&status.version, &status.cluster, &status.zone]
+            .iter()
+            .all(|text| label(text))
+        && status.pod.as_deref().is_none_or(label)
+        && status
+            .inference_node
+            .as_ref()
+            .is_none_or(|r| label(&r.namespace) && label(&r.name))
+        && figure(status.tokens_per_second)
+        && figure(status.ttft_p50_ms);
+    if fine {
+        Ok(())
+    } else {
+        Err(RejectReason::OutOfBounds)
+    }
 }
 
 fn signed_bytes(payload: &[u8]) -> Vec<u8> {
@@ -393,6 +477,87 @@ pub(crate) mod tests {
         assert!(status.load().is_infinite());
         assert!(status.serves("qwen2.5-0.5b"));
         assert!(!status.serves("other"));
+    }
+
+    #[test]
+    fn heartbeats_out_of_bounds_are_rejected_however_well_signed() {
+        let key = Keypair::generate_ed25519();
+        let me = key.public().to_peer_id();
+        let signed = |change: &dyn Fn(&mut Heartbeat)| {
+            let mut heartbeat = sample(me, 1);
+            change(&mut heartbeat);
+            SignedHeartbeat::sign(&heartbeat, &key).to_bytes()
+        };
+        assert!(verify_bytes(&signed(&|_| {}), Some(&me)).is_ok());
+        fn model(id: &str) -> ModelInfo {
+            ModelInfo {
+                id: id.into(),
+                ..ModelInfo::default()
+            }
+        }
+        type Change = Box<dyn Fn(&mut Heartbeat)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "17 models",
+                Box::new(|h| h.status.models = (0..17).map(|i| model(&format!("m{i}"))).collect()),
+            ),
+            (
+                "an empty model id",
+                Box::new(move |h| h.status.models = vec![model("")]),
+            ),
+            (
+                "a 129-character model id",
+                Box::new(move |h| h.status.models = vec![model(&"a".repeat(129))]),
+            ),
+            (
+                "a newline in a model id",
+                Box::new(move |h| h.status.models = vec![model("evil\nline")]),
+            ),
+            (
+                "a quote in a model id",
+                Box::new(move |h| h.status.models = vec![model("a\"b")]),
+            ),
+            (
+                "5 endpoints",
+                Box::new(|h| h.status.endpoints = vec!["http://a".into(); 5]),
+            ),
+            (
+                "a file: endpoint",
+                Box::new(|h| h.status.endpoints = vec!["file:///etc/passwd".into()]),
+            ),
+            (
+                "a long cluster label",
+                Box::new(|h| h.status.cluster = "c".repeat(129)),
+            ),
+            (
+                "negative tokens/s",
+                Box::new(|h| h.status.tokens_per_second = -1.0),
+            ),
+            (
+                "negative time to first token",
+                Box::new(|h| h.status.ttft_p50_ms = -0.5),
+            ),
+        ];
+        for (what, change) in cases {
+            let bytes = signed(change.as_ref());
+            assert_eq!(
+                verify_bytes(&bytes, Some(&me)),
+                Err(RejectReason::OutOfBounds),
+                "{what}"
+            );
+        }
+        // Huge loads are in bounds: they only make the peer look busy.
+        let busy = signed(&|h| {
+            h.status.slots_busy = u32::MAX;
+            h.status.queue_depth = u32::MAX;
+        });
+        let heartbeat = verify_bytes(&busy, Some(&me)).unwrap();
+        assert!(heartbeat.status.load() > 1e9, "{}", heartbeat.status.load());
+        // Too large before anything is parsed or checked.
+        let mut huge = signed(&|_| {});
+        huge.resize(MAX_ENVELOPE_BYTES + 1, b' ');
+        assert_eq!(verify_bytes(&huge, Some(&me)), Err(RejectReason::TooLarge));
+        assert!(valid_model_id("meta-llama/Llama-3.2-1B-Instruct:Q4_K_M"));
     }
 
     #[test]

@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod addresses;
 pub mod behaviour;
 pub mod bootstrap;
 mod connections;
@@ -39,6 +40,7 @@ pub mod discovery;
 mod event_loop;
 pub mod heartbeat;
 pub mod identity;
+pub mod log_limit;
 pub mod membership;
 pub mod metrics;
 pub mod peer_table;

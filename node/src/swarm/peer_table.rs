@@ -62,7 +62,7 @@ impl Clock for ManualClock {
     }
 }
 
-/// How the table ages entries.
+/// How the table ages entries, and what it holds at most.
 #[derive(Debug, Clone, Copy)]
 pub struct ExpiryPolicy {
     /// An entry lives this many of its sender's heartbeat intervals after its last heartbeat.
@@ -71,6 +71,12 @@ pub struct ExpiryPolicy {
     /// flap) by announcing an absurd interval.
     pub min_interval: Duration,
     pub max_interval: Duration,
+    /// Most peers in the table; a new peer beyond it is refused (with a pre-shared key no
+    /// stranger gets this far; in a public swarm it bounds what fake identities cost).
+    pub max_peers: usize,
+    /// Most new heartbeats a peer may send within one of its (clamped) intervals. Honest
+    /// nodes send one per interval plus a few on news (model loaded, a newcomer joined).
+    pub max_per_interval: u32,
 }
 
 impl Default for ExpiryPolicy {
@@ -79,16 +85,21 @@ impl Default for ExpiryPolicy {
             intervals: 3,
             min_interval: Duration::from_millis(100),
             max_interval: Duration::from_secs(60),
+            max_peers: 4096,
+            max_per_interval: 8,
         }
     }
 }
 
 impl ExpiryPolicy {
+    /// The heartbeat's announced interval within the bounds.
+    pub fn interval(&self, heartbeat: &Heartbeat) -> Duration {
+        Duration::from_millis(heartbeat.interval_ms).clamp(self.min_interval, self.max_interval)
+    }
+
     /// How long an entry with this heartbeat stays.
     pub fn ttl(&self, heartbeat: &Heartbeat) -> Duration {
-        let interval = Duration::from_millis(heartbeat.interval_ms)
-            .clamp(self.min_interval, self.max_interval);
-        interval * self.intervals
+        self.interval(heartbeat) * self.intervals
     }
 }
 
@@ -102,6 +113,8 @@ pub struct PeerEntry {
     pub expires_at: Instant,
     /// When this peer first appeared in the table (since its last absence).
     pub first_seen: Instant,
+    /// Start of the current rate window and the heartbeats accepted in it.
+    window: (Instant, u32),
 }
 
 /// What an insert did, so the caller can log joins and count stale replays.
@@ -113,6 +126,10 @@ pub enum Update {
     Refreshed,
     /// Not newer than what the table holds (a duplicate or replay); ignored.
     Stale,
+    /// More new heartbeats within one interval than the policy allows; dropped.
+    TooFrequent,
+    /// A new peer, but the table is full; dropped.
+    Full,
 }
 
 /// The peer table. Share it as [`SharedPeerTable`].
@@ -154,8 +171,20 @@ impl PeerTable {
     pub fn insert(&mut self, heartbeat: Heartbeat) -> Update {
         let now = self.clock.now();
         let expires_at = now + self.policy.ttl(&heartbeat);
+        let interval = self.policy.interval(&heartbeat);
+        let max_per_interval = self.policy.max_per_interval;
         match self.entries.get_mut(&heartbeat.peer_id) {
             Some(entry) if entry.expires_at > now => {
+                // Every distinct message counts, stale ones too: gossip delivers each
+                // message once, so only the author can send many, and each costs a check.
+                let (start, count) = &mut entry.window;
+                if now.duration_since(*start) >= interval {
+                    (*start, *count) = (now, 0);
+                }
+                if *count >= max_per_interval {
+                    return Update::TooFrequent;
+                }
+                *count += 1;
                 if heartbeat.order() <= entry.heartbeat.order() {
                     return Update::Stale;
                 }
@@ -164,7 +193,13 @@ impl PeerTable {
                 entry.expires_at = expires_at;
                 Update::Refreshed
             }
-            _ => {
+            existing => {
+                if existing.is_none() && self.entries.len() >= self.policy.max_peers {
+                    self.expire();
+                    if self.entries.len() >= self.policy.max_peers {
+                        return Update::Full;
+                    }
+                }
                 // Either unknown, or expired but not yet swept: both are a (re)join. An
                 // expired entry's order is not trusted any more, which lets a peer whose
                 // clock went backwards come back after a restart.
@@ -175,6 +210,7 @@ impl PeerTable {
                         received_at: now,
                         expires_at,
                         first_seen: now,
+                        window: (now, 1),
                     },
                 );
                 Update::Joined
@@ -355,6 +391,44 @@ mod tests {
         let mut restarted = sample(peer, 1);
         restarted.started_at_ms += 60_000;
         assert_eq!(table.insert(restarted), Update::Refreshed);
+    }
+
+    #[test]
+    fn a_peer_flooding_new_heartbeats_is_cut_off_within_its_interval() {
+        let (mut table, clock) = table();
+        let peer = PeerId::random();
+        assert_eq!(table.insert(sample(peer, 1)), Update::Joined);
+        // sample() announces 2 s: 8 heartbeats a window (the first counted), then refused.
+        let mut seq = 2;
+        for _ in 1..8 {
+            assert_eq!(table.insert(sample(peer, seq)), Update::Refreshed);
+            seq += 1;
+        }
+        assert_eq!(table.insert(sample(peer, seq)), Update::TooFrequent);
+        assert_eq!(table.get(&peer).unwrap().heartbeat.seq, seq - 1);
+        // The next interval opens a new window.
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(table.insert(sample(peer, seq + 1)), Update::Refreshed);
+    }
+
+    #[test]
+    fn a_full_table_refuses_newcomers_until_someone_expires() {
+        let clock = Arc::new(ManualClock::new());
+        let policy = ExpiryPolicy {
+            max_peers: 3,
+            ..ExpiryPolicy::default()
+        };
+        let mut table = PeerTable::with_clock(policy, clock.clone());
+        for _ in 0..3 {
+            assert_eq!(table.insert(sample(PeerId::random(), 1)), Update::Joined);
+        }
+        let late = PeerId::random();
+        assert_eq!(table.insert(sample(late, 1)), Update::Full);
+        assert!(table.get(&late).is_none());
+        // Known peers still refresh; once the others expire the newcomer gets in.
+        clock.advance(Duration::from_secs(7));
+        assert_eq!(table.insert(sample(late, 1)), Update::Joined);
+        assert_eq!(table.len(), 1);
     }
 
     #[test]

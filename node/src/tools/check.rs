@@ -23,6 +23,10 @@ pub struct CheckOptions {
     /// Bearer key for `--url` nodes that require one.
     #[arg(long, env = "LLAMANET_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Pre-shared key file of a private swarm, for `--bootstrap` (a Kubernetes swarm is
+    /// private: the chart's `<release>-swarm-key` Secret).
+    #[arg(long, env = "LLAMANET_SWARM_KEY")]
+    pub swarm_key: Option<std::path::PathBuf>,
     /// Require this model to be served.
     #[arg(long)]
     pub model: Option<String>,
@@ -40,6 +44,7 @@ impl Default for CheckOptions {
             bootstrap: None,
             url: None,
             api_key: None,
+            swarm_key: None,
             model: None,
             min_nodes: 1,
             timeout: Duration::from_secs(2),
@@ -112,6 +117,7 @@ pub async fn inspect(options: &CheckOptions) -> anyhow::Result<CheckReport> {
         options.bootstrap.as_ref(),
         options.url.as_deref(),
         options.api_key.as_deref(),
+        options.swarm_key.as_deref(),
         options.timeout,
     )
     .await

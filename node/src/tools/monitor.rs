@@ -29,6 +29,10 @@ pub struct MonitorOptions {
     /// Bearer key for `--url` nodes that require one.
     #[arg(long, env = "LLAMANET_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Pre-shared key file of a private swarm, for `--bootstrap` (a Kubernetes swarm is
+    /// private: the chart's `<release>-swarm-key` Secret).
+    #[arg(long, env = "LLAMANET_SWARM_KEY")]
+    pub swarm_key: Option<std::path::PathBuf>,
     /// Print one snapshot and exit.
     #[arg(long)]
     pub once: bool,
@@ -49,6 +53,7 @@ impl Default for MonitorOptions {
             bootstrap: None,
             url: None,
             api_key: None,
+            swarm_key: None,
             once: false,
             json: false,
             refresh: Duration::from_secs(1),
@@ -64,6 +69,7 @@ pub async fn monitor(options: MonitorOptions) -> anyhow::Result<()> {
         options.bootstrap.as_ref(),
         options.url.as_deref(),
         options.api_key.as_deref(),
+        options.swarm_key.as_deref(),
         options.timeout,
     )
     .await?;

@@ -107,6 +107,7 @@ impl SwarmSource {
         bootstrap: Option<&Multiaddr>,
         url: Option<&str>,
         api_key: Option<&str>,
+        swarm_key: Option<&std::path::Path>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         match (bootstrap, url) {
@@ -121,7 +122,9 @@ impl SwarmSource {
                 base: url.trim_end_matches('/').to_string(),
             }),
             (Some(addr), None) => {
+                let psk = swarm_key.map(swarm::load_psk).transpose()?;
                 let config = SwarmConfig {
+                    psk,
                     // Retry a refused dial quickly: a tool has only seconds to get an answer.
                     bootstrap_backoff: swarm::Backoff {
                         initial: Duration::from_millis(200),

@@ -110,6 +110,8 @@ async fn chart_renders_objects_the_api_server_accepts() {
         let mut kinds = vec![
             "deployment.apps/llamanet",
             "clusterrole.rbac.authorization.k8s.io/llamanet",
+            // Private by default: the generated pre-shared key.
+            "secret/llamanet-swarm-key",
             "configmap/llamanet-dashboard-swarm-overview",
             "configmap/llamanet-dashboard-node-inference",
             "configmap/llamanet-dashboard-operator",
@@ -156,6 +158,8 @@ fn kustomize_base_is_the_rendered_chart() {
             "--include-crds",
             "--set",
             "dashboards.enabled=false",
+            "--set",
+            "swarm.privateKeySecret.name=llamanet-swarm-key",
         ])
         .arg(repo().join("charts/llamanet")));
     let committed =

@@ -72,11 +72,33 @@ fn names(pods: &[Pod]) -> Vec<String> {
     names
 }
 
+/// The pre-shared key file in a Secret's `psk` entry.
+fn swarm_key(cluster: &Cluster, namespace: &str, secret: &str) -> String {
+    use base64::Engine;
+    let encoded = cluster.kubectl_ok(
+        &[
+            "get",
+            "secret",
+            "-n",
+            namespace,
+            secret,
+            "-o",
+            "jsonpath={.data.psk}",
+        ],
+        None,
+    );
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .expect("a base64 Secret value");
+    String::from_utf8(bytes).expect("a key file is text")
+}
+
 /// `llamanet serve` of the default model on the host, outside the cluster; killed on drop.
 struct Outside(std::process::Child);
 
 impl Outside {
-    fn serve(model: &Path, pod_ip: &str) -> Self {
+    /// Joins through `pod_ip`'s swarm port, with the swarm's key file if given.
+    fn serve(model: &Path, pod_ip: &str, swarm_key: Option<&Path>) -> Self {
         let port = llamanet_cluster::control_plane::free_port()
             .unwrap()
             .to_string();
@@ -102,6 +124,12 @@ impl Outside {
             ])
             .args(["--swarm-listen", "/ip4/127.0.0.1/tcp/0"])
             .args(["--bootstrap", &format!("/ip4/{pod_ip}/tcp/4001")])
+            .args(
+                swarm_key
+                    .map(|key| ["--swarm-key".as_ref(), key.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -197,7 +225,26 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     // whole swarm, not only this resource's replicas, and drops again when it dies.
     let pods_now = pods(&cluster, "default", "app.kubernetes.io/instance=gemma-cpu").await;
     let pod_ip = pods_now[0].status.as_ref().unwrap().pod_ip.clone().unwrap();
-    let outside = Outside::serve(&model, &pod_ip);
+    // The swarm is private by default: the chart generated its key, the operator copied it
+    // to the resource. A node without it cannot connect, so it is never counted.
+    let key = swarm_key(&cluster, RELEASE_NS, "llamanet-swarm-key");
+    assert!(
+        key.starts_with("/key/swarm/psk/1.0.0/\n/base16/\n"),
+        "{key}"
+    );
+    assert_eq!(swarm_key(&cluster, "default", "gemma-cpu-swarm-key"), key);
+    let keyless = Outside::serve(&model, &pod_ip, None);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        swarm_nodes().await,
+        Some(2),
+        "a node without the swarm key joined"
+    );
+    drop(keyless);
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("swarm.key");
+    std::fs::write(&key_file, &key).unwrap();
+    let outside = Outside::serve(&model, &pod_ip, Some(&key_file));
     let joined = Instant::now();
     eventually(Duration::from_secs(60), "swarmNodes 3", || async {
         (swarm_nodes().await == Some(3)).then_some(())
@@ -306,7 +353,11 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     )
     .await;
 
-    // helm uninstall: the operator, its RBAC and Services go; the CRD stays.
+    // The upgrade kept the swarm's key (or the nodes could not have stayed in touch).
+    assert_eq!(swarm_key(&cluster, RELEASE_NS, "llamanet-swarm-key"), key);
+
+    // helm uninstall: the operator, its RBAC and Services go; the CRD stays, and so does the
+    // swarm key, which the running nodes still use.
     helm_ok(
         &cluster,
         &["uninstall", "llamanet", "--namespace", RELEASE_NS, "--wait"],
@@ -323,6 +374,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     )
     .await;
     cluster.kubectl_ok(&["get", "crd", "inferencenodes.llamanet.io"], None);
+    assert_eq!(swarm_key(&cluster, RELEASE_NS, "llamanet-swarm-key"), key);
     eprintln!("test took {:?}", started.elapsed());
     cluster.shutdown().await;
 }

@@ -32,14 +32,18 @@ done
 
 step "cargo build --release (first build compiles llama.cpp: about 6-9 minutes on two cores)"
 cd "$ROOT"
-# llama-cpp-sys-2 never reconfigures an existing cmake build, so a cache
-# configured before .cargo/config.toml asked for Release (-O3) would keep
-# its old build type; drop such a build folder once.
-for cache in "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out/build/CMakeCache.txt; do
-  [ -f "$cache" ] || continue
-  if ! grep -q '^CMAKE_BUILD_TYPE:STRING=Release$' "$cache"; then
-    info "llama.cpp build in ${cache%/CMakeCache.txt} is not Release: rebuilding it"
-    rm -rf "${cache%/CMakeCache.txt}"
+# llama-cpp-sys-2 never reconfigures an existing cmake build, and cargo reruns its build
+# script only for variables it already watched, so a llama.cpp built before
+# .cargo/config.toml asked for Release (-O3) and batch-invariant kernels would keep its old
+# options: rebuild such a llama.cpp once (a build without its cmake cache counts as one).
+for out in "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out; do
+  [ -d "$out/lib" ] || continue
+  cache=$out/build/CMakeCache.txt
+  if [ ! -f "$cache" ] || ! grep -q '^CMAKE_BUILD_TYPE:STRING=Release$' "$cache" \
+    || ! grep -q '^GGML_CPU_REPACK:[A-Z]*=OFF$' "$cache"; then
+    info "llama.cpp in ${out%/out} predates .cargo/config.toml's options: rebuilding it"
+    cargo clean --release -p llama-cpp-sys-2 >/dev/null
+    break
   fi
 done
 cargo build --release --workspace --bins

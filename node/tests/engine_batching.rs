@@ -202,13 +202,11 @@ async fn continuous_batching_on_the_default_model() {
             assert_eq!(outcome.usage.completion_tokens, 32);
         }
     }
-    assert!(
-        outcomes[0]
-            .text
-            .starts_with(&alone.text[..alone.text.len().min(20)]),
-        "batched greedy output differs: {:?} vs {:?}",
-        outcomes[0].text,
-        alone.text
+    // Built without repacked weights (.cargo/config.toml), a row's result does not depend
+    // on its batch: batched greedy output is the same text as alone, not just its start.
+    assert_eq!(
+        outcomes[0].text, alone.text,
+        "batched greedy output differs from the same prompt alone"
     );
 
     // Prefix reuse: the same prompt again reuses all but its last token. Run it once

@@ -631,6 +631,40 @@ async fn a_broken_stream_continues_on_another_node_where_the_client_is() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_never_see_annotations_local_or_relayed() {
+    init_logs();
+    bounded(Duration::from_secs(30), async {
+        let words = Behaviour::Words {
+            words: 4,
+            gap: Duration::ZERO,
+            break_after: None,
+        };
+        // Serves the model and is idle: its own handler answers first, with a peer behind it.
+        let entry = node("entry", true, 0.0, words, None, PeerTrust::Members).await;
+        let peer = node("peer", true, 0.0, words, Some(&entry), PeerTrust::Members).await;
+        let router = node(
+            "router",
+            false,
+            f64::INFINITY,
+            Behaviour::Answer,
+            Some(&entry),
+            PeerTrust::Members,
+        )
+        .await;
+        meet(&[&entry, &peer, &router]).await;
+        for url in [&entry.url, &router.url] {
+            let (status, _, chunks) = send(url, CHAT).await;
+            assert_eq!(status, reqwest::StatusCode::OK);
+            let body = text(&chunks);
+            assert_eq!(content(&body), "w0 w1 w2 w3 ", "{body}");
+            assert!(!body.contains(ANNOTATION_EVENT), "{url}: {body}");
+        }
+        assert!(entry.served() >= 1, "the entry answered itself");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_nobody_can_continue_ends_with_an_error_event() {
     init_logs();
     bounded(Duration::from_secs(30), async {

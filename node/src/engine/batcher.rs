@@ -110,10 +110,10 @@ struct Active {
     events: mpsc::UnboundedSender<GenerationEvent>,
     /// Held while the request runs: its admission place.
     _place: tokio::sync::OwnedSemaphorePermit,
-    /// The prompt, followed by the tokens resumed from another node (if any).
     prompt: Vec<LlamaToken>,
-    /// How many tokens at the end of `prompt` were resumed (generated elsewhere).
-    resumed: usize,
+    /// Tokens another node generated (and delivered) for this request, still to be fed
+    /// back one per step, exactly as if this slot had sampled them (see [`Batcher::start`]).
+    forced: std::collections::VecDeque<LlamaToken>,
     /// Prompt tokens in the cache (reused ones included); the prompt is done when this
     /// reaches its length.
     evaluated: usize,
@@ -236,10 +236,8 @@ impl<'m> Batcher<'m> {
             return;
         }
         let queued = job.submitted.elapsed();
-        let original = job.request.prompt.len();
         let resume = job.request.resume;
-        let mut prompt = job.request.prompt;
-        prompt.extend_from_slice(&resume);
+        let prompt = job.request.prompt;
         let free: Vec<FreeSlot<'_, LlamaToken>> = self
             .slots
             .iter()
@@ -259,7 +257,7 @@ impl<'m> Batcher<'m> {
             return;
         };
         let max_tokens = match scheduler::generation_room(
-            original,
+            prompt.len(),
             job.request.max_tokens,
             self.slot_context,
         ) {
@@ -274,7 +272,7 @@ impl<'m> Batcher<'m> {
                 return;
             }
         };
-        if prompt.len() >= self.slot_context || resume.len() >= max_tokens {
+        if prompt.len() + resume.len() >= self.slot_context || resume.len() >= max_tokens {
             // Handle::submit checked this already; kept for direct callers.
             let _ = job.events.send(GenerationEvent::Failed(format!(
                 "{} resumed tokens leave no room to generate",
@@ -328,16 +326,16 @@ impl<'m> Batcher<'m> {
             events: job.events,
             _place: job.place,
             prompt,
-            resumed: resume.len(),
+            forced: resume.into_iter().collect(),
             evaluated: reused,
-            cached_tokens: reused.min(original),
+            cached_tokens: reused,
             max_tokens,
             sampler,
             plain_greedy,
             stop,
             pending_bytes,
             unannounced: Vec::new(),
-            generated: resume.len(),
+            generated: 0,
             next_token: None,
             logits_at: None,
             order,
@@ -483,6 +481,16 @@ impl<'m> Batcher<'m> {
         let Some(at) = active.logits_at.take() else {
             return false;
         };
+        // A resumed token: decoded where this slot would have sampled it, so its step has
+        // the same shape as on the node that generated it (one row for this sequence).
+        // Evaluating them all in one prompt-like pass would be faster, but llama.cpp's
+        // kernels do not give a row the same result in every batch shape, and greedy output
+        // drifted at near-ties (bench/RESULTS.md).
+        if let Some(token) = active.forced.pop_front() {
+            active.generated += 1;
+            active.next_token = Some(token);
+            return false;
+        }
         let token = if active.plain_greedy {
             sampling::argmax(context.get_logits_ith(at))
         } else {
@@ -535,7 +543,7 @@ impl<'m> Batcher<'m> {
             }
         }
         let usage = Usage {
-            prompt_tokens: active.prompt.len() - active.resumed,
+            prompt_tokens: active.prompt.len(),
             cached_tokens: active.cached_tokens,
             completion_tokens: active.generated,
             time_to_first_token: active.first_token.unwrap_or_default(),

@@ -167,6 +167,8 @@ impl Router {
         here: Option<Here>,
     ) -> Response {
         let started = Instant::now();
+        // Only a peer's stream needs annotations: this node's own answer cannot break apart
+        // from the entry, and goes to the client as it is.
         let extra = annotate_headers(&request);
         let mut attempts: Vec<String> = Vec::new();
         let mut tried: HashSet<PeerId> = HashSet::new();
@@ -245,6 +247,10 @@ impl Router {
                 let Some(here) = here else {
                     return Err(Failure::suspect("this node serves nothing itself"));
                 };
+                // Annotations only where the answer will be relayed (a continuation): a
+                // first answer of this node goes to the client untouched.
+                let resuming = extra.iter().any(|(name, _)| name == RESUME_HEADER);
+                let extra = if resuming { extra } else { &[] };
                 self.attempt_here(here, request, extra, last).await
             }
             Candidate::Peer(target) => self.attempt_peer(target, request, extra, last).await,

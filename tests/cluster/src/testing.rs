@@ -123,6 +123,74 @@ impl Cluster {
     }
 }
 
+/// helm as scripts/build-tools.sh built it (`$LLAMANET_HELM` overrides).
+pub fn helm() -> std::path::PathBuf {
+    std::env::var_os("LLAMANET_HELM").map_or_else(
+        || crate::control_plane::cache_dir().join("helm-v3.22.0-k8s-v1.34/bin/helm"),
+        std::path::PathBuf::from,
+    )
+}
+
+/// The release namespace the tests install the chart into, as the main job does.
+pub const RELEASE_NS: &str = "llamanet-system";
+
+impl Cluster {
+    /// Runs `helm args...` against this cluster; panics with helm's output unless it
+    /// succeeds, returns its stdout.
+    pub fn helm_ok(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(helm())
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .expect("helm runs");
+        assert!(
+            out.status.success(),
+            "helm {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `helm install llamanet charts/llamanet` into [`RELEASE_NS`], waiting for the operator.
+    pub fn install_chart(&self) {
+        let chart = repo_root().join("charts/llamanet");
+        self.helm_ok(&[
+            "install",
+            "llamanet",
+            chart.to_str().unwrap(),
+            "--namespace",
+            RELEASE_NS,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "180s",
+        ]);
+    }
+
+    /// The pre-shared key file in a Secret's `psk` entry.
+    pub fn swarm_key(&self, namespace: &str, secret: &str) -> String {
+        use base64::Engine;
+        let encoded = self.kubectl_ok(
+            &[
+                "get",
+                "secret",
+                "-n",
+                namespace,
+                secret,
+                "-o",
+                "jsonpath={.data.psk}",
+            ],
+            None,
+        );
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .expect("a base64 Secret value");
+        String::from_utf8(bytes).expect("a key file is text")
+    }
+}
+
 /// Live processes whose command line (arguments joined by spaces) contains `marker`, as
 /// `(pid, uid)`: how tests find the process of a pod's container.
 pub fn processes_with(marker: &str) -> Vec<(u32, u32)> {

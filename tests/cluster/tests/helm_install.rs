@@ -13,37 +13,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
-use llamanet_cluster::testing::{default_model, eventually};
+use llamanet_cluster::testing::{RELEASE_NS, default_model, eventually};
 use llamanet_cluster::{Cluster, ClusterConfig};
 
 const SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
-const RELEASE_NS: &str = "llamanet-system";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn helm() -> PathBuf {
-    std::env::var_os("LLAMANET_HELM").map_or_else(
-        || llamanet_cluster::control_plane::cache_dir().join("helm-v3.22.0-k8s-v1.34/bin/helm"),
-        PathBuf::from,
-    )
-}
-
-fn helm_ok(cluster: &Cluster, args: &[&str]) -> String {
-    let out = Command::new(helm())
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .args(args)
-        .output()
-        .expect("helm runs");
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn pods(cluster: &Cluster, namespace: &str, selector: &str) -> Vec<Pod> {
@@ -70,27 +46,6 @@ fn names(pods: &[Pod]) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// The pre-shared key file in a Secret's `psk` entry.
-fn swarm_key(cluster: &Cluster, namespace: &str, secret: &str) -> String {
-    use base64::Engine;
-    let encoded = cluster.kubectl_ok(
-        &[
-            "get",
-            "secret",
-            "-n",
-            namespace,
-            secret,
-            "-o",
-            "jsonpath={.data.psk}",
-        ],
-        None,
-    );
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .expect("a base64 Secret value");
-    String::from_utf8(bytes).expect("a key file is text")
 }
 
 /// `llamanet serve` of the default model on the host, outside the cluster; killed on drop.
@@ -157,20 +112,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     let cluster = Cluster::start(ClusterConfig::default()).await.unwrap();
     let chart = repo().join("charts/llamanet");
 
-    helm_ok(
-        &cluster,
-        &[
-            "install",
-            "llamanet",
-            chart.to_str().unwrap(),
-            "--namespace",
-            RELEASE_NS,
-            "--create-namespace",
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
-    );
+    cluster.install_chart();
     let operator_selector = "app.kubernetes.io/name=llamanet-operator";
     let operators = pods(&cluster, RELEASE_NS, operator_selector).await;
     assert_eq!(operators.len(), 2, "two operator replicas");
@@ -227,12 +169,12 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     let pod_ip = pods_now[0].status.as_ref().unwrap().pod_ip.clone().unwrap();
     // The swarm is private by default: the chart generated its key, the operator copied it
     // to the resource. A node without it cannot connect, so it is never counted.
-    let key = swarm_key(&cluster, RELEASE_NS, "llamanet-swarm-key");
+    let key = cluster.swarm_key(RELEASE_NS, "llamanet-swarm-key");
     assert!(
         key.starts_with("/key/swarm/psk/1.0.0/\n/base16/\n"),
         "{key}"
     );
-    assert_eq!(swarm_key(&cluster, "default", "gemma-cpu-swarm-key"), key);
+    assert_eq!(cluster.swarm_key("default", "gemma-cpu-swarm-key"), key);
     let keyless = Outside::serve(&model, &pod_ip, None);
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
@@ -294,22 +236,19 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
 
     // helm upgrade with a changed value rolls the operator pods.
     let before = names(&operators);
-    helm_ok(
-        &cluster,
-        &[
-            "upgrade",
-            "llamanet",
-            chart.to_str().unwrap(),
-            "--namespace",
-            RELEASE_NS,
-            "--reuse-values",
-            "--set",
-            "logLevel=debug",
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
-    );
+    cluster.helm_ok(&[
+        "upgrade",
+        "llamanet",
+        chart.to_str().unwrap(),
+        "--namespace",
+        RELEASE_NS,
+        "--reuse-values",
+        "--set",
+        "logLevel=debug",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
     let rolled = eventually(
         Duration::from_secs(120),
         "operator pods replaced",
@@ -354,14 +293,11 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     .await;
 
     // The upgrade kept the swarm's key (or the nodes could not have stayed in touch).
-    assert_eq!(swarm_key(&cluster, RELEASE_NS, "llamanet-swarm-key"), key);
+    assert_eq!(cluster.swarm_key(RELEASE_NS, "llamanet-swarm-key"), key);
 
     // helm uninstall: the operator, its RBAC and Services go; the CRD stays, and so does the
     // swarm key, which the running nodes still use.
-    helm_ok(
-        &cluster,
-        &["uninstall", "llamanet", "--namespace", RELEASE_NS, "--wait"],
-    );
+    cluster.helm_ok(&["uninstall", "llamanet", "--namespace", RELEASE_NS, "--wait"]);
     eventually(
         Duration::from_secs(90),
         "operator objects removed",
@@ -374,7 +310,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     )
     .await;
     cluster.kubectl_ok(&["get", "crd", "inferencenodes.llamanet.io"], None);
-    assert_eq!(swarm_key(&cluster, RELEASE_NS, "llamanet-swarm-key"), key);
+    assert_eq!(cluster.swarm_key(RELEASE_NS, "llamanet-swarm-key"), key);
     eprintln!("test took {:?}", started.elapsed());
     cluster.shutdown().await;
 }

@@ -30,7 +30,7 @@ step "cargo test (unit and end-to-end)"
 # One test binary at a time: the end-to-end tests start control planes and
 # model servers that would otherwise fight over two cores.
 run_cargo_tests() {
-  cargo test --release --workspace -- --test-threads=2 2>&1 | tee -a "$results"
+  cargo test --release --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee -a "$results"
   return "${PIPESTATUS[0]}"
 }
 timed "cargo test" run_cargo_tests

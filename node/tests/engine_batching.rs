@@ -160,11 +160,11 @@ async fn continuous_batching_on_the_default_model() {
     // Greedy is deterministic: alone and batched with others, the same text.
     let alone = collect(
         engine
-            .submit(request(&engine, "The capital of France is", 24, greedy()))
+            .submit(request(&engine, "The capital of France is", 32, greedy()))
             .unwrap(),
     )
     .await;
-    assert_eq!(alone.usage.completion_tokens, 24);
+    assert_eq!(alone.usage.completion_tokens, 32);
     assert_eq!(alone.finish, FinishReason::Length);
 
     // Six requests on four slots and a queue of four: all finish, counts are exact.

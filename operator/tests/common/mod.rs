@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // Each test file uses its own part.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +14,12 @@ use llamanet_operator::heartbeat::HeartbeatTable;
 use llamanet_operator::swarm_peer::{self, SwarmPeerConfig};
 use tokio::sync::oneshot;
 
+/// Read at run time (cargo sets it for tests), not baked in: a binary reused from a shared
+/// target folder may have been built in another checkout.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from)
+        .join("..")
 }
 
 /// How a replica runs.

@@ -39,9 +39,15 @@ pub fn monitoring_crds() -> std::path::PathBuf {
     dir
 }
 
-/// The workspace root (tests run from their crate's folder).
-fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+/// The workspace root. Read from `CARGO_MANIFEST_DIR` at run time (cargo sets it for every
+/// test), not baked in at build time: a test binary reused from a shared target folder
+/// may have been built in another checkout.
+pub fn repo_root() -> std::path::PathBuf {
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || env!("CARGO_MANIFEST_DIR").into(),
+        std::path::PathBuf::from,
+    );
+    crate_dir.join("../..")
 }
 
 /// The default model: `$LLAMANET_MODEL`, else where scripts/fetch-model.sh caches it.

@@ -1,13 +1,13 @@
 //! The Helm chart: lints strictly, carries the generated CRD unchanged, and
 //! renders objects the real API server accepts (server-side dry run).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use llamanet_cluster::{Cluster, ClusterConfig};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    llamanet_cluster::testing::repo_root()
 }
 
 /// `$LLAMANET_HELM`, else where scripts/build-tools.sh caches it.

@@ -9,9 +9,7 @@ use llamanet_cluster::ImageCatalog;
 use llamanet_cluster::kubelet::IMAGE_USER;
 
 fn read(rel: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel);
+    let path = llamanet_cluster::testing::repo_root().join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -19,7 +19,7 @@ use llamanet_cluster::{Cluster, ClusterConfig};
 const SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    llamanet_cluster::testing::repo_root()
 }
 
 async fn pods(cluster: &Cluster, namespace: &str, selector: &str) -> Vec<Pod> {

@@ -7,11 +7,11 @@
 //! a node and the operator in `operator/tests/real_nodes.rs`.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    llamanet_cluster::testing::repo_root()
 }
 
 fn promtool() -> PathBuf {

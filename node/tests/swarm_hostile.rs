@@ -185,6 +185,15 @@ async fn fake_models_by_the_thousand_leave_tables_and_metrics_bounded() {
         )
         .await
         .unwrap();
+        // A greedy peer joins first, while the table has room: its own heartbeats are
+        // accepted, so only its forgeries below count against its gossipsub score (three
+        // rejections in quick succession graylist a peer, and its messages go unread).
+        let (greedy, greedy_key) = hostile(&victim, status(None)).await;
+        wait_until("the greedy peer and the victim meet", Duration::from_secs(10), || {
+            greedy.heartbeat_of(&victim.peer_id()).is_some()
+                && victim.heartbeat_of(&greedy.peer_id()).is_some()
+        })
+        .await;
         // Twelve identities with 16 fake models each: 192 model ids.
         let mut fakes = Vec::new();
         for i in 0..12 {
@@ -192,13 +201,9 @@ async fn fake_models_by_the_thousand_leave_tables_and_metrics_bounded() {
             claims.models = fake_models(&format!("fake{i}"), MAX_MODELS);
             fakes.push(hostile(&victim, claims).await.0);
         }
-        // One more with 17 models and one with 10,000: out of bounds, and too large to
-        // even publish (gossipsub's own limit); one just over the envelope limit.
-        let (greedy, greedy_key) = hostile(&victim, status(None)).await;
-        wait_until("the greedy peer hears the victim", Duration::from_secs(10), || {
-            greedy.heartbeat_of(&victim.peer_id()).is_some()
-        })
-        .await;
+        // Then it sends one heartbeat with 17 models and one with 10,000: out of bounds,
+        // and too large to even publish (gossipsub's own limit); one just over the envelope
+        // limit.
         let mut seventeen = status(None);
         seventeen.models = fake_models("too-many", MAX_MODELS + 1);
         greedy

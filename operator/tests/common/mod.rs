@@ -14,12 +14,8 @@ use llamanet_operator::heartbeat::HeartbeatTable;
 use llamanet_operator::swarm_peer::{self, SwarmPeerConfig};
 use tokio::sync::oneshot;
 
-/// Read at run time (cargo sets it for tests), not baked in: a binary reused from a shared
-/// target folder may have been built in another checkout.
 pub fn repo_root() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from)
-        .join("..")
+    llamanet_cluster::testing::repo_root()
 }
 
 /// How a replica runs.

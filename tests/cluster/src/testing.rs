@@ -39,15 +39,20 @@ pub fn monitoring_crds() -> std::path::PathBuf {
     dir
 }
 
-/// The workspace root. Read from `CARGO_MANIFEST_DIR` at run time (cargo sets it for every
-/// test), not baked in at build time: a test binary reused from a shared target folder
-/// may have been built in another checkout.
+/// The workspace root: the first folder above the running test's crate that holds
+/// `Cargo.lock`. Found at run time from `CARGO_MANIFEST_DIR` (cargo sets it for every
+/// test), not baked in at build time: a test binary reused from a shared target folder may
+/// have been built in another checkout.
 pub fn repo_root() -> std::path::PathBuf {
     let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
-        || env!("CARGO_MANIFEST_DIR").into(),
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
         std::path::PathBuf::from,
     );
-    crate_dir.join("../..")
+    crate_dir
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .unwrap_or(&crate_dir)
+        .to_path_buf()
 }
 
 /// The default model: `$LLAMANET_MODEL`, else where scripts/fetch-model.sh caches it.

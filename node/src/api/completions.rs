@@ -66,14 +66,13 @@ pub async fn create(
     }
     let resume =
         relayed.check_resume(&options, prompts.len(), &loaded.engine.info().fingerprint)?;
-    let requests = generation::requests(prompts, &options, resume)?;
     let shape =
         Shape::new(Kind::Completion, &state.config.model_id, "/v1/completions").resumed(resume);
-    generation::respond(
+    generation::run(
         &state,
         &loaded.engine,
         shape,
-        requests,
+        prompts,
         &options,
         &relayed,
         received,

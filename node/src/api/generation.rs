@@ -21,6 +21,7 @@ use tokio::time::Instant as TokioInstant;
 
 use super::AppState;
 use super::error::ApiError;
+use super::tools::{CallStream, Delta, Tools};
 use super::types::GenerationOptions;
 use crate::engine::{Engine, FinishReason, GenerationEvent, GenerationRequest, Usage};
 use crate::route::resume::{ANNOTATE_HEADER, ANNOTATION_EVENT, Annotation, RESUME_HEADER, Resume};
@@ -96,6 +97,8 @@ pub struct Shape {
     pub created: u64,
     pub model: String,
     pub endpoint: &'static str,
+    /// The tools a chat answer may call: its text is read for calls.
+    pub tools: Option<Tools>,
 }
 
 impl Shape {
@@ -124,7 +127,12 @@ impl Shape {
                 .map_or(0, |d| d.as_secs()),
             model: model.to_string(),
             endpoint,
+            tools: None,
         }
+    }
+
+    pub fn with_tools(self, tools: Option<Tools>) -> Self {
+        Shape { tools, ..self }
     }
 
     fn object(&self, streamed: bool) -> &'static str {
@@ -147,6 +155,16 @@ impl Shape {
     }
 
     fn full_choice(&self, index: usize, text: String, finish: FinishReason) -> Value {
+        let calls = self.tools.as_ref().and_then(|tools| tools.parse(&text));
+        if let Some(calls) = calls {
+            let calls: Vec<Value> = calls.iter().map(|call| call.to_json()).collect();
+            return json!({
+                "index": index,
+                "message": {"role": "assistant", "content": Value::Null, "tool_calls": calls},
+                "logprobs": Value::Null,
+                "finish_reason": "tool_calls",
+            });
+        }
         match self.kind {
             Kind::Chat => json!({
                 "index": index,
@@ -163,13 +181,8 @@ impl Shape {
         }
     }
 
-    fn delta_choice(
-        &self,
-        index: usize,
-        text: Option<&str>,
-        finish: Option<FinishReason>,
-    ) -> Value {
-        let finish_reason = finish.map_or(Value::Null, |f| Value::from(f.as_str()));
+    fn delta_choice(&self, index: usize, text: Option<&str>, finish: Option<&str>) -> Value {
+        let finish_reason = finish.map_or(Value::Null, Value::from);
         match self.kind {
             Kind::Chat => {
                 let delta = match text {
@@ -238,7 +251,7 @@ pub fn requests(
         })
         .unwrap_or_default();
     if let Some(schema) = &options.json_schema {
-        let grammar = llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|err| {
+        let grammar = llama_cpp_2::json_schema_to_grammar(schema).map_err(|err| {
             ApiError::invalid_param(
                 "response_format",
                 format!("the JSON schema cannot be turned into a grammar: {err}"),
@@ -256,6 +269,22 @@ pub fn requests(
             resume: resumed.clone(),
         })
         .collect())
+}
+
+/// Builds the requests for `prompts` and answers them: what chat and text completions
+/// share once each has its prompts.
+pub async fn run(
+    state: &AppState,
+    engine: &Engine,
+    shape: Shape,
+    prompts: Vec<Vec<llama_cpp_2::token::LlamaToken>>,
+    options: &GenerationOptions,
+    relayed: &Relayed,
+    received: Instant,
+) -> Result<Response, ApiError> {
+    let resume = relayed.resume.as_ref();
+    let requests = requests(prompts, options, resume)?;
+    respond(state, engine, shape, requests, options, relayed, received).await
 }
 
 /// Submits every request; if one is refused, the ones already queued are cancelled (their
@@ -280,8 +309,10 @@ pub async fn respond(
     relayed: &Relayed,
     received: Instant,
 ) -> Result<Response, ApiError> {
-    // Annotations describe one choice; several choices are never continued.
-    let annotation = (relayed.annotate && requests.len() == 1).then(|| Annotation::Start {
+    // Annotations describe one choice; several choices are never continued, nor answers
+    // that may be tool calls (their stream is not text a continuation could extend).
+    let continuable = requests.len() == 1 && shape.tools.is_none();
+    let annotation = (relayed.annotate && continuable).then(|| Annotation::Start {
         id: shape.id.clone(),
         created: shape.created,
         seed: requests[0]
@@ -412,6 +443,8 @@ fn stream_events(
         merged: S,
         state: AppState,
         shape: Shape,
+        /// Chat with tools: the answer read for calls as it grows (one choice).
+        calls: Option<CallStream>,
         usages: Vec<Usage>,
         finished: usize,
         choices: usize,
@@ -419,10 +452,16 @@ fn stream_events(
         done: bool,
         annotate: bool,
     }
+    let calls = shape
+        .tools
+        .clone()
+        .filter(|_| choices == 1)
+        .map(CallStream::new);
     let relay = Relay {
         merged,
         state,
         shape,
+        calls,
         usages: Vec::new(),
         finished: 0,
         choices,
@@ -462,6 +501,10 @@ fn stream_events(
             }
         };
         let mut lines = Vec::with_capacity(2);
+        let delta = |shape: &Shape, delta: Delta| {
+            let choice = json!({"index": index, "delta": delta.to_json(), "logprobs": Value::Null, "finish_reason": Value::Null});
+            Line::Data(shape.envelope(true, vec![choice]).to_string())
+        };
         let chunk = match event {
             GenerationEvent::Text { text, tokens } => {
                 if relay.annotate {
@@ -476,6 +519,12 @@ fn stream_events(
                         .time_to_first_token
                         .observe(received.elapsed().as_secs_f64());
                 }
+                if let Some(calls) = &mut relay.calls {
+                    for d in calls.push(&text) {
+                        lines.push(delta(&relay.shape, d));
+                    }
+                    return Some((lines, relay));
+                }
                 let choice = relay.shape.delta_choice(index, Some(&text), None);
                 relay.shape.envelope(true, vec![choice])
             }
@@ -486,7 +535,17 @@ fn stream_events(
                 record_usage(&relay.state, &usage);
                 relay.usages.push(usage);
                 relay.finished += 1;
-                let choice = relay.shape.delta_choice(index, None, Some(finish_reason));
+                let mut finish = finish_reason.as_str();
+                if let Some(calls) = &mut relay.calls {
+                    let (deltas, called) = calls.finish();
+                    for d in deltas {
+                        lines.push(delta(&relay.shape, d));
+                    }
+                    if called {
+                        finish = "tool_calls";
+                    }
+                }
+                let choice = relay.shape.delta_choice(index, None, Some(finish));
                 relay.shape.envelope(true, vec![choice])
             }
             GenerationEvent::Failed(message) => {

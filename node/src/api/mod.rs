@@ -21,6 +21,7 @@ pub mod models;
 pub mod proxy;
 pub mod swarm;
 pub mod template;
+pub mod tools;
 pub mod types;
 
 use std::net::SocketAddr;

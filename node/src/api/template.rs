@@ -45,11 +45,31 @@ pub fn builtin_for(architecture: &str) -> &'static str {
     }
 }
 
-/// One message as the template sees it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// One message as the template sees it: Hugging Face's message shape, with the tool
+/// fields only where a message has them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct TemplateMessage {
     pub role: String,
     pub content: String,
+    /// An assistant's calls: `{id, type, function: {name, arguments}}`, the arguments as
+    /// a JSON value (templates print them with `tojson`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A tool message's call, and the function it answers for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl TemplateMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        TemplateMessage {
+            role: role.into(),
+            content: content.into(),
+            ..TemplateMessage::default()
+        }
+    }
 }
 
 /// A compiled chat template with the model's special tokens.
@@ -58,6 +78,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// The template renders `tools` itself (tool-trained models' templates do).
+    supports_tools: bool,
 }
 
 const NAME: &str = "chat";
@@ -78,7 +100,14 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            supports_tools: source.contains("tools"),
         })
+    }
+
+    /// Whether the template renders `tools` and tool messages itself; if not, the chat
+    /// endpoint uses the generic format (see `tools.rs`).
+    pub fn supports_tools(&self) -> bool {
+        self.supports_tools
     }
 
     /// The prompt text for `messages`, ending with the assistant's turn opening when
@@ -89,10 +118,22 @@ impl ChatTemplate {
         messages: &[TemplateMessage],
         add_generation_prompt: bool,
     ) -> Result<String, String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`render`](Self::render) with OpenAI's `tools` for templates that render them
+    /// (`none` when there are none, as Hugging Face passes it).
+    pub fn render_with_tools(
+        &self,
+        messages: &[TemplateMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
         let template = self.env.get_template(NAME).map_err(|err| err.to_string())?;
         template
             .render(minijinja::context! {
                 messages => Value::from(Serde(messages)),
+                tools => tools.map(|tools| Value::from(Serde(tools))),
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token.as_str(),
                 eos_token => self.eos_token.as_str(),
@@ -177,10 +218,53 @@ mod tests {
     use super::*;
 
     fn msg(role: &str, content: &str) -> TemplateMessage {
-        TemplateMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        TemplateMessage::new(role, content)
+    }
+
+    /// A tool-trained model's template (the shape of Qwen's) gets OpenAI's tools and the
+    /// calls and results of the history as it expects them.
+    #[test]
+    fn tool_templates_get_tools_calls_and_results() {
+        let source = "{% if tools %}{% for t in tools %}<tool>{{ t.function.name }}</tool>{% endfor %}{% endif %}\
+                      {% for m in messages %}{% if m.tool_calls %}{% for c in m.tool_calls %}\
+                      <call>{{ c.function.name }} {{ c.function.arguments | tojson }}</call>{% endfor %}\
+                      {% elif m.role == 'tool' %}<result id={{ m.tool_call_id }}>{{ m.content }}</result>\
+                      {% else %}[{{ m.role }}]{{ m.content }}{% endif %}{% endfor %}";
+        let template = ChatTemplate::new(source, "", "").unwrap();
+        assert!(template.supports_tools());
+        assert!(
+            !ChatTemplate::new(GEMMA_TEMPLATE, "", "")
+                .unwrap()
+                .supports_tools()
+        );
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "get_time"}})];
+        let messages = [
+            msg("user", "Time?"),
+            TemplateMessage {
+                tool_calls: Some(vec![serde_json::json!({
+                    "id": "call_1", "type": "function",
+                    "function": {"name": "get_time", "arguments": {"tz": "UTC"}}
+                })]),
+                ..msg("assistant", "")
+            },
+            TemplateMessage {
+                tool_call_id: Some("call_1".into()),
+                name: Some("get_time".into()),
+                ..msg("tool", "12:00")
+            },
+        ];
+        assert_eq!(
+            template
+                .render_with_tools(&messages, Some(&tools), false)
+                .unwrap(),
+            "<tool>get_time</tool>[user]Time?<call>get_time {\"tz\": \"UTC\"}</call>\
+             <result id=call_1>12:00</result>"
+        );
+        // Without tools the template sees `none`.
+        assert_eq!(
+            template.render(&messages[..1], false).unwrap(),
+            "[user]Time?"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::tools::{MessageToolCall, ToolChoiceField, ToolField};
 use crate::engine::SamplingParams;
 
 /// `stop`: one string or several.
@@ -76,6 +77,12 @@ pub struct ChatMessage {
     pub content: Option<MessageContent>,
     #[serde(default)]
     pub name: Option<String>,
+    /// An assistant's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<MessageToolCall>>,
+    /// A tool message's answer is to this call.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +104,12 @@ pub struct ContentPart {
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub tools: Option<Vec<ToolField>>,
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoiceField>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub fields: GenerationFields,
 }
@@ -145,9 +158,9 @@ pub struct GenerationOptions {
     pub sampling: SamplingParams,
     pub stream: bool,
     pub include_usage: bool,
-    /// A JSON schema the output must follow (`response_format`), still to be turned into
-    /// a grammar.
-    pub json_schema: Option<Value>,
+    /// A JSON schema the output must follow (`response_format`, or a required tool call),
+    /// as JSON text, still to be turned into a grammar.
+    pub json_schema: Option<String>,
 }
 
 /// Most stop strings accepted (OpenAI allows 4; a few more cost nothing).
@@ -236,12 +249,12 @@ impl GenerationFields {
         }
         let json_schema = match &self.response_format {
             None | Some(ResponseFormat::Text) => None,
-            Some(ResponseFormat::JsonObject) => Some(serde_json::json!({"type": "object"})),
+            Some(ResponseFormat::JsonObject) => Some(r#"{"type":"object"}"#.to_string()),
             Some(ResponseFormat::JsonSchema { json_schema }) => Some(
                 json_schema
                     .schema
-                    .clone()
-                    .unwrap_or_else(|| serde_json::json!({})),
+                    .as_ref()
+                    .map_or_else(|| "{}".to_string(), Value::to_string),
             ),
         };
         Ok(GenerationOptions {
@@ -384,10 +397,7 @@ mod tests {
         let options = fields(serde_json::json!({"response_format": {"type": "json_object"}}))
             .validate()
             .unwrap();
-        assert_eq!(
-            options.json_schema,
-            Some(serde_json::json!({"type": "object"}))
-        );
+        assert_eq!(options.json_schema.as_deref(), Some(r#"{"type":"object"}"#));
         let options = fields(serde_json::json!({"response_format": {
             "type": "json_schema",
             "json_schema": {"name": "x", "schema": {"type": "integer"}}
@@ -395,8 +405,8 @@ mod tests {
         .validate()
         .unwrap();
         assert_eq!(
-            options.json_schema,
-            Some(serde_json::json!({"type": "integer"}))
+            options.json_schema.as_deref(),
+            Some(r#"{"type":"integer"}"#)
         );
     }
 

@@ -125,6 +125,16 @@ pub struct HttpArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LLAMANET_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
+
+    /// Seconds the engine (with requests waiting) or the swarm task may go without
+    /// progress before the node reports unhealthy and exits non-zero. A dead engine
+    /// thread or swarm task does so at once.
+    #[arg(long, env = "LLAMANET_STALL_TIMEOUT", default_value_t = 120)]
+    pub stall_timeout: u64,
+
+    /// Serve POST /debug/inject/{failure} to break the node on purpose (tests only).
+    #[arg(long, hide = true)]
+    pub test_hooks: bool,
 }
 
 /// `llamanet router`: a node without a model. It joins the swarm and forwards every

@@ -228,6 +228,11 @@ fn run_server(
         },
         shutdown_grace: Duration::from_secs(http.shutdown_grace),
         membership: Some(swarm),
+        watchdog: api::watchdog::WatchdogConfig {
+            stall_limit: Duration::from_secs(http.stall_timeout.max(1)),
+            ..api::watchdog::WatchdogConfig::default()
+        },
+        test_hooks: http.test_hooks,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

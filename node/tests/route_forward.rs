@@ -181,6 +181,20 @@ async fn meet(nodes: &[&Node]) {
     .await;
 }
 
+/// Makes `node` report `busy` slots and waits until `observer` has seen it.
+async fn make_busy(node: &Node, busy: u32, observer: &Node) {
+    node.swarm.update_status(|s| s.slots_busy = busy);
+    node.swarm.publish_heartbeat().await.unwrap();
+    let id = node.id();
+    wait_until("the busier load is seen", Duration::from_secs(5), || {
+        observer
+            .swarm
+            .heartbeat_of(&id)
+            .is_some_and(|h| h.status.slots_busy == busy)
+    })
+    .await;
+}
+
 async fn handle(State(engine): State<Engine>, request: axum::extract::Request) -> Response {
     engine.served.fetch_add(1, Ordering::SeqCst);
     let forwarded_by = request.extensions().get::<ForwardedBy>().map(|f| f.0);
@@ -445,17 +459,9 @@ async fn failed_attempts_fall_over_to_the_next_peer_then_to_the_entry_itself() {
             PeerTrust::Members,
         )
         .await;
-        // The good peer is busier, so power of two choices always prefers a bad one first.
-        good.swarm.update_status(|s| s.slots_busy = 2);
-        good.swarm.publish_heartbeat().await.unwrap();
         meet(&[&sick, &good, &doomed, &entry]).await;
-        wait_until("the entry sees good busier", Duration::from_secs(5), || {
-            entry
-                .swarm
-                .heartbeat_of(&good.id())
-                .is_some_and(|h| h.status.slots_busy == 2)
-        })
-        .await;
+        // The good peer is busier, so power of two choices always prefers a bad one first.
+        make_busy(&good, 2, &entry).await;
         // A crash: the swarm task dies, the heartbeat lingers in everyone's table.
         doomed.swarm.abort();
 
@@ -578,8 +584,6 @@ async fn a_broken_stream_continues_on_another_node_where_the_client_is() {
             PeerTrust::Members,
         )
         .await;
-        steady.swarm.update_status(|s| s.slots_busy = 3);
-        steady.swarm.publish_heartbeat().await.unwrap();
         let router = node(
             "router",
             false,
@@ -590,17 +594,7 @@ async fn a_broken_stream_continues_on_another_node_where_the_client_is() {
         )
         .await;
         meet(&[&breaking, &steady, &router]).await;
-        wait_until(
-            "the router sees steady busier",
-            Duration::from_secs(5),
-            || {
-                router
-                    .swarm
-                    .heartbeat_of(&steady.id())
-                    .is_some_and(|h| h.status.slots_busy == 3)
-            },
-        )
-        .await;
+        make_busy(&steady, 3, &router).await;
 
         let (status, _, chunks) = send(&router.url, CHAT).await;
         assert_eq!(status, reqwest::StatusCode::OK);
@@ -760,14 +754,7 @@ async fn a_forwarded_request_is_served_where_it_lands() {
         .await;
         meet(&[&a, &b, &c]).await;
         // A prefers the idle B? Make C busy so A picks B.
-        c.swarm.update_status(|s| s.slots_busy = 4);
-        c.swarm.publish_heartbeat().await.unwrap();
-        wait_until("a sees c busy", Duration::from_secs(5), || {
-            a.swarm
-                .heartbeat_of(&c.id())
-                .is_some_and(|h| h.status.slots_busy == 4)
-        })
-        .await;
+        make_busy(&c, 4, &a).await;
         let (_, headers, chunks) = send(&a.url, PLAIN_CHAT).await;
         let answer: serde_json::Value = serde_json::from_slice(&chunks.concat_bytes()).unwrap();
         // B's own view (load 5) would send it on to C; forwarded, it serves it itself.
@@ -806,9 +793,6 @@ async fn a_node_that_does_not_trust_the_forwarder_refuses_and_the_next_answers()
             PeerTrust::Members,
         )
         .await;
-        // Open is busier, so the router tries strict first.
-        open.swarm.update_status(|s| s.slots_busy = 3);
-        open.swarm.publish_heartbeat().await.unwrap();
         let router = node(
             "router",
             false,
@@ -819,17 +803,8 @@ async fn a_node_that_does_not_trust_the_forwarder_refuses_and_the_next_answers()
         )
         .await;
         meet(&[&strict, &open, &router]).await;
-        wait_until(
-            "the router sees open busier",
-            Duration::from_secs(5),
-            || {
-                router
-                    .swarm
-                    .heartbeat_of(&open.id())
-                    .is_some_and(|h| h.status.slots_busy == 3)
-            },
-        )
-        .await;
+        // Open is busier, so the router tries strict first.
+        make_busy(&open, 3, &router).await;
         let (status, _, chunks) = send(&router.url, PLAIN_CHAT).await;
         assert_eq!(status, reqwest::StatusCode::OK);
         let answer: serde_json::Value = serde_json::from_slice(&chunks.concat_bytes()).unwrap();

@@ -1,5 +1,7 @@
 //! `GET /health` (503 `{"status":"loading"}` until the model serves, then 200
-//! `{"status":"ok"}` with slot figures; 503 `shutting_down` after SIGTERM) and
+//! `{"status":"ok"}` with slot figures; 503 `shutting_down` after SIGTERM; 503
+//! `unhealthy` with the reason once the watchdog finds the engine or the swarm dead or
+//! stuck, shortly before the process exits) and
 //! `GET /metrics` (Prometheus text). Neither needs the API key: probes and scrapers call
 //! them.
 
@@ -15,6 +17,13 @@ use super::{AppState, Local};
 use crate::metrics::EngineGauges;
 
 pub async fn health(State(state): State<AppState>) -> Response {
+    if let Some(reason) = state.failure.get() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unhealthy", "reason": reason})),
+        )
+            .into_response();
+    }
     if state.shutting_down.load(Ordering::Relaxed) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -17,12 +17,14 @@ pub mod embeddings;
 pub mod error;
 pub mod generation;
 pub mod health;
+mod hooks;
 pub mod models;
 pub mod proxy;
 pub mod swarm;
 pub mod template;
 pub mod tools;
 pub mod types;
+pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -94,6 +96,8 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// This node's swarm membership, once joined (never with `--no-swarm`).
     pub swarm: Arc<OnceLock<SwarmHandle>>,
+    /// Why the node is unhealthy, once the watchdog found it so (see `watchdog.rs`).
+    pub failure: Arc<OnceLock<String>>,
 }
 
 impl AppState {
@@ -110,6 +114,7 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             shutting_down: Arc::new(AtomicBool::new(false)),
             swarm: Arc::new(OnceLock::new()),
+            failure: Arc::new(OnceLock::new()),
         }
     }
 
@@ -369,6 +374,10 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// How to join the swarm; `None` serves alone.
     pub membership: Option<MembershipArgs>,
+    /// When a dead or stuck engine or swarm makes the node unhealthy.
+    pub watchdog: watchdog::WatchdogConfig,
+    /// Serve `POST /debug/inject/{failure}` to break the node on purpose (tests only).
+    pub test_hooks: bool,
 }
 
 /// Binds, answers `/health` with 503 while the model loads in the background (or the
@@ -438,7 +447,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     tokio::spawn(swarm::report_load(state.clone()));
 
-    let app = router(state.clone());
+    let mut app = router(state.clone());
+    if options.test_hooks {
+        tracing::warn!("test hooks are on: POST /debug/inject/{{failure}} breaks this node");
+        app = app.merge(hooks::routes(state.clone()));
+    }
+    let (unhealthy_tx, mut unhealthy_rx) = tokio::sync::mpsc::channel::<String>(1);
+    watchdog::spawn(state.clone(), options.watchdog, unhealthy_tx)?;
     // Requests peers forward arrive over swarm streams; each is a task of `peer_tasks`, so
     // draining can wait for them like for HTTP connections.
     let peer_tasks = tokio_util::task::TaskTracker::new();
@@ -458,6 +473,20 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         Some(err) = failed_rx.recv() => {
             shutdown.notify_one();
             return Err(err);
+        }
+        // Dead or stuck inside: /health says so already; tell the swarm (if it still
+        // listens), linger a moment so probes and forwarders see the 503, then exit
+        // non-zero so Kubernetes restarts the pod.
+        Some(reason) = unhealthy_rx.recv() => {
+            tracing::error!(%reason, "unhealthy; exiting so that the node is restarted");
+            let _ = tokio::time::timeout(
+                options.watchdog.exit_after,
+                swarm::announce_leaving(&state),
+            )
+            .await;
+            tokio::time::sleep(options.watchdog.exit_after).await;
+            shutdown.notify_one();
+            anyhow::bail!("unhealthy: {reason}");
         }
         () = termination() => {}
     }

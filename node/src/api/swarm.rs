@@ -58,7 +58,9 @@ async fn report_engine_load(state: &AppState) {
         }
         let loaded = state.loaded.get();
         swarm.update_status(|status| {
-            status.healthy = loaded.is_some() && !state.shutting_down.load(Ordering::Relaxed);
+            status.healthy = loaded.is_some()
+                && !state.shutting_down.load(Ordering::Relaxed)
+                && state.failure.get().is_none();
             if let Some(loaded) = loaded {
                 let load = loaded.engine.load();
                 status.slots_busy = load.busy_slots.load(Ordering::Relaxed) as u32;

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::EngineError;
 use super::handle::EngineLoad;
 use super::model::Model;
-use super::request::{EmbeddingJob, FinishReason, GenerationEvent, Job, Usage, Work};
+use super::request::{EmbeddingJob, FinishReason, GenerationEvent, Job, TestHook, Usage, Work};
 use super::sampling;
 use super::scheduler::{self, FreeSlot};
 use super::settings::EngineSettings;
@@ -224,6 +224,10 @@ impl<'m> Batcher<'m> {
             match item {
                 Work::Generate(job) => self.start(job),
                 Work::Embed(job) => self.embed(job),
+                Work::Hook(TestHook::Crash) => {
+                    panic!("the engine thread was stopped by a test hook")
+                }
+                Work::Hook(TestHook::Hang(time)) => std::thread::sleep(time),
             }
         }
         true
@@ -620,6 +624,7 @@ impl<'m> Batcher<'m> {
 
     /// Publishes the load figures for metrics and heartbeats.
     fn publish(&self) {
+        self.load.steps.fetch_add(1, Ordering::Relaxed);
         self.load.busy_slots.store(self.busy(), Ordering::Relaxed);
         let cells = self.slots.iter().map(|slot| slot.cached.len()).sum();
         self.load.kv_cells_used.store(cells, Ordering::Relaxed);

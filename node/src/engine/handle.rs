@@ -19,7 +19,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::EngineError;
 use super::batcher;
 use super::model::Model;
-use super::request::{EmbeddingJob, GenerationEvent, GenerationRequest, Job, SubmitError, Work};
+use super::request::{
+    EmbeddingJob, GenerationEvent, GenerationRequest, Job, SubmitError, TestHook, Work,
+};
 use super::scheduler::generation_room;
 use super::settings::EngineSettings;
 
@@ -37,9 +39,16 @@ pub struct EngineLoad {
     tokens_per_second_bits: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub prompt_tokens_evaluated: AtomicU64,
+    /// Turns of the engine loop (one per step, and one before each idle wait): the
+    /// watchdog's evidence of progress.
+    pub(crate) steps: AtomicU64,
 }
 
 impl EngineLoad {
+    pub fn steps(&self) -> u64 {
+        self.steps.load(Ordering::Relaxed)
+    }
+
     pub fn tokens_per_second(&self) -> f64 {
         f64::from_bits(self.tokens_per_second_bits.load(Ordering::Relaxed))
     }
@@ -71,6 +80,8 @@ pub struct EngineInfo {
 
 #[derive(Debug)]
 struct Shared {
+    /// The engine thread, to tell whether it is still running.
+    thread: std::thread::JoinHandle<()>,
     work: mpsc::Sender<Work>,
     places: Arc<Semaphore>,
     model: Arc<Model>,
@@ -96,7 +107,7 @@ impl Engine {
         let thread_load = Arc::clone(&load);
         let path_owned = path.to_path_buf();
         let queue = settings.queue;
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("llamanet-engine".into())
             .spawn(move || batcher::run(&path_owned, &settings, work_rx, thread_load, ready_tx))
             .map_err(|err| EngineError::Thread(err.to_string()))?;
@@ -124,6 +135,7 @@ impl Engine {
         };
         Ok(Engine {
             shared: Arc::new(Shared {
+                thread,
                 work: work_tx,
                 places: Arc::new(Semaphore::new(places)),
                 model,
@@ -139,6 +151,17 @@ impl Engine {
 
     pub fn load(&self) -> &EngineLoad {
         &self.shared.load
+    }
+
+    /// Whether the engine thread is still running (it ends only when the last handle is
+    /// dropped, or on a crash).
+    pub fn is_running(&self) -> bool {
+        !self.shared.thread.is_finished()
+    }
+
+    /// Injects a failure into the engine thread; only `serve --test-hooks` exposes this.
+    pub fn inject(&self, hook: TestHook) -> Result<(), SubmitError> {
+        self.enqueue(Work::Hook(hook))
     }
 
     /// Requests waiting for a slot.

@@ -32,7 +32,7 @@ pub mod stop;
 pub use handle::{Engine, EngineInfo, EngineLoad};
 pub use model::Model;
 pub use request::{
-    FinishReason, GenerationEvent, GenerationRequest, SamplingParams, SubmitError, Usage,
+    FinishReason, GenerationEvent, GenerationRequest, SamplingParams, SubmitError, TestHook, Usage,
 };
 pub use session::{Generation, GenerationStats, Session};
 pub use settings::EngineSettings;

@@ -176,4 +176,15 @@ pub(crate) struct EmbeddingJob {
 pub(crate) enum Work {
     Generate(Job),
     Embed(EmbeddingJob),
+    Hook(TestHook),
+}
+
+/// Failures a test can inject into the engine thread (`llamanet serve --test-hooks`), to
+/// check that health tells the truth when the engine dies or hangs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestHook {
+    /// The thread panics, as on a crash in llama.cpp's bindings.
+    Crash,
+    /// The thread blocks for this long, as in a hung decode.
+    Hang(std::time::Duration),
 }

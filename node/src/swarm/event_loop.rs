@@ -193,6 +193,10 @@ impl EventLoop {
         self.dial_due_bootstrap();
 
         loop {
+            self.channels
+                .metrics
+                .loop_turns
+                .fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.channels.commands.recv() => match command {
@@ -201,6 +205,8 @@ impl EventLoop {
                         let _ = done.send(());
                         break;
                     }
+                    // A test stands in for a handler that awaits what never comes.
+                    Some(Command::Hang(time)) => tokio::time::sleep(time).await,
                     Some(command) => self.on_command(command),
                     // Every handle is gone: nobody can use the swarm any more.
                     None => break,
@@ -267,7 +273,7 @@ impl EventLoop {
             Command::ConnectedPeers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
-            Command::Shutdown(_) => unreachable!("handled in run"),
+            Command::Shutdown(_) | Command::Hang(_) => unreachable!("handled in run"),
         }
     }
 

@@ -26,6 +26,8 @@ pub struct SwarmMetrics {
     pub peer_table_size: AtomicU64,
     /// Bootstrap dials that failed.
     pub bootstrap_failures: AtomicU64,
+    /// Turns of the event loop (see `SwarmHandle::loop_turns`).
+    pub loop_turns: AtomicU64,
 }
 
 impl SwarmMetrics {

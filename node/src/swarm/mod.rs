@@ -48,6 +48,7 @@ pub mod providers;
 pub mod streams;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -238,6 +239,9 @@ pub(crate) enum Command {
     FindProviders(String, oneshot::Sender<Vec<PeerId>>),
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     Shutdown(oneshot::Sender<()>),
+    /// Blocks the event loop for this long (`serve --test-hooks`): what a hung swarm task
+    /// looks like.
+    Hang(Duration),
 }
 
 /// The parts of a running swarm that callers share.
@@ -500,6 +504,21 @@ impl SwarmHandle {
     /// Whether the swarm task is still running.
     pub fn is_running(&self) -> bool {
         !self.shared.task.is_finished()
+    }
+
+    /// Turns of the event loop so far; it turns at least every second on its own timers,
+    /// so a count that stands still means a stuck task (the watchdog's evidence).
+    pub fn loop_turns(&self) -> u64 {
+        self.shared.metrics.loop_turns.load(Ordering::Relaxed)
+    }
+
+    /// Blocks the event loop for `time`, for tests of the watchdog (`serve --test-hooks`).
+    pub async fn inject_hang(&self, time: Duration) -> Result<(), SwarmError> {
+        self.shared
+            .commands
+            .send(Command::Hang(time))
+            .await
+            .map_err(|_| SwarmError::Stopped)
     }
 
     async fn request<T>(

@@ -31,6 +31,7 @@ use llamanet_node::route::{
 };
 use llamanet_node::swarm::SwarmHandle;
 use swarm_support::{addr_of, bounded, init_logs, start_node, wait_until};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const MODEL: &str = "qwen2.5-0.5b";
@@ -152,8 +153,14 @@ async fn node_via(
             post(handle).layer(middleware::from_fn_with_state(gate, route_or_serve)),
         )
         .with_state(engine.clone());
-    llamanet_node::route::transport::serve_peers(&swarm, app.clone(), trust, TaskTracker::new())
-        .unwrap();
+    llamanet_node::route::transport::serve_peers(
+        &swarm,
+        app.clone(),
+        trust,
+        TaskTracker::new(),
+        CancellationToken::new(),
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

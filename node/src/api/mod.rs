@@ -457,8 +457,15 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     // Requests peers forward arrive over swarm streams; each is a task of `peer_tasks`, so
     // draining can wait for them like for HTTP connections.
     let peer_tasks = tokio_util::task::TaskTracker::new();
+    let peers_draining = tokio_util::sync::CancellationToken::new();
     if let (Some(swarm), Some(trust)) = (state.swarm.get(), trust) {
-        crate::route::transport::serve_peers(swarm, app.clone(), trust, peer_tasks.clone())?;
+        crate::route::transport::serve_peers(
+            swarm,
+            app.clone(),
+            trust,
+            peer_tasks.clone(),
+            peers_draining.clone(),
+        )?;
     }
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let public = app.layer(middleware::from_fn(strip_internal_headers));
@@ -500,6 +507,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     state.shutting_down.store(true, Ordering::Relaxed);
     swarm::announce_leaving(&state).await;
     shutdown.notify_one();
+    peers_draining.cancel();
     peer_tasks.close();
     let drained = async {
         let served = server.await;

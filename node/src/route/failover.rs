@@ -324,7 +324,7 @@ impl Router {
         outgoing
             .headers_mut()
             .insert(header::HOST, HeaderValue::from_static("llamanet"));
-        let sent = transport::send(swarm, peer, outgoing, config.connect_timeout);
+        let sent = transport::send(swarm, self.pool(), peer, outgoing, config.connect_timeout);
         let response = match tokio::time::timeout(config.response_timeout, sent).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => return Err(Failure::suspect(relay::describe(&err))),

@@ -68,6 +68,8 @@ struct Inner {
     metrics: Arc<RouteMetrics>,
     inflight: InFlight,
     breakers: Mutex<Breakers>,
+    /// Open exchanges to peers, reused by later forwards.
+    pool: transport::Pool,
 }
 
 impl std::fmt::Debug for Router {
@@ -124,10 +126,12 @@ impl Router {
                     Err(RecvError::Closed) => return,
                 };
                 let Some(inner) = weak.upgrade() else { return };
-                let mut breakers = lock(&inner.breakers);
                 match event {
-                    PeerEvent::Heartbeat(heartbeat) => breakers.heard(&heartbeat),
-                    PeerEvent::PeerLeft(peer) => breakers.retain(|p| *p != peer),
+                    PeerEvent::Heartbeat(heartbeat) => lock(&inner.breakers).heard(&heartbeat),
+                    PeerEvent::PeerLeft(peer) => {
+                        lock(&inner.breakers).retain(|p| *p != peer);
+                        inner.pool.forget(&peer);
+                    }
                     _ => {}
                 }
             }
@@ -152,6 +156,7 @@ impl Router {
                 metrics: Arc::new(RouteMetrics::default()),
                 inflight: InFlight::default(),
                 breakers: Mutex::new(Breakers::new(BreakerPolicy::default())),
+                pool: transport::Pool::default(),
             }),
         }
     }
@@ -175,6 +180,10 @@ impl Router {
 
     pub(crate) fn swarm(&self) -> Option<&SwarmHandle> {
         self.inner.swarm.as_ref()
+    }
+
+    pub(crate) fn pool(&self) -> &transport::Pool {
+        &self.inner.pool
     }
 
     /// Forwards in flight, by peer (counted into peers' loads when choosing).

@@ -188,6 +188,22 @@ async fn meet(nodes: &[&Node]) {
     .await;
 }
 
+/// Connects `a` to `b` directly. A heartbeat can arrive through gossip before the DHT has
+/// given its sender's address, and a forward to it would then fail to dial and fall over.
+async fn connect(a: &Node, b: &Node) {
+    // Refused when already connected or dialing: either is what we want.
+    let _ = a.swarm.dial(addr_of(&b.swarm)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.swarm.connected_peers().await.unwrap().contains(&b.id()) {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not connect",
+            b.engine.name
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Makes `node` report `busy` slots and waits until `observer` has seen it.
 async fn make_busy(node: &Node, busy: u32, observer: &Node) {
     node.swarm.update_status(|s| s.slots_busy = busy);
@@ -760,6 +776,7 @@ async fn a_forwarded_request_is_served_where_it_lands() {
         )
         .await;
         meet(&[&a, &b, &c]).await;
+        connect(&a, &b).await;
         // A prefers the idle B? Make C busy so A picks B.
         make_busy(&c, 4, &a).await;
         let (_, headers, chunks) = send(&a.url, PLAIN_CHAT).await;

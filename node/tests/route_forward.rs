@@ -83,6 +83,9 @@ enum Behaviour {
     Stall,
     /// 503 `model_loading`, as a node whose model loads.
     Loading,
+    /// Answers, except the `n`th request it serves: that one hangs up without a word (the
+    /// handler panics, which drops the stream), as an exchange closing under a request.
+    HangUpOn(usize),
 }
 
 /// A node: its swarm, its HTTP address, and what its handler saw.
@@ -219,15 +222,22 @@ async fn make_busy(node: &Node, busy: u32, observer: &Node) {
 }
 
 async fn handle(State(engine): State<Engine>, request: axum::extract::Request) -> Response {
-    engine.served.fetch_add(1, Ordering::SeqCst);
+    let nth = engine.served.fetch_add(1, Ordering::SeqCst) + 1;
     let forwarded_by = request.extensions().get::<ForwardedBy>().map(|f| f.0);
     let headers = request.headers().clone();
     let auth = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap().to_string());
     engine.seen.lock().unwrap().push((auth, forwarded_by));
+    if let Behaviour::HangUpOn(n) = engine.behaviour {
+        assert_ne!(
+            n, nth,
+            "{} hangs up on request {nth} (expected)",
+            engine.name
+        );
+    }
     match engine.behaviour {
-        Behaviour::Answer => axum::Json(serde_json::json!({
+        Behaviour::Answer | Behaviour::HangUpOn(_) => axum::Json(serde_json::json!({
             "served_by": engine.name,
             "forwarded_by": forwarded_by.map(|p| p.to_string()),
         }))
@@ -791,6 +801,48 @@ async fn a_forwarded_request_is_served_where_it_lands() {
         let answer: serde_json::Value = serde_json::from_slice(&chunks.concat_bytes()).unwrap();
         assert_eq!(answer["served_by"], "c");
         assert_eq!(answer["forwarded_by"], b.id().to_string());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_that_closes_under_a_request_is_replaced_by_a_new_stream() {
+    init_logs();
+    bounded(Duration::from_secs(30), async {
+        // B alone serves the model; A cannot fall over to anyone. B's second request comes
+        // on the exchange the first one left in A's pool, and B hangs up on it unanswered:
+        // the request goes out again on a new stream, to B, and the client never knows.
+        let b = node(
+            "b",
+            true,
+            0.0,
+            Behaviour::HangUpOn(2),
+            None,
+            PeerTrust::Members,
+        )
+        .await;
+        let a = node(
+            "a",
+            false,
+            f64::INFINITY,
+            Behaviour::Answer,
+            Some(&b),
+            PeerTrust::Members,
+        )
+        .await;
+        meet(&[&a, &b]).await;
+        connect(&a, &b).await;
+        for attempt in 1..=3 {
+            let (status, headers, chunks) = send(&a.url, PLAIN_CHAT).await;
+            let body = text(&chunks);
+            assert_eq!(status, 200, "request {attempt}: {body}");
+            assert_eq!(headers[NODE_HEADER], b.id().to_string().as_str());
+            let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(answer["served_by"], "b", "request {attempt}: {body}");
+        }
+        // Three answers, four requests served: the second was sent twice.
+        assert_eq!(b.served(), 4);
+        assert_eq!(a.served(), 0);
     })
     .await;
 }

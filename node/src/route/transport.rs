@@ -59,7 +59,9 @@ const MAX_INBOUND: usize = 512;
 /// Inbound exchanges served at once for one peer.
 const MAX_INBOUND_PER_PEER: usize = 128;
 
-/// Longest a peer may take to send a request's head once its stream is open.
+/// Longest a peer may take to send a request's head once its stream is open, or once the
+/// previous answer on it is done: an idle exchange is closed after this long (hyper's
+/// header-read timer runs while it waits for the next request).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who may forward requests to this node.
@@ -122,8 +124,11 @@ pub fn outgoing_headers(incoming: &HeaderMap, extra: &[(HeaderName, String)]) ->
 /// Exchanges kept per peer (busy ones included); more are closed after their answer.
 const POOL_PER_PEER: usize = 16;
 
-/// How long an exchange may sit unused in the pool.
-const POOL_IDLE: Duration = Duration::from_secs(30);
+/// How long an exchange may sit unused in the pool: well under the [`HEAD_TIMEOUT`] after
+/// which the serving side closes it, so a forward rarely meets an exchange closing under it
+/// (and [`send`] retries on a new stream when one does).
+const POOL_IDLE: Duration = Duration::from_secs(4);
+const _: () = assert!(POOL_IDLE.as_secs() * 2 <= HEAD_TIMEOUT.as_secs());
 
 /// Open HTTP/1.1 exchanges to peers, each on a stream of its own. One is taken when it is
 /// ready for a request (its previous answer read to the end) and put back as soon as its
@@ -164,7 +169,9 @@ impl Pool {
 
 /// Sends one request to `peer` and returns its answer once the response head is in; the
 /// body streams as the peer writes it. An idle exchange from `pool` is reused when there is
-/// one; one that turns out closed before the request left is replaced by a new stream.
+/// one. A reused exchange can close under the request: the peer's idle timer ran out, or
+/// it began to drain, just as the request went out. That costs nothing but a new stream:
+/// the request is sent again on one (a peer that is really gone fails there, at once).
 pub async fn send(
     swarm: &SwarmHandle,
     pool: &Pool,
@@ -174,16 +181,22 @@ pub async fn send(
 ) -> Result<Response<Incoming>, SendError> {
     let mut request = request;
     if let Some(mut sender) = pool.take(&peer) {
+        // Kept for a second try: the request itself is gone once it is written.
+        let copy = copy_of(&request);
         match sender.try_send_request(request).await {
             Ok(response) => {
                 pool.put(peer, sender);
                 return Ok(response);
             }
-            Err(mut err) => match err.take_message() {
-                // Never sent: the peer had closed the exchange. Open a new one.
-                Some(unsent) => request = unsent,
-                None => return Err(SendError::Request(err.into_error())),
-            },
+            Err(mut err) => {
+                request = match err.take_message() {
+                    Some(unsent) => unsent,
+                    None => {
+                        debug!(%peer, err = %err.error(), "a reused exchange closed under a request; sending it on a new stream");
+                        copy
+                    }
+                }
+            }
         }
     }
     let stream = swarm.open_stream(peer, HTTP_PROTOCOL, open_timeout).await?;
@@ -204,6 +217,16 @@ pub async fn send(
         .map_err(SendError::Request)?;
     pool.put(peer, sender);
     Ok(response)
+}
+
+/// A copy of a forward (its body is one buffer, so this is cheap).
+fn copy_of(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 /// Serves `app` to peers over inbound streams until the swarm stops. Each stream runs as a

@@ -3,7 +3,8 @@
 //! dropped receiver frees its slot, prompt prefixes are reused, stop strings cut output,
 //! a JSON grammar holds, oversized requests are refused before they are queued, and a
 //! request resumed from any point of another's answer (as a node continuing a dead node's
-//! stream does) writes exactly the rest of that answer, greedy and seeded.
+//! stream does) writes exactly the rest of that answer, greedy and seeded, several choices
+//! of one prompt evaluate it once, and log-probabilities are the model's.
 //!
 //! One engine serves every check (loading per test would dominate the run time), so the
 //! checks run in sequence inside one test. Speed is printed, never asserted.
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use llama_cpp_2::token::LlamaToken;
 use llamanet_node::engine::{
     Engine, EngineSettings, FinishReason, GenerationEvent, GenerationRequest, SamplingParams,
-    SubmitError, Usage,
+    SubmitError, TokenLogprob, Usage,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -35,11 +36,14 @@ struct Outcome {
     usage: Usage,
     /// Each text event with the tokens it announced.
     pieces: Vec<(String, Vec<LlamaToken>)>,
+    /// Log-probabilities of the tokens, when asked for.
+    logprobs: Vec<TokenLogprob>,
 }
 
 async fn collect(mut events: UnboundedReceiver<GenerationEvent>) -> Outcome {
     let mut text = String::new();
     let mut pieces = Vec::new();
+    let mut logprobs = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let event = tokio::time::timeout_at(deadline, events.recv())
@@ -50,9 +54,11 @@ async fn collect(mut events: UnboundedReceiver<GenerationEvent>) -> Outcome {
             GenerationEvent::Text {
                 text: piece,
                 tokens,
+                logprobs: entries,
             } => {
                 text.push_str(&piece);
                 pieces.push((piece, tokens));
+                logprobs.extend(entries);
             }
             GenerationEvent::Done {
                 finish_reason,
@@ -63,6 +69,7 @@ async fn collect(mut events: UnboundedReceiver<GenerationEvent>) -> Outcome {
                     finish: finish_reason,
                     usage,
                     pieces,
+                    logprobs,
                 };
             }
             GenerationEvent::Failed(message) => panic!("generation failed: {message}"),
@@ -81,7 +88,7 @@ fn request(
         max_tokens: Some(max_tokens),
         stop: Vec::new(),
         sampling,
-        resume: Vec::new(),
+        ..GenerationRequest::default()
     }
 }
 
@@ -314,6 +321,8 @@ async fn continuous_batching_on_the_default_model() {
         })
     ));
 
+    check_choices_and_logprobs(&engine, &alone, seeded()).await;
+
     // Cancellation: dropping the receiver frees the slot within a step or two.
     let long = engine
         .submit(request(&engine, "Tell me a long story:", 500, greedy()))
@@ -329,11 +338,9 @@ async fn continuous_batching_on_the_default_model() {
         Err(SubmitError::ContextExceeded { .. })
     ));
     let empty = GenerationRequest {
-        prompt: Vec::new(),
         max_tokens: Some(1),
-        stop: Vec::new(),
         sampling: greedy(),
-        resume: Vec::new(),
+        ..GenerationRequest::default()
     };
     assert_eq!(engine.submit(empty).unwrap_err(), SubmitError::EmptyPrompt);
 
@@ -353,4 +360,116 @@ async fn continuous_batching_on_the_default_model() {
     assert!(refused, "the queue never filled");
     drop(held);
     wait_until_idle(&engine).await;
+}
+
+/// `n` > 1: the prompt is evaluated once for all choices (the others copy its KV
+/// sequence), greedy choices all equal the answer alone, seeded ones differ from each
+/// other and repeat with the seed; log-probabilities are the model's distribution.
+async fn check_choices_and_logprobs(engine: &Engine, alone: &Outcome, seeded: SamplingParams) {
+    wait_until_idle(engine).await;
+    let evaluated = || {
+        engine
+            .load()
+            .prompt_tokens_evaluated
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // A prompt no slot holds, so that all of it is evaluated.
+    let prompt = "Three facts about the planet Jupiter, one per line:";
+    let before = evaluated();
+    let receivers = engine
+        .submit_choices(request(engine, prompt, 16, greedy()), 3)
+        .unwrap();
+    assert_eq!(receivers.len(), 3);
+    let mut outcomes = Vec::new();
+    for receiver in receivers {
+        outcomes.push(collect(receiver).await);
+    }
+    let prompt_tokens = outcomes[0].usage.prompt_tokens;
+    assert_eq!(
+        evaluated() - before,
+        (prompt_tokens - outcomes[0].usage.cached_tokens) as u64,
+        "the prompt was evaluated once for three choices"
+    );
+    assert!(!outcomes[0].usage.shared_prompt);
+    for outcome in &outcomes[1..] {
+        assert!(outcome.usage.shared_prompt);
+        assert_eq!(outcome.usage.prompt_tokens, prompt_tokens);
+        assert_eq!(outcome.text, outcomes[0].text, "greedy choices agree");
+    }
+    // The same holds for a prompt the slots did cache: three greedy choices of the
+    // earlier prompt are the answer it got alone.
+    let receivers = engine
+        .submit_choices(
+            request(engine, "The capital of France is", 32, greedy()),
+            3,
+        )
+        .unwrap();
+    for receiver in receivers {
+        assert_eq!(collect(receiver).await.text, alone.text);
+    }
+
+    // Sampled choices differ, and the seed repeats all of them.
+    let sample = || async {
+        let receivers = engine
+            .submit_choices(
+                request(engine, "Write a poem about the sea:", 24, seeded.clone()),
+                2,
+            )
+            .unwrap();
+        let mut texts = Vec::new();
+        for receiver in receivers {
+            texts.push(collect(receiver).await.text);
+        }
+        texts
+    };
+    let first = sample().await;
+    assert_ne!(first[0], first[1], "two seeded choices wrote the same text");
+    assert_eq!(sample().await, first, "the seed repeats every choice");
+
+    // More choices than slots can never run together: refused before queueing.
+    assert_eq!(
+        engine
+            .submit_choices(request(engine, "Hello", 4, greedy()), 5)
+            .unwrap_err(),
+        SubmitError::TooManyChoices {
+            choices: 5,
+            slots: 4
+        }
+    );
+
+    // Log-probabilities: one per token; under greedy the chosen token is the most likely
+    // alternative, alternatives come most likely first, and their probabilities sum to at
+    // most one.
+    let mut asking = request(engine, "The capital of France is", 12, greedy());
+    asking.logprobs = Some(5);
+    let answer = collect(engine.submit(asking).unwrap()).await;
+    assert_eq!(answer.logprobs.len(), answer.usage.completion_tokens);
+    let tokens: Vec<LlamaToken> = answer.pieces.iter().flat_map(|(_, t)| t.clone()).collect();
+    for (entry, token) in answer.logprobs.iter().zip(&tokens) {
+        assert_eq!(entry.token, *token);
+        assert_eq!(entry.top.len(), 5);
+        assert_eq!(entry.top[0].token, entry.token, "{entry:?}");
+        assert!((entry.top[0].logprob - entry.logprob).abs() < 1e-6);
+        assert!(entry.logprob <= 0.0 && entry.logprob.is_finite());
+        assert!(entry.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        let mass: f32 = entry.top.iter().map(|alt| alt.logprob.exp()).sum();
+        assert!(mass <= 1.0 + 1e-4, "{mass}");
+    }
+    let bytes: Vec<u8> = answer.logprobs.iter().flat_map(|e| e.bytes.clone()).collect();
+    assert_eq!(String::from_utf8_lossy(&bytes), answer.text);
+    // The same text as without them: asking does not change what is generated.
+    let plain = collect(
+        engine
+            .submit(request(engine, "The capital of France is", 12, greedy()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(plain.text, answer.text);
+    assert!(plain.logprobs.is_empty());
+    let mut greedy_many = request(engine, "Hello", 4, greedy());
+    greedy_many.logprobs = Some(21);
+    assert_eq!(
+        engine.submit(greedy_many).unwrap_err(),
+        SubmitError::TooManyLogprobs(21)
+    );
 }

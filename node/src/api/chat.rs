@@ -27,7 +27,7 @@ pub async fn create(
     let received = Instant::now();
     let loaded = state.ready()?;
     state.check_model(&request.model)?;
-    let mut options = request.fields.validate()?;
+    let mut options = request.fields.validate(Kind::Chat)?;
     let tools = Tools::from_request(
         request.tools.as_deref(),
         request.tool_choice.as_ref(),
@@ -42,13 +42,20 @@ pub async fn create(
         }
         options.json_schema = Some(schema);
     }
+    if tools.is_some() && options.stream && options.n > 1 {
+        return Err(ApiError::invalid_param(
+            "n",
+            "streamed answers that may call tools have one choice; ask for n > 1 without \
+             streaming",
+        ));
+    }
     let relayed = Relayed::from_headers(&headers)?;
     if tools.is_some() && relayed.resume.is_some() {
         return Err(ApiError::resume_rejected(
             "streams that may call tools are not continued",
         ));
     }
-    let resume = relayed.check_resume(&options, 1, &loaded.engine.info().fingerprint)?;
+    let resume = relayed.check_resume(&options, options.n, &loaded.engine.info().fingerprint)?;
     let messages = template_messages(&request.messages, &loaded.template, tools.as_ref())?;
     let tool_values = tools
         .as_ref()

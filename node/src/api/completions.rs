@@ -12,7 +12,7 @@ use super::generation::{self, Kind, Relayed, Shape};
 use super::types::{CompletionRequest, PromptField};
 use super::{AppState, OpenAiJson};
 
-/// Most prompts in one request: each takes a slot or a queue place.
+/// Most choices (prompts times `n`) in one request: each takes a slot or a queue place.
 const MAX_PROMPTS: usize = 64;
 
 pub async fn create(
@@ -23,7 +23,7 @@ pub async fn create(
     let received = Instant::now();
     let loaded = state.ready()?;
     state.check_model(&request.model)?;
-    let options = request.fields.validate()?;
+    let options = request.fields.validate(Kind::Completion)?;
     let relayed = Relayed::from_headers(&headers)?;
     if request.echo == Some(true) {
         return Err(ApiError::invalid_param(
@@ -64,8 +64,22 @@ pub async fn create(
         }
         prompts.push(loaded.engine.tokenize(text, true));
     }
-    let resume =
-        relayed.check_resume(&options, prompts.len(), &loaded.engine.info().fingerprint)?;
+    if texts.len() * options.n > MAX_PROMPTS {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!(
+                "{} prompts with n = {} make {} choices; at most {MAX_PROMPTS} are allowed",
+                texts.len(),
+                options.n,
+                texts.len() * options.n
+            ),
+        ));
+    }
+    let resume = relayed.check_resume(
+        &options,
+        prompts.len() * options.n,
+        &loaded.engine.info().fingerprint,
+    )?;
     let shape =
         Shape::new(Kind::Completion, &state.config.model_id, "/v1/completions").resumed(resume);
     generation::run(

@@ -195,8 +195,12 @@ impl From<SubmitError> for ApiError {
             },
             SubmitError::UnknownToken(_) => ApiError::invalid_param("logit_bias", err.to_string()),
             SubmitError::EmptyPrompt => ApiError::invalid_param("prompt", err.to_string()),
-            SubmitError::UnknownResumeToken(_) | SubmitError::ResumeTooLong { .. } => {
-                ApiError::resume_rejected(err.to_string())
+            SubmitError::UnknownResumeToken(_)
+            | SubmitError::ResumeTooLong { .. }
+            | SubmitError::ResumedChoices(_) => ApiError::resume_rejected(err.to_string()),
+            SubmitError::TooManyChoices { .. } => ApiError::invalid_param("n", err.to_string()),
+            SubmitError::TooManyLogprobs(_) => {
+                ApiError::invalid_param("top_logprobs", err.to_string())
             }
         }
     }

@@ -23,7 +23,9 @@ use super::AppState;
 use super::error::ApiError;
 use super::tools::{CallStream, Delta, Tools};
 use super::types::GenerationOptions;
-use crate::engine::{Engine, FinishReason, GenerationEvent, GenerationRequest, Usage};
+use crate::engine::{
+    Engine, FinishReason, GenerationEvent, GenerationRequest, TokenLogprob, Usage,
+};
 use crate::route::resume::{ANNOTATE_HEADER, ANNOTATION_EVENT, Annotation, RESUME_HEADER, Resume};
 
 /// What a forwarding node asked of this one beyond the OpenAI request. Only forwarders can
@@ -154,14 +156,24 @@ impl Shape {
         })
     }
 
-    fn full_choice(&self, index: usize, text: String, finish: FinishReason) -> Value {
+    /// A whole choice; `logprobs` when the request asked for them.
+    fn full_choice(
+        &self,
+        index: usize,
+        text: String,
+        finish: FinishReason,
+        logprobs: Option<&[TokenLogprob]>,
+    ) -> Value {
+        let logprobs = logprobs.map_or(Value::Null, |entries| {
+            logprobs_json(self.kind, entries, &mut 0)
+        });
         let calls = self.tools.as_ref().and_then(|tools| tools.parse(&text));
         if let Some(calls) = calls {
             let calls: Vec<Value> = calls.iter().map(|call| call.to_json()).collect();
             return json!({
                 "index": index,
                 "message": {"role": "assistant", "content": Value::Null, "tool_calls": calls},
-                "logprobs": Value::Null,
+                "logprobs": logprobs,
                 "finish_reason": "tool_calls",
             });
         }
@@ -169,19 +181,25 @@ impl Shape {
             Kind::Chat => json!({
                 "index": index,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": Value::Null,
+                "logprobs": logprobs,
                 "finish_reason": finish.as_str(),
             }),
             Kind::Completion => json!({
                 "index": index,
                 "text": text,
-                "logprobs": Value::Null,
+                "logprobs": logprobs,
                 "finish_reason": finish.as_str(),
             }),
         }
     }
 
-    fn delta_choice(&self, index: usize, text: Option<&str>, finish: Option<&str>) -> Value {
+    fn delta_choice(
+        &self,
+        index: usize,
+        text: Option<&str>,
+        finish: Option<&str>,
+        logprobs: Value,
+    ) -> Value {
         let finish_reason = finish.map_or(Value::Null, Value::from);
         match self.kind {
             Kind::Chat => {
@@ -189,12 +207,12 @@ impl Shape {
                     Some(text) => json!({"content": text}),
                     None => json!({}),
                 };
-                json!({"index": index, "delta": delta, "logprobs": Value::Null, "finish_reason": finish_reason})
+                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason})
             }
             Kind::Completion => json!({
                 "index": index,
                 "text": text.unwrap_or(""),
-                "logprobs": Value::Null,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }),
         }
@@ -213,11 +231,76 @@ impl Shape {
     }
 }
 
-/// Usage summed over choices, in OpenAI's shape.
+/// A log-probability as JSON: OpenAI writes -9999 for a token the model rules out (JSON
+/// has no infinity).
+fn logprob_value(logprob: f32) -> Value {
+    json!(if logprob.is_finite() {
+        f64::from(logprob)
+    } else {
+        -9999.0
+    })
+}
+
+/// Log-probabilities of some of a choice's tokens, as the endpoint reports them: chat as
+/// `{"content": [{token, logprob, bytes, top_logprobs}]}`, text completions in the legacy
+/// shape (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`). `offset` is where the
+/// first token starts in the choice's text (in characters); it is advanced past them.
+fn logprobs_json(kind: Kind, entries: &[TokenLogprob], offset: &mut usize) -> Value {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match kind {
+        Kind::Chat => {
+            let content: Vec<Value> = entries
+                .iter()
+                .map(|entry| {
+                    let top: Vec<Value> = entry
+                        .top
+                        .iter()
+                        .map(|alt| json!({"token": text(&alt.bytes), "logprob": logprob_value(alt.logprob), "bytes": alt.bytes}))
+                        .collect();
+                    json!({
+                        "token": text(&entry.bytes),
+                        "logprob": logprob_value(entry.logprob),
+                        "bytes": entry.bytes,
+                        "top_logprobs": top,
+                    })
+                })
+                .collect();
+            json!({"content": content, "refusal": Value::Null})
+        }
+        Kind::Completion => {
+            let mut offsets = Vec::with_capacity(entries.len());
+            for entry in entries {
+                offsets.push(*offset);
+                *offset += text(&entry.bytes).chars().count();
+            }
+            let top: Vec<Value> = entries
+                .iter()
+                .map(|entry| {
+                    let map: serde_json::Map<String, Value> = entry
+                        .top
+                        .iter()
+                        .map(|alt| (text(&alt.bytes), logprob_value(alt.logprob)))
+                        .collect();
+                    Value::Object(map)
+                })
+                .collect();
+            json!({
+                "tokens": entries.iter().map(|e| text(&e.bytes)).collect::<Vec<_>>(),
+                "token_logprobs": entries.iter().map(|e| logprob_value(e.logprob)).collect::<Vec<_>>(),
+                "top_logprobs": top,
+                "text_offset": offsets,
+            })
+        }
+    }
+}
+
+/// Usage summed over choices, in OpenAI's shape: a prompt whose choices share its
+/// evaluation (`n` > 1) counts once.
 fn usage_json(usage: &[Usage]) -> Value {
-    let prompt: usize = usage.iter().map(|u| u.prompt_tokens).sum();
+    let own = || usage.iter().filter(|u| !u.shared_prompt);
+    let prompt: usize = own().map(|u| u.prompt_tokens).sum();
     let completion: usize = usage.iter().map(|u| u.completion_tokens).sum();
-    let cached: usize = usage.iter().map(|u| u.cached_tokens).sum();
+    let cached: usize = own().map(|u| u.cached_tokens).sum();
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -267,6 +350,7 @@ pub fn requests(
             stop: options.stop.clone(),
             sampling: sampling.clone(),
             resume: resumed.clone(),
+            logprobs: options.logprobs,
         })
         .collect())
 }
@@ -287,16 +371,19 @@ pub async fn run(
     respond(state, engine, shape, requests, options, relayed, received).await
 }
 
-/// Submits every request; if one is refused, the ones already queued are cancelled (their
-/// receivers dropped) and the refusal is the answer.
+/// Submits every request with `n` choices each; if one is refused, the ones already
+/// queued are cancelled (their receivers dropped) and the refusal is the answer. The
+/// receivers come in choice order: prompt by prompt, each prompt's choices together.
 fn submit(
     engine: &Engine,
     requests: Vec<GenerationRequest>,
+    n: usize,
 ) -> Result<Vec<UnboundedReceiver<GenerationEvent>>, ApiError> {
-    requests
-        .into_iter()
-        .map(|request| engine.submit(request).map_err(ApiError::from))
-        .collect()
+    let mut receivers = Vec::with_capacity(requests.len() * n);
+    for request in requests {
+        receivers.extend(engine.submit_choices(request, n)?);
+    }
+    Ok(receivers)
 }
 
 /// Runs the requests and answers with one JSON response or an SSE stream.
@@ -311,7 +398,7 @@ pub async fn respond(
 ) -> Result<Response, ApiError> {
     // Annotations describe one choice; several choices are never continued, nor answers
     // that may be tool calls (their stream is not text a continuation could extend).
-    let continuable = requests.len() == 1 && shape.tools.is_none();
+    let continuable = requests.len() == 1 && options.n == 1 && shape.tools.is_none();
     let annotation = (relayed.annotate && continuable).then(|| Annotation::Start {
         id: shape.id.clone(),
         created: shape.created,
@@ -321,7 +408,7 @@ pub async fn respond(
             .filter(|_| requests[0].sampling.temperature > 0.0),
         fingerprint: engine.info().fingerprint.clone(),
     });
-    let receivers = submit(engine, requests)?;
+    let receivers = submit(engine, requests, options.n)?;
     let deadline = TokioInstant::from_std(received + state.config.request_timeout);
     if options.stream {
         let events = stream_events(
@@ -330,6 +417,7 @@ pub async fn respond(
             receivers,
             StreamSettings {
                 include_usage: options.include_usage,
+                logprobs: options.logprobs.is_some(),
                 annotation,
                 opening: relayed.resume.is_none(),
             },
@@ -341,14 +429,20 @@ pub async fn respond(
     let mut choices = Vec::new();
     let mut usages = Vec::new();
     let mut first_seen = false;
+    let wants_logprobs = options.logprobs.is_some();
     for (index, mut receiver) in receivers.into_iter().enumerate() {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         loop {
             let event = tokio::time::timeout_at(deadline, receiver.recv())
                 .await
                 .map_err(|_| ApiError::timeout(state.config.request_timeout.as_secs()))?;
             match event {
-                Some(GenerationEvent::Text { text: piece, .. }) => {
+                Some(GenerationEvent::Text {
+                    text: piece,
+                    logprobs: entries,
+                    ..
+                }) => {
                     if !first_seen {
                         first_seen = true;
                         state
@@ -357,6 +451,7 @@ pub async fn respond(
                             .observe(received.elapsed().as_secs_f64());
                     }
                     text.push_str(&piece);
+                    logprobs.extend(entries);
                 }
                 Some(GenerationEvent::Done {
                     finish_reason,
@@ -367,6 +462,7 @@ pub async fn respond(
                         index,
                         std::mem::take(&mut text),
                         finish_reason,
+                        wants_logprobs.then_some(logprobs.as_slice()),
                     ));
                     usages.push(usage);
                     break;
@@ -383,10 +479,12 @@ pub async fn respond(
 
 fn record_usage(state: &AppState, usage: &Usage) {
     let metrics = &state.metrics;
-    metrics.prompt_tokens.inc_by(usage.prompt_tokens as u64);
-    metrics
-        .cached_prompt_tokens
-        .inc_by(usage.cached_tokens as u64);
+    if !usage.shared_prompt {
+        metrics.prompt_tokens.inc_by(usage.prompt_tokens as u64);
+        metrics
+            .cached_prompt_tokens
+            .inc_by(usage.cached_tokens as u64);
+    }
     metrics
         .generated_tokens
         .inc_by(usage.completion_tokens as u64);
@@ -395,6 +493,8 @@ fn record_usage(state: &AppState, usage: &Usage) {
 /// How a stream starts and what it carries besides the OpenAI chunks.
 struct StreamSettings {
     include_usage: bool,
+    /// Text chunks carry their tokens' log-probabilities.
+    logprobs: bool,
     /// Annotate for a forwarder, starting with this (see `route::resume`).
     annotation: Option<Annotation>,
     /// Open with a role chunk per choice (chat); not when resuming a stream whose opening
@@ -420,6 +520,7 @@ fn stream_events(
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let StreamSettings {
         include_usage,
+        logprobs: want_logprobs,
         annotation,
         opening,
     } = settings;
@@ -446,6 +547,8 @@ fn stream_events(
         /// Chat with tools: the answer read for calls as it grows (one choice).
         calls: Option<CallStream>,
         usages: Vec<Usage>,
+        /// Per choice: where its next token starts in its text (for completions' logprobs).
+        offsets: Vec<usize>,
         finished: usize,
         choices: usize,
         first_seen: bool,
@@ -463,6 +566,7 @@ fn stream_events(
         shape,
         calls,
         usages: Vec::new(),
+        offsets: vec![0; choices],
         finished: 0,
         choices,
         first_seen: false,
@@ -506,7 +610,11 @@ fn stream_events(
             Line::Data(shape.envelope(true, vec![choice]).to_string())
         };
         let chunk = match event {
-            GenerationEvent::Text { text, tokens } => {
+            GenerationEvent::Text {
+                text,
+                tokens,
+                logprobs,
+            } => {
                 if relay.annotate {
                     let t = tokens.iter().map(|t| t.0).collect();
                     lines.push(Line::Annotation(Annotation::Tokens { t }.to_json()));
@@ -525,7 +633,14 @@ fn stream_events(
                     }
                     return Some((lines, relay));
                 }
-                let choice = relay.shape.delta_choice(index, Some(&text), None);
+                let logprobs = if want_logprobs {
+                    logprobs_json(relay.shape.kind, &logprobs, &mut relay.offsets[index])
+                } else {
+                    Value::Null
+                };
+                let choice = relay
+                    .shape
+                    .delta_choice(index, Some(&text), None, logprobs);
                 relay.shape.envelope(true, vec![choice])
             }
             GenerationEvent::Done {
@@ -545,7 +660,9 @@ fn stream_events(
                         finish = "tool_calls";
                     }
                 }
-                let choice = relay.shape.delta_choice(index, None, Some(finish));
+                let choice = relay
+                    .shape
+                    .delta_choice(index, None, Some(finish), Value::Null);
                 relay.shape.envelope(true, vec![choice])
             }
             GenerationEvent::Failed(message) => {

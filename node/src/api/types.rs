@@ -1,7 +1,7 @@
 //! OpenAI request bodies, parsed leniently (unknown fields are ignored, as OpenAI does)
 //! and then validated strictly: every field this server reads is range-checked, and a
-//! field it cannot honour (`n` > 1, `logprobs`, image parts) is refused with a 400 rather
-//! than silently ignored. Numbers are parsed wide (`i64`, `f64`) so that a negative or huge
+//! field it cannot honour (image parts, `echo`) is refused with a 400 rather than silently
+//! ignored. Numbers are parsed wide (`i64`, `f64`) so that a negative or huge
 //! value gets a clear message instead of a serde type error.
 
 use std::collections::HashMap;
@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::generation::Kind;
 use super::tools::{MessageToolCall, ToolChoiceField, ToolField};
-use crate::engine::SamplingParams;
+use crate::engine::{MAX_TOP_LOGPROBS, SamplingParams};
 
 /// `stop`: one string or several.
 #[derive(Debug, Clone, Deserialize)]
@@ -161,33 +162,38 @@ pub struct GenerationOptions {
     /// A JSON schema the output must follow (`response_format`, or a required tool call),
     /// as JSON text, still to be turned into a grammar.
     pub json_schema: Option<String>,
+    /// Choices per prompt (`n`).
+    pub n: usize,
+    /// Report log-probabilities with this many alternatives per token.
+    pub logprobs: Option<usize>,
 }
+
+/// Most choices one request may ask for; the node's slot count may allow fewer.
+pub const MAX_CHOICES: i64 = 16;
+
+/// Most alternatives per token a text completion's `logprobs` may ask for (OpenAI's limit;
+/// chat's `top_logprobs` goes to [`MAX_TOP_LOGPROBS`]).
+pub const MAX_COMPLETION_LOGPROBS: i64 = 5;
 
 /// Most stop strings accepted (OpenAI allows 4; a few more cost nothing).
 const MAX_STOP_STRINGS: usize = 16;
 
 impl GenerationFields {
-    /// Checks every field and converts it for the engine.
-    pub fn validate(&self) -> Result<GenerationOptions, ApiError> {
-        if let Some(n) = self.n
-            && n != 1
-        {
-            return Err(ApiError::invalid_param(
-                "n",
-                format!("n must be 1 on this server (got {n}); send several requests instead"),
-            ));
-        }
-        if self
-            .logprobs
-            .as_ref()
-            .is_some_and(|v| v != &Value::Bool(false) && !v.is_null())
-            || self.top_logprobs.is_some_and(|n| n > 0)
-        {
-            return Err(ApiError::invalid_param(
-                "logprobs",
-                "logprobs are not supported by this server",
-            ));
-        }
+    /// Checks every field and converts it for the engine; `kind` decides what `logprobs`
+    /// means (chat: a flag plus `top_logprobs`; text completions: the number of
+    /// alternatives).
+    pub fn validate(&self, kind: Kind) -> Result<GenerationOptions, ApiError> {
+        let n = match self.n {
+            None => 1,
+            Some(n) if (1..=MAX_CHOICES).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(ApiError::invalid_param(
+                    "n",
+                    format!("n must be between 1 and {MAX_CHOICES}, got {n}"),
+                ));
+            }
+        };
+        let logprobs = self.logprobs_for(kind)?;
         let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
             (Some(value), _) => Some(positive("max_completion_tokens", value)?),
             (None, Some(value)) => Some(positive("max_tokens", value)?),
@@ -277,7 +283,74 @@ impl GenerationFields {
                 .as_ref()
                 .is_some_and(|options| options.include_usage),
             json_schema,
+            n,
+            logprobs,
         })
+    }
+
+    /// `logprobs` and `top_logprobs` as the engine's number of alternatives per token.
+    fn logprobs_for(&self, kind: Kind) -> Result<Option<usize>, ApiError> {
+        let logprobs = self.logprobs.as_ref().filter(|value| !value.is_null());
+        match kind {
+            Kind::Chat => {
+                let wanted = match logprobs {
+                    None => false,
+                    Some(Value::Bool(wanted)) => *wanted,
+                    Some(other) => {
+                        return Err(ApiError::invalid_param(
+                            "logprobs",
+                            format!(
+                                "logprobs must be true or false in chat completions, got {other}; \
+                                 ask for alternatives with top_logprobs"
+                            ),
+                        ));
+                    }
+                };
+                let top = match self.top_logprobs {
+                    None => 0,
+                    Some(top) if (0..=MAX_TOP_LOGPROBS as i64).contains(&top) => top as usize,
+                    Some(top) => {
+                        return Err(ApiError::invalid_param(
+                            "top_logprobs",
+                            format!(
+                                "top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {top}"
+                            ),
+                        ));
+                    }
+                };
+                if self.top_logprobs.is_some() && !wanted {
+                    return Err(ApiError::invalid_param(
+                        "top_logprobs",
+                        "top_logprobs needs logprobs: true",
+                    ));
+                }
+                Ok(wanted.then_some(top))
+            }
+            Kind::Completion => {
+                if self.top_logprobs.is_some() {
+                    return Err(ApiError::invalid_param(
+                        "top_logprobs",
+                        "text completions take the number of alternatives in logprobs \
+                         (an integer), not top_logprobs",
+                    ));
+                }
+                match logprobs {
+                    None => Ok(None),
+                    Some(value) => match value.as_i64() {
+                        Some(top) if (0..=MAX_COMPLETION_LOGPROBS).contains(&top) => {
+                            Ok(Some(top as usize))
+                        }
+                        _ => Err(ApiError::invalid_param(
+                            "logprobs",
+                            format!(
+                                "logprobs must be an integer between 0 and \
+                                 {MAX_COMPLETION_LOGPROBS} in text completions, got {value}"
+                            ),
+                        )),
+                    },
+                }
+            }
+        }
     }
 }
 
@@ -349,7 +422,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_openai() {
-        let options = fields(serde_json::json!({})).validate().unwrap();
+        let options = fields(serde_json::json!({})).validate(Kind::Chat).unwrap();
         assert_eq!(options.max_tokens, None);
         assert_eq!(options.sampling.temperature, 1.0);
         assert!(!options.stream);
@@ -362,8 +435,14 @@ mod tests {
             (serde_json::json!({"max_tokens": 0}), "max_tokens"),
             (serde_json::json!({"temperature": 2.5}), "temperature"),
             (serde_json::json!({"top_p": 1.5}), "top_p"),
-            (serde_json::json!({"n": 2}), "n"),
-            (serde_json::json!({"logprobs": true}), "logprobs"),
+            (serde_json::json!({"n": 0}), "n"),
+            (serde_json::json!({"n": 17}), "n"),
+            (serde_json::json!({"logprobs": 3}), "logprobs"),
+            (serde_json::json!({"top_logprobs": 2}), "top_logprobs"),
+            (
+                serde_json::json!({"logprobs": true, "top_logprobs": 21}),
+                "top_logprobs",
+            ),
             (serde_json::json!({"logit_bias": {"abc": 1}}), "logit_bias"),
             (serde_json::json!({"logit_bias": {"5": 200}}), "logit_bias"),
             (
@@ -371,9 +450,38 @@ mod tests {
                 "presence_penalty",
             ),
         ] {
-            let err = fields(json.clone()).validate().unwrap_err();
+            let err = fields(json.clone()).validate(Kind::Chat).unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{json}");
             assert_eq!(err.status, 400);
+        }
+    }
+
+    #[test]
+    fn logprobs_mean_a_flag_in_chat_and_a_count_in_completions() {
+        let chat = |json| fields(json).validate(Kind::Chat);
+        let completion = |json| fields(json).validate(Kind::Completion);
+        let top = |json| chat(json).unwrap().logprobs;
+        assert_eq!(top(serde_json::json!({})), None);
+        assert_eq!(top(serde_json::json!({"logprobs": false})), None);
+        assert_eq!(top(serde_json::json!({"logprobs": true})), Some(0));
+        assert_eq!(
+            top(serde_json::json!({"logprobs": true, "top_logprobs": 20})),
+            Some(20)
+        );
+        let n = chat(serde_json::json!({"n": 3})).unwrap().n;
+        assert_eq!(n, 3);
+        let completion_top = completion(serde_json::json!({"logprobs": 5}))
+            .unwrap()
+            .logprobs;
+        assert_eq!(completion_top, Some(5));
+        for (json, param) in [
+            (serde_json::json!({"logprobs": 6}), "logprobs"),
+            (serde_json::json!({"logprobs": true}), "logprobs"),
+            (serde_json::json!({"logprobs": -1}), "logprobs"),
+            (serde_json::json!({"top_logprobs": 1}), "top_logprobs"),
+        ] {
+            let err = completion(json.clone()).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{json}");
         }
     }
 
@@ -382,12 +490,12 @@ mod tests {
         let options = fields(serde_json::json!({
             "max_tokens": 5, "max_completion_tokens": 7, "stop": "x"
         }))
-        .validate()
+        .validate(Kind::Chat)
         .unwrap();
         assert_eq!(options.max_tokens, Some(7));
         assert_eq!(options.stop, vec!["x".to_string()]);
         let options = fields(serde_json::json!({"stop": ["a", "b"]}))
-            .validate()
+            .validate(Kind::Chat)
             .unwrap();
         assert_eq!(options.stop.len(), 2);
     }
@@ -395,14 +503,14 @@ mod tests {
     #[test]
     fn response_formats_become_schemas() {
         let options = fields(serde_json::json!({"response_format": {"type": "json_object"}}))
-            .validate()
+            .validate(Kind::Chat)
             .unwrap();
         assert_eq!(options.json_schema.as_deref(), Some(r#"{"type":"object"}"#));
         let options = fields(serde_json::json!({"response_format": {
             "type": "json_schema",
             "json_schema": {"name": "x", "schema": {"type": "integer"}}
         }}))
-        .validate()
+        .validate(Kind::Chat)
         .unwrap();
         assert_eq!(
             options.json_schema.as_deref(),

@@ -13,6 +13,11 @@
 //!
 //! A slot keeps its tokens in the KV cache after its request ends, so a follow-up request
 //! (the same conversation plus one more turn) reuses them.
+//!
+//! A request with several choices (OpenAI's `n`) takes a slot per choice at once. Only the
+//! first evaluates the prompt; the others wait as its forks, and in the step that decodes
+//! the prompt's last token they get a copy of its KV sequence and sample from the same
+//! logits, each with its own seed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +32,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::EngineError;
 use super::handle::EngineLoad;
 use super::model::Model;
-use super::request::{EmbeddingJob, FinishReason, GenerationEvent, Job, TestHook, Usage, Work};
+use super::request::{
+    Choice, EmbeddingJob, FinishReason, GenerationEvent, Job, TestHook, TokenLogprob, TopLogprob,
+    Usage, Work,
+};
 use super::sampling;
 use super::scheduler::{self, FreeSlot};
 use super::settings::EngineSettings;
@@ -127,6 +135,15 @@ struct Active {
     pending_bytes: Vec<u8>,
     /// Tokens sampled since the last text went out (their text is held back).
     unannounced: Vec<LlamaToken>,
+    /// Alternatives to report per token, when the request asked for log-probabilities.
+    logprobs: Option<usize>,
+    /// The log-probabilities of `unannounced`.
+    unannounced_logprobs: Vec<TokenLogprob>,
+    /// A later choice of a request whose first choice, admitted as (slot index, order),
+    /// evaluates the prompt for both; cleared once its copy of that KV sequence is taken.
+    fork_of: Option<(usize, u64)>,
+    /// The prompt's KV entries were copied from the first choice, not evaluated here.
+    shared_prompt: bool,
     /// Tokens generated, resumed ones included; also the answer position of the next one.
     generated: usize,
     /// Sampled and sent, to be decoded next step.
@@ -151,6 +168,9 @@ struct Batcher<'m> {
     /// Monotonic counter for "last used" and admission order.
     clock: u64,
     rate: TokenRate,
+    /// A request taken off the channel that waits for as many free slots as it has
+    /// choices. Requests behind it wait too: admission stays first come, first served.
+    held: Option<Job>,
 }
 
 impl<'m> Batcher<'m> {
@@ -180,6 +200,7 @@ impl<'m> Batcher<'m> {
             load,
             clock: 0,
             rate: TokenRate::default(),
+            held: None,
         }
     }
 
@@ -203,10 +224,24 @@ impl<'m> Batcher<'m> {
             .count()
     }
 
-    /// Takes requests while a slot is free. Blocks only when nothing is being generated.
+    /// Takes requests while slots are free. Blocks only when nothing is being generated.
     /// `false` once the channel is closed and every request has finished.
     fn admit(&mut self, work: &mut mpsc::Receiver<Work>) -> bool {
-        while self.busy() < self.slots.len() {
+        loop {
+            let free = self.slots.len() - self.busy();
+            if let Some(job) = self.held.take() {
+                // With every slot free a job always fits: `Engine::submit_choices` refuses
+                // more choices than slots.
+                if job.choices.len() <= free || free == self.slots.len() {
+                    self.start(job);
+                    continue;
+                }
+                self.held = Some(job);
+                return true;
+            }
+            if free == 0 {
+                return true;
+            }
             let item = if self.busy() > 0 {
                 match work.try_recv() {
                     Ok(item) => item,
@@ -222,7 +257,7 @@ impl<'m> Batcher<'m> {
                 }
             };
             match item {
-                Work::Generate(job) => self.start(job),
+                Work::Generate(job) => self.held = Some(job),
                 Work::Embed(job) => self.embed(job),
                 Work::Hook(TestHook::Crash) => {
                     panic!("the engine thread was stopped by a test hook")
@@ -230,20 +265,158 @@ impl<'m> Batcher<'m> {
                 Work::Hook(TestHook::Hang(time)) => std::thread::sleep(time),
             }
         }
-        true
     }
 
-    /// Puts a request into the best free slot and prepares its sampler.
+    /// Puts a request's first choice into the best free slot and prepares its sampler; its
+    /// other choices take the least recently used free slots as forks.
     fn start(&mut self, job: Job) {
-        if job.events.is_closed() {
-            // The client left while the request waited in the queue.
+        let Job {
+            request,
+            choices,
+            submitted,
+        } = job;
+        // Choices whose client left while the request waited in the queue are dropped;
+        // the others keep their index (it picks their seed).
+        let mut choices: Vec<(usize, Choice)> = choices
+            .into_iter()
+            .enumerate()
+            .filter(|(_, choice)| !choice.events.is_closed())
+            .collect();
+        if choices.is_empty() {
             return;
         }
-        let queued = job.submitted.elapsed();
-        let resume = job.request.resume;
-        let prompt = job.request.prompt;
-        let free: Vec<FreeSlot<'_, LlamaToken>> = self
-            .slots
+        let queued = submitted.elapsed();
+        let fail_all = |choices: Vec<(usize, Choice)>, message: &str| {
+            for (_, choice) in choices {
+                let _ = choice
+                    .events
+                    .send(GenerationEvent::Failed(message.to_string()));
+            }
+        };
+        let resume = request.resume;
+        let prompt = request.prompt;
+        let Some(placement) = scheduler::place(&self.free_slots(), &prompt) else {
+            // admit() only calls this with enough free slots.
+            fail_all(choices, "no free slot");
+            return;
+        };
+        let max_tokens =
+            match scheduler::generation_room(prompt.len(), request.max_tokens, self.slot_context) {
+                Ok(room) => room,
+                Err(_) => {
+                    // Handle::submit checked this already; kept for direct callers.
+                    let message = format!(
+                        "the prompt ({} tokens) and max_tokens do not fit the slot context of {} tokens",
+                        prompt.len(),
+                        self.slot_context
+                    );
+                    fail_all(choices, &message);
+                    return;
+                }
+            };
+        if prompt.len() + resume.len() >= self.slot_context || resume.len() >= max_tokens {
+            // Handle::submit checked this already; kept for direct callers.
+            let message = format!("{} resumed tokens leave no room to generate", resume.len());
+            fail_all(choices, &message);
+            return;
+        }
+        let plain_greedy = sampling::is_plain_greedy(&request.sampling);
+        let mut samplers = Vec::with_capacity(choices.len());
+        for &(index, _) in &choices {
+            let mut params = request.sampling.clone();
+            params.seed = params.seed.map(|seed| sampling::choice_seed(seed, index));
+            match sampling::build(self.model, &params, self.slot_context) {
+                Ok(sampler) => samplers.push(sampler),
+                Err(message) => {
+                    fail_all(choices, &message);
+                    return;
+                }
+            }
+        }
+        // Bring the first choice's state to where the other node left it: the sampler's
+        // grammar and penalties, the stop-string matcher and a half-finished character.
+        // Their text was delivered already, so what the replay releases is dropped.
+        // (A resumed request has one choice.)
+        samplers[0].replay(&resume);
+        let mut lead_stop = StopMatcher::new(request.stop.clone());
+        let mut pending_bytes = Vec::new();
+        let vocab = self.model.llama().vocab();
+        for &token in &resume {
+            vocab.token_to_piece_into(token, &mut pending_bytes, false, None);
+            let _ = lead_stop.push(&take_utf8(&mut pending_bytes));
+        }
+        let order = self.tick();
+        let reused = self.claim(placement.slot, placement.reused);
+        tracing::debug!(
+            slot = self.slots[placement.slot].seq,
+            prompt_tokens = prompt.len(),
+            reused,
+            max_tokens,
+            choices = choices.len(),
+            "request admitted"
+        );
+        let forks = choices.split_off(1);
+        let mut samplers = samplers.into_iter();
+        let (_, lead) = choices.pop().expect("one choice at least");
+        let active = |choice: Choice, sampler, stop, evaluated| Active {
+            events: choice.events,
+            _place: choice.place,
+            prompt: prompt.clone(),
+            forced: std::collections::VecDeque::new(),
+            evaluated,
+            cached_tokens: evaluated,
+            max_tokens,
+            sampler,
+            plain_greedy,
+            stop,
+            pending_bytes: Vec::new(),
+            unannounced: Vec::new(),
+            logprobs: request.logprobs,
+            unannounced_logprobs: Vec::new(),
+            fork_of: None,
+            shared_prompt: false,
+            generated: 0,
+            next_token: None,
+            logits_at: None,
+            order,
+            admitted: Instant::now(),
+            queued,
+            first_token: None,
+        };
+        let mut first = active(
+            lead,
+            samplers.next().expect("a sampler per choice"),
+            lead_stop,
+            reused,
+        );
+        first.forced = resume.into_iter().collect();
+        first.pending_bytes = pending_bytes;
+        self.slots[placement.slot].active = Some(first);
+        for ((_, choice), sampler) in forks.into_iter().zip(samplers) {
+            // Nothing of a fork's own cache is kept: the first choice's sequence replaces it.
+            let Some(slot) = scheduler::place::<LlamaToken>(&self.free_slots(), &[]) else {
+                let _ = choice
+                    .events
+                    .send(GenerationEvent::Failed("no free slot".into()));
+                continue;
+            };
+            self.claim(slot.slot, 0);
+            let mut fork = active(
+                choice,
+                sampler,
+                StopMatcher::new(request.stop.clone()),
+                prompt.len(),
+            );
+            fork.cached_tokens = 0;
+            fork.fork_of = Some((placement.slot, order));
+            fork.shared_prompt = true;
+            self.slots[slot.slot].active = Some(fork);
+        }
+    }
+
+    /// The slots no request is using.
+    fn free_slots(&self) -> Vec<FreeSlot<'_, LlamaToken>> {
+        self.slots
             .iter()
             .enumerate()
             .filter(|(_, slot)| slot.active.is_none())
@@ -252,63 +425,15 @@ impl<'m> Batcher<'m> {
                 cached: &slot.cached,
                 last_used: slot.last_used,
             })
-            .collect();
-        let Some(placement) = scheduler::place(&free, &prompt) else {
-            // admit() only calls this with a free slot.
-            let _ = job
-                .events
-                .send(GenerationEvent::Failed("no free slot".into()));
-            return;
-        };
-        let max_tokens = match scheduler::generation_room(
-            prompt.len(),
-            job.request.max_tokens,
-            self.slot_context,
-        ) {
-            Ok(room) => room,
-            Err(_) => {
-                // Handle::submit checked this already; kept for direct callers.
-                let _ = job.events.send(GenerationEvent::Failed(format!(
-                        "the prompt ({} tokens) and max_tokens do not fit the slot context of {} tokens",
-                        prompt.len(),
-                        self.slot_context
-                    )));
-                return;
-            }
-        };
-        if prompt.len() + resume.len() >= self.slot_context || resume.len() >= max_tokens {
-            // Handle::submit checked this already; kept for direct callers.
-            let _ = job.events.send(GenerationEvent::Failed(format!(
-                "{} resumed tokens leave no room to generate",
-                resume.len()
-            )));
-            return;
-        }
-        let plain_greedy = sampling::is_plain_greedy(&job.request.sampling);
-        let mut sampler =
-            match sampling::build(self.model, &job.request.sampling, self.slot_context) {
-                Ok(sampler) => sampler,
-                Err(message) => {
-                    let _ = job.events.send(GenerationEvent::Failed(message));
-                    return;
-                }
-            };
-        // Bring the per-request state to where the other node left it: the sampler's
-        // grammar and penalties, the stop-string matcher and a half-finished character.
-        // Their text was delivered already, so what the replay releases is dropped.
-        sampler.replay(&resume);
-        let mut stop = StopMatcher::new(job.request.stop);
-        let mut pending_bytes = Vec::new();
-        let vocab = self.model.llama().vocab();
-        for &token in &resume {
-            vocab.token_to_piece_into(token, &mut pending_bytes, false, None);
-            let _ = stop.push(&take_utf8(&mut pending_bytes));
-        }
-        let order = self.tick();
-        let slot = &mut self.slots[placement.slot];
-        // Keep the shared prefix, drop the rest of what this sequence held.
-        slot.cached.truncate(placement.reused);
-        let position = u32::try_from(placement.reused).unwrap_or(u32::MAX);
+            .collect()
+    }
+
+    /// Keeps the first `keep` cached tokens of the slot at `index` and drops the rest of
+    /// its sequence; returns how many were kept.
+    fn claim(&mut self, index: usize, keep: usize) -> usize {
+        let slot = &mut self.slots[index];
+        slot.cached.truncate(keep);
+        let position = u32::try_from(keep).unwrap_or(u32::MAX);
         let seq = u32::try_from(slot.seq).unwrap_or(0);
         if let Err(err) = self
             .context
@@ -318,35 +443,59 @@ impl<'m> Batcher<'m> {
             let _ = self.context.clear_kv_cache_seq(Some(seq), None, None);
             slot.cached.clear();
         }
-        let reused = slot.cached.len();
-        tracing::debug!(
-            slot = slot.seq,
-            prompt_tokens = prompt.len(),
-            reused,
-            max_tokens,
-            "request admitted"
-        );
-        slot.active = Some(Active {
-            events: job.events,
-            _place: job.place,
-            prompt,
-            forced: resume.into_iter().collect(),
-            evaluated: reused,
-            cached_tokens: reused,
-            max_tokens,
-            sampler,
-            plain_greedy,
-            stop,
-            pending_bytes,
-            unannounced: Vec::new(),
-            generated: 0,
-            next_token: None,
-            logits_at: None,
-            order,
-            admitted: Instant::now(),
-            queued,
-            first_token: None,
-        });
+        slot.cached.len()
+    }
+
+    /// After a decode: forks whose first choice has just evaluated the last prompt token
+    /// take a copy of its KV sequence and the same logits to sample from, and join
+    /// `in_batch`. A fork whose first choice is gone (cancelled, failed) evaluates the
+    /// prompt on its own from the next step.
+    fn join_forks(&mut self, in_batch: &mut Vec<usize>) {
+        for index in 0..self.slots.len() {
+            let Some((lead, order)) = self.slots[index].active.as_ref().and_then(|a| a.fork_of)
+            else {
+                continue;
+            };
+            let lead_state = self.slots[lead]
+                .active
+                .as_ref()
+                .filter(|active| active.order == order)
+                .map(|active| (active.logits_at, active.first_token.is_some()));
+            match lead_state {
+                // Still evaluating the prompt.
+                Some((None, false)) => {}
+                // The prompt's last token was in this step's batch.
+                Some((Some(at), false)) => {
+                    let (src, dst) = (self.slots[lead].seq, self.slots[index].seq);
+                    if let Err(err) = self.context.copy_kv_cache_seq(src, dst, None, None) {
+                        tracing::warn!(%err, src, dst, "could not copy a sequence; the choice evaluates the prompt itself");
+                        self.unfork(index);
+                        continue;
+                    }
+                    self.slots[index].cached = self.slots[lead].cached.clone();
+                    let fork = self.slots[index].active.as_mut().expect("checked above");
+                    fork.fork_of = None;
+                    fork.logits_at = Some(at);
+                    in_batch.push(index);
+                }
+                // Gone, or past its first token without this fork (cannot happen: both
+                // are decided in the same step).
+                _ => self.unfork(index),
+            }
+        }
+    }
+
+    /// Turns a fork into a request of its own, which evaluates its prompt itself.
+    fn unfork(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        if let Some(active) = slot.active.as_mut() {
+            active.fork_of = None;
+            active.shared_prompt = false;
+            active.evaluated = 0;
+        }
+        slot.cached.clear();
+        let seq = u32::try_from(slot.seq).unwrap_or(0);
+        let _ = self.context.clear_kv_cache_seq(Some(seq), None, None);
     }
 
     /// Frees the slots whose client dropped its receiver. What the slot decoded stays in
@@ -460,6 +609,7 @@ impl<'m> Batcher<'m> {
         self.load
             .prompt_tokens_evaluated
             .fetch_add(prompt_tokens, Ordering::Relaxed);
+        self.join_forks(&mut in_batch);
 
         let mut generated = 0u64;
         for index in in_batch {
@@ -507,6 +657,27 @@ impl<'m> Batcher<'m> {
             self.finish(index, FinishReason::Stop, true);
             return false;
         }
+        if let Some(top) = active.logprobs {
+            let (logprob, best) = sampling::logprobs(context.get_logits_ith(at), token, top);
+            let bytes = |token| {
+                let mut bytes = Vec::new();
+                vocab.token_to_piece_into(token, &mut bytes, true, None);
+                bytes
+            };
+            active.unannounced_logprobs.push(TokenLogprob {
+                token,
+                bytes: bytes(token),
+                logprob,
+                top: best
+                    .into_iter()
+                    .map(|(token, logprob)| TopLogprob {
+                        token,
+                        bytes: bytes(token),
+                        logprob,
+                    })
+                    .collect(),
+            });
+        }
         active.generated += 1;
         active.unannounced.push(token);
         vocab.token_to_piece_into(token, &mut active.pending_bytes, false, None);
@@ -516,8 +687,11 @@ impl<'m> Batcher<'m> {
             StopOutcome::Stopped(text) => (text, true),
         };
         if !text.is_empty() {
-            let tokens = std::mem::take(&mut active.unannounced);
-            let _ = active.events.send(GenerationEvent::Text { text, tokens });
+            let _ = active.events.send(GenerationEvent::Text {
+                text,
+                tokens: std::mem::take(&mut active.unannounced),
+                logprobs: std::mem::take(&mut active.unannounced_logprobs),
+            });
         }
         if stopped {
             self.finish(index, FinishReason::Stop, false);
@@ -542,13 +716,17 @@ impl<'m> Batcher<'m> {
             let mut text = String::from_utf8_lossy(&active.pending_bytes).into_owned();
             text.push_str(&active.stop.finish());
             if !text.is_empty() {
-                let tokens = std::mem::take(&mut active.unannounced);
-                let _ = active.events.send(GenerationEvent::Text { text, tokens });
+                let _ = active.events.send(GenerationEvent::Text {
+                    text,
+                    tokens: std::mem::take(&mut active.unannounced),
+                    logprobs: std::mem::take(&mut active.unannounced_logprobs),
+                });
             }
         }
         let usage = Usage {
             prompt_tokens: active.prompt.len(),
             cached_tokens: active.cached_tokens,
+            shared_prompt: active.shared_prompt,
             completion_tokens: active.generated,
             time_to_first_token: active.first_token.unwrap_or_default(),
             queued: active.queued,

@@ -20,7 +20,8 @@ use super::EngineError;
 use super::batcher;
 use super::model::Model;
 use super::request::{
-    EmbeddingJob, GenerationEvent, GenerationRequest, Job, SubmitError, TestHook, Work,
+    Choice, EmbeddingJob, GenerationEvent, GenerationRequest, Job, MAX_TOP_LOGPROBS, SubmitError,
+    TestHook, Work,
 };
 use super::scheduler::generation_room;
 use super::settings::EngineSettings;
@@ -187,23 +188,56 @@ impl Engine {
         &self,
         request: GenerationRequest,
     ) -> Result<mpsc::UnboundedReceiver<GenerationEvent>, SubmitError> {
+        let mut receivers = self.submit_choices(request, 1)?;
+        Ok(receivers.pop().expect("one choice"))
+    }
+
+    /// Queues `choices` generations of one prompt (OpenAI's `n`): the prompt is evaluated
+    /// once and its KV entries copied to the other choices' slots, each of which then
+    /// samples with its own seed. They start together, so they need as many free slots;
+    /// each takes a place of the queue. One receiver per choice, in order.
+    pub fn submit_choices(
+        &self,
+        request: GenerationRequest,
+        choices: usize,
+    ) -> Result<Vec<mpsc::UnboundedReceiver<GenerationEvent>>, SubmitError> {
         self.check(&request)?;
         let info = &self.shared.info;
-        let place = Arc::clone(&self.shared.places)
-            .try_acquire_owned()
-            .map_err(|_| SubmitError::QueueFull {
+        if choices > info.slots {
+            return Err(SubmitError::TooManyChoices {
+                choices,
                 slots: info.slots,
-                queue: info.queue,
-            })?;
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+            });
+        }
+        if choices > 1 && !request.resume.is_empty() {
+            return Err(SubmitError::ResumedChoices(choices));
+        }
+        let choices = choices.max(1);
+        let full = || SubmitError::QueueFull {
+            slots: info.slots,
+            queue: info.queue,
+        };
+        let mut places = Arc::clone(&self.shared.places)
+            .try_acquire_many_owned(u32::try_from(choices).map_err(|_| full())?)
+            .map_err(|_| full())?;
+        let mut senders = Vec::with_capacity(choices);
+        let mut receivers = Vec::with_capacity(choices);
+        for _ in 0..choices {
+            let (events_tx, events_rx) = mpsc::unbounded_channel();
+            let place = places.split(1).expect("one place per choice");
+            senders.push(Choice {
+                events: events_tx,
+                place,
+            });
+            receivers.push(events_rx);
+        }
         let job = Job {
             request,
-            events: events_tx,
+            choices: senders,
             submitted: Instant::now(),
-            place,
         };
         self.enqueue(Work::Generate(job))?;
-        Ok(events_rx)
+        Ok(receivers)
     }
 
     /// Mean-pooled embeddings of each input, computed between generation steps. Fails
@@ -243,6 +277,9 @@ impl Engine {
             .find(|(token, _)| !(0..n_vocab).contains(&token.0))
         {
             return Err(SubmitError::UnknownToken(token.0));
+        }
+        if let Some(top) = request.logprobs.filter(|&top| top > MAX_TOP_LOGPROBS) {
+            return Err(SubmitError::TooManyLogprobs(top));
         }
         if let Some(token) = request
             .resume

@@ -32,7 +32,8 @@ pub mod stop;
 pub use handle::{Engine, EngineInfo, EngineLoad};
 pub use model::Model;
 pub use request::{
-    FinishReason, GenerationEvent, GenerationRequest, SamplingParams, SubmitError, TestHook, Usage,
+    FinishReason, GenerationEvent, GenerationRequest, MAX_TOP_LOGPROBS, SamplingParams,
+    SubmitError, TestHook, TokenLogprob, TopLogprob, Usage,
 };
 pub use session::{Generation, GenerationStats, Session};
 pub use settings::EngineSettings;

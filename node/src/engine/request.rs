@@ -52,7 +52,7 @@ impl Default for SamplingParams {
 }
 
 /// One generation to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GenerationRequest {
     /// The prompt, already tokenized (with BOS where the model wants it).
     pub prompt: Vec<LlamaToken>,
@@ -64,6 +64,33 @@ pub struct GenerationRequest {
     /// Tokens already generated (and delivered) by another node: evaluated after the
     /// prompt, never sent again, and counted as generated. Empty for a fresh request.
     pub resume: Vec<LlamaToken>,
+    /// Report each generated token's log-probability and this many of the most likely
+    /// alternatives at its position (`None`: no log-probabilities).
+    pub logprobs: Option<usize>,
+}
+
+/// Most alternatives per token [`GenerationRequest::logprobs`] may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A token's log-probability under the model (the softmax of its raw logits, before any
+/// sampling setting changes them), with the most likely alternatives at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: LlamaToken,
+    /// The token's text as bytes (special tokens spelled out); one token can be part of a
+    /// multi-byte character.
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// Most likely first.
+    pub top: Vec<TopLogprob>,
+}
+
+/// One alternative of a [`TokenLogprob`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLogprob {
+    pub token: LlamaToken,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
 }
 
 /// Why a generation ended (the OpenAI `finish_reason`).
@@ -90,6 +117,9 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// Prompt tokens whose KV entries were reused from the slot's earlier request.
     pub cached_tokens: usize,
+    /// The prompt was not evaluated for this choice: its KV entries were copied from the
+    /// first choice of the same request (`n` > 1), so usage counts the prompt once.
+    pub shared_prompt: bool,
     /// Sampled tokens, including those that formed a stop string; an end-of-generation
     /// token is not counted.
     pub completion_tokens: usize,
@@ -108,6 +138,8 @@ pub enum GenerationEvent {
     Text {
         text: String,
         tokens: Vec<LlamaToken>,
+        /// One per token of `tokens` when the request asked for log-probabilities.
+        logprobs: Vec<TokenLogprob>,
     },
     Done {
         finish_reason: FinishReason,
@@ -151,15 +183,31 @@ pub enum SubmitError {
     UnknownResumeToken(i32),
     #[error("{resumed} tokens to resume from leave no room: this request may generate {room}")]
     ResumeTooLong { resumed: usize, room: usize },
+    #[error(
+        "{choices} choices need {choices} slots at once, and this node has {slots}; ask for \
+         at most {slots}"
+    )]
+    TooManyChoices { choices: usize, slots: usize },
+    #[error("at most {MAX_TOP_LOGPROBS} alternatives per token can be asked for, got {0}")]
+    TooManyLogprobs(usize),
+    #[error("a resumed request has one choice; it cannot ask for {0}")]
+    ResumedChoices(usize),
 }
 
-/// A request on its way to the engine thread with the channel its answer goes to.
+/// A request on its way to the engine thread with the channels its answers go to: one
+/// per choice, all generated from one evaluation of the prompt.
 #[derive(Debug)]
 pub(crate) struct Job {
     pub request: GenerationRequest,
-    pub events: mpsc::UnboundedSender<GenerationEvent>,
+    pub choices: Vec<Choice>,
     pub submitted: std::time::Instant,
-    /// One of the `slots + queue` places; dropped (freeing the place) when the request
+}
+
+/// Where one choice of a [`Job`] goes.
+#[derive(Debug)]
+pub(crate) struct Choice {
+    pub events: mpsc::UnboundedSender<GenerationEvent>,
+    /// One of the `slots + queue` places; dropped (freeing the place) when the choice
     /// ends, however it ends.
     pub place: tokio::sync::OwnedSemaphorePermit,
 }

@@ -85,6 +85,46 @@ pub fn position_seed(seed: u32, position: usize) -> u32 {
     (x ^ (x >> 31)) as u32
 }
 
+/// The seed of choice `choice` of a request with several (OpenAI's `n`): the first keeps
+/// the request's seed, the others get their own, so their answers differ when sampled.
+pub fn choice_seed(seed: u32, choice: usize) -> u32 {
+    // The golden-ratio step spreads consecutive choices; `position_seed` mixes it further.
+    seed.wrapping_add((choice as u32).wrapping_mul(0x9e37_79b9))
+}
+
+/// The log-probability of `token` under `logits` (log-softmax over the whole vocabulary)
+/// and the `top` most likely tokens with theirs, most likely first (the lower id first on
+/// a tie).
+pub fn logprobs(logits: &[f32], token: LlamaToken, top: usize) -> (f32, Vec<(LlamaToken, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .map(|&logit| f64::from((logit - max).exp()))
+        .sum();
+    let log_z = max + sum.ln() as f32;
+    let of = |logit: f32| (logit - log_z).min(0.0);
+    let chosen = usize::try_from(token.0)
+        .ok()
+        .and_then(|index| logits.get(index))
+        .map_or(f32::NEG_INFINITY, |&logit| of(logit));
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (index, &logit) in logits.iter().enumerate() {
+            if best.len() == top && best.last().is_some_and(|&(_, worst)| logit <= worst) {
+                continue;
+            }
+            let at = best.partition_point(|&(_, better)| better >= logit);
+            best.insert(at, (index, logit));
+            best.truncate(top);
+        }
+    }
+    let best = best
+        .into_iter()
+        .map(|(index, logit)| (LlamaToken(i32::try_from(index).unwrap_or(i32::MAX)), of(logit)))
+        .collect();
+    (chosen, best)
+}
+
 /// A sampler for one request on `model`. `penalty_window` is how many of the latest
 /// generated tokens the presence/frequency penalties look at (the slot's context, so that
 /// they cover the whole answer). `Err` says why a grammar was rejected.
@@ -152,6 +192,33 @@ mod tests {
         assert_eq!(argmax(&[0.1, 2.0, -1.0, 2.0]), LlamaToken(1));
         assert_eq!(argmax(&[-5.0, -3.0]), LlamaToken(1));
         assert_eq!(argmax(&[f32::NEG_INFINITY, 0.0]), LlamaToken(1));
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_and_top_is_ordered() {
+        let logits = [0.0f32, 2.0_f32.ln(), 0.0, 3.0_f32.ln()];
+        // Probabilities 1/7, 2/7, 1/7, 3/7.
+        let (chosen, top) = logprobs(&logits, LlamaToken(1), 3);
+        assert!((chosen - (2.0f32 / 7.0).ln()).abs() < 1e-5, "{chosen}");
+        let ids: Vec<i32> = top.iter().map(|(t, _)| t.0).collect();
+        assert_eq!(ids, [3, 1, 0], "ties go to the lower id");
+        assert!((top[0].1 - (3.0f32 / 7.0).ln()).abs() < 1e-5);
+        let total: f32 = logits.iter().map(|&l| logprobs(&logits, LlamaToken(0), 0).0 - logits[0] + l).map(f32::exp).sum();
+        assert!((total - 1.0).abs() < 1e-5, "{total}");
+        assert!(logprobs(&logits, LlamaToken(2), 0).1.is_empty());
+        // A token outside the vocabulary has no probability at all.
+        assert_eq!(logprobs(&logits, LlamaToken(9), 0).0, f32::NEG_INFINITY);
+        // A banned token (-inf logit) is -inf, not NaN.
+        let banned = [f32::NEG_INFINITY, 0.0];
+        assert_eq!(logprobs(&banned, LlamaToken(0), 2).0, f32::NEG_INFINITY);
+        assert_eq!(logprobs(&banned, LlamaToken(1), 2).0, 0.0);
+    }
+
+    #[test]
+    fn choices_get_their_own_seeds() {
+        assert_eq!(choice_seed(42, 0), 42);
+        let seeds: std::collections::HashSet<u32> = (0..16).map(|c| choice_seed(42, c)).collect();
+        assert_eq!(seeds.len(), 16);
     }
 
     #[test]

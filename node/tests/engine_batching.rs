@@ -399,10 +399,7 @@ async fn check_choices_and_logprobs(engine: &Engine, alone: &Outcome, seeded: Sa
     // The same holds for a prompt the slots did cache: three greedy choices of the
     // earlier prompt are the answer it got alone.
     let receivers = engine
-        .submit_choices(
-            request(engine, "The capital of France is", 32, greedy()),
-            3,
-        )
+        .submit_choices(request(engine, "The capital of France is", 32, greedy()), 3)
         .unwrap();
     for receiver in receivers {
         assert_eq!(collect(receiver).await.text, alone.text);
@@ -455,7 +452,11 @@ async fn check_choices_and_logprobs(engine: &Engine, alone: &Outcome, seeded: Sa
         let mass: f32 = entry.top.iter().map(|alt| alt.logprob.exp()).sum();
         assert!(mass <= 1.0 + 1e-4, "{mass}");
     }
-    let bytes: Vec<u8> = answer.logprobs.iter().flat_map(|e| e.bytes.clone()).collect();
+    let bytes: Vec<u8> = answer
+        .logprobs
+        .iter()
+        .flat_map(|e| e.bytes.clone())
+        .collect();
     assert_eq!(String::from_utf8_lossy(&bytes), answer.text);
     // The same text as without them: asking does not change what is generated.
     let plain = collect(

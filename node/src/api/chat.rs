@@ -56,19 +56,26 @@ pub async fn create(
         ));
     }
     let resume = relayed.check_resume(&options, options.n, &loaded.engine.info().fingerprint)?;
-    let messages = template_messages(&request.messages, &loaded.template, tools.as_ref())?;
-    let tool_values = tools
-        .as_ref()
-        .filter(|_| loaded.template.supports_tools())
-        .map(Tools::template_value);
-    let prompt_text = loaded
-        .template
-        .render_with_tools(&messages, tool_values.as_deref(), true)
-        .map_err(|message| ApiError::invalid_param("messages", message))?;
-    // A template that writes the BOS token itself must not get a second one.
-    let bos = loaded.template.bos_token();
-    let add_bos = bos.is_empty() || !prompt_text.starts_with(bos);
-    let prompt = loaded.engine.tokenize(&prompt_text, add_bos);
+    let rendering = (state.clone(), request.messages, tools.clone());
+    let prompt = state
+        .prepare(move || {
+            let (state, history, tools) = rendering;
+            let loaded = state.ready()?;
+            let messages = template_messages(&history, &loaded.template, tools.as_ref())?;
+            let tool_values = tools
+                .as_ref()
+                .filter(|_| loaded.template.supports_tools())
+                .map(Tools::template_value);
+            let prompt_text = loaded
+                .template
+                .render_with_tools(&messages, tool_values.as_deref(), true)
+                .map_err(|message| ApiError::invalid_param("messages", message))?;
+            // A template that writes the BOS token itself must not get a second one.
+            let bos = loaded.template.bos_token();
+            let add_bos = bos.is_empty() || !prompt_text.starts_with(bos);
+            Ok(loaded.engine.tokenize(&prompt_text, add_bos))
+        })
+        .await?;
     let shape = Shape::new(Kind::Chat, &state.config.model_id, "/v1/chat/completions")
         .resumed(resume)
         .with_tools(tools);

@@ -54,15 +54,11 @@ pub async fn create(
             ),
         ));
     }
-    let mut prompts = Vec::with_capacity(texts.len());
-    for (index, text) in texts.iter().enumerate() {
-        if text.is_empty() {
-            return Err(ApiError::invalid_param(
-                "prompt",
-                format!("prompt {index} is empty: nothing to complete"),
-            ));
-        }
-        prompts.push(loaded.engine.tokenize(text, true));
+    if let Some(index) = texts.iter().position(String::is_empty) {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!("prompt {index} is empty: nothing to complete"),
+        ));
     }
     if texts.len() * options.n > MAX_PROMPTS {
         return Err(ApiError::invalid_param(
@@ -75,6 +71,15 @@ pub async fn create(
             ),
         ));
     }
+    let engine = loaded.engine.clone();
+    let prompts = state
+        .prepare(move || {
+            Ok(texts
+                .iter()
+                .map(|text| engine.tokenize(text, true))
+                .collect::<Vec<_>>())
+        })
+        .await?;
     let resume = relayed.check_resume(
         &options,
         prompts.len() * options.n,

@@ -10,6 +10,10 @@ use super::error::ApiError;
 use super::types::{EmbeddingInput, EmbeddingRequest};
 use super::{AppState, OpenAiJson};
 
+/// Most inputs in one request. The engine embeds one input per decode step, so a large
+/// request delays no stream by more than one input, but it holds the embeddings queue.
+pub const MAX_INPUTS: usize = 256;
+
 pub async fn create(
     State(state): State<AppState>,
     OpenAiJson(request): OpenAiJson<EmbeddingRequest>,
@@ -43,10 +47,24 @@ pub async fn create(
             "input must be non-empty text",
         ));
     }
-    let inputs: Vec<_> = texts
-        .iter()
-        .map(|text| loaded.engine.tokenize(text, true))
-        .collect();
+    if texts.len() > MAX_INPUTS {
+        return Err(ApiError::invalid_param(
+            "input",
+            format!(
+                "at most {MAX_INPUTS} inputs per request, got {}",
+                texts.len()
+            ),
+        ));
+    }
+    let engine = loaded.engine.clone();
+    let inputs = state
+        .prepare(move || {
+            Ok(texts
+                .iter()
+                .map(|text| engine.tokenize(text, true))
+                .collect::<Vec<_>>())
+        })
+        .await?;
     let tokens: usize = inputs.iter().map(Vec::len).sum();
     let vectors = loaded
         .engine

@@ -198,6 +198,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::UnknownResumeToken(_)
             | SubmitError::ResumeTooLong { .. }
             | SubmitError::ResumedChoices(_) => ApiError::resume_rejected(err.to_string()),
+            SubmitError::Grammar(_) => ApiError::invalid_param("response_format", err.to_string()),
             SubmitError::TooManyChoices { .. } => ApiError::invalid_param("n", err.to_string()),
             SubmitError::TooManyLogprobs(_) => {
                 ApiError::invalid_param("top_logprobs", err.to_string())

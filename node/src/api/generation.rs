@@ -309,6 +309,10 @@ fn usage_json(usage: &[Usage]) -> Value {
     })
 }
 
+/// Largest grammar a JSON schema may turn into: compiling it and checking every token
+/// against it grow with its size.
+pub const MAX_GRAMMAR_BYTES: usize = 256 * 1024;
+
 /// Builds the engine requests (one per prompt) from checked options, turning a JSON
 /// schema into a grammar. A sampled request without a seed gets a random one here, so that
 /// the seed is known (and can be carried to a node that continues the stream); a resumed
@@ -340,6 +344,16 @@ pub fn requests(
                 format!("the JSON schema cannot be turned into a grammar: {err}"),
             )
         })?;
+        if grammar.len() > MAX_GRAMMAR_BYTES {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                format!(
+                    "the JSON schema makes a grammar of {} bytes; at most {MAX_GRAMMAR_BYTES} \
+                     are allowed (simplify the schema)",
+                    grammar.len()
+                ),
+            ));
+        }
         sampling.grammar = Some(grammar);
     }
     Ok(prompts
@@ -356,7 +370,8 @@ pub fn requests(
 }
 
 /// Builds the requests for `prompts` and answers them: what chat and text completions
-/// share once each has its prompts.
+/// share once each has its prompts. The schema-to-grammar step and the samplers (a
+/// grammar's compilation) are prepared off the runtime's core threads.
 pub async fn run(
     state: &AppState,
     engine: &Engine,
@@ -366,9 +381,26 @@ pub async fn run(
     relayed: &Relayed,
     received: Instant,
 ) -> Result<Response, ApiError> {
-    let resume = relayed.resume.as_ref();
-    let requests = requests(prompts, options, resume)?;
-    respond(state, engine, shape, requests, options, relayed, received).await
+    let resume = relayed.resume.clone();
+    let submitting = (engine.clone(), options.clone());
+    let (receivers, seed) = state
+        .prepare(move || {
+            let (engine, options) = submitting;
+            let requests = requests(prompts, &options, resume.as_ref())?;
+            // The seed a continuation needs (sampled requests only).
+            let seed = requests[0]
+                .sampling
+                .seed
+                .filter(|_| requests[0].sampling.temperature > 0.0);
+            let continuable = requests.len() == 1 && options.n == 1;
+            let receivers = submit(&engine, requests, options.n)?;
+            Ok((receivers, seed.filter(|_| continuable)))
+        })
+        .await?;
+    respond(
+        state, engine, shape, receivers, seed, options, relayed, received,
+    )
+    .await
 }
 
 /// Submits every request with `n` choices each; if one is refused, the ones already
@@ -386,29 +418,28 @@ fn submit(
     Ok(receivers)
 }
 
-/// Runs the requests and answers with one JSON response or an SSE stream.
-pub async fn respond(
+/// Answers the submitted choices with one JSON response or an SSE stream. `seed` is the
+/// sampled seed a continuation of the single choice would need.
+#[allow(clippy::too_many_arguments)]
+async fn respond(
     state: &AppState,
     engine: &Engine,
     shape: Shape,
-    requests: Vec<GenerationRequest>,
+    receivers: Vec<UnboundedReceiver<GenerationEvent>>,
+    seed: Option<u32>,
     options: &GenerationOptions,
     relayed: &Relayed,
     received: Instant,
 ) -> Result<Response, ApiError> {
     // Annotations describe one choice; several choices are never continued, nor answers
     // that may be tool calls (their stream is not text a continuation could extend).
-    let continuable = requests.len() == 1 && options.n == 1 && shape.tools.is_none();
+    let continuable = receivers.len() == 1 && shape.tools.is_none();
     let annotation = (relayed.annotate && continuable).then(|| Annotation::Start {
         id: shape.id.clone(),
         created: shape.created,
-        seed: requests[0]
-            .sampling
-            .seed
-            .filter(|_| requests[0].sampling.temperature > 0.0),
+        seed,
         fingerprint: engine.info().fingerprint.clone(),
     });
-    let receivers = submit(engine, requests, options.n)?;
     let deadline = TokioInstant::from_std(received + state.config.request_timeout);
     if options.stream {
         let events = stream_events(
@@ -638,9 +669,7 @@ fn stream_events(
                 } else {
                     Value::Null
                 };
-                let choice = relay
-                    .shape
-                    .delta_choice(index, Some(&text), None, logprobs);
+                let choice = relay.shape.delta_choice(index, Some(&text), None, logprobs);
                 relay.shape.envelope(true, vec![choice])
             }
             GenerationEvent::Done {

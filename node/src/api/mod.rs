@@ -98,7 +98,12 @@ pub struct AppState {
     pub swarm: Arc<OnceLock<SwarmHandle>>,
     /// Why the node is unhealthy, once the watchdog found it so (see `watchdog.rs`).
     pub failure: Arc<OnceLock<String>>,
+    /// Turns of [`AppState::prepare`].
+    preparing: Arc<tokio::sync::Semaphore>,
 }
+
+/// Requests prepared at once (see [`AppState::prepare`]); more wait for a turn.
+const PREPARING: usize = 4;
 
 impl AppState {
     /// The state of a node with the built-in engine.
@@ -115,7 +120,27 @@ impl AppState {
             shutting_down: Arc::new(AtomicBool::new(false)),
             swarm: Arc::new(OnceLock::new()),
             failure: Arc::new(OnceLock::new()),
+            preparing: Arc::new(tokio::sync::Semaphore::new(PREPARING)),
         }
+    }
+
+    /// Runs the CPU-heavy part of preparing a request (rendering the chat template,
+    /// tokenizing, turning a JSON schema into a grammar and compiling it) on tokio's
+    /// blocking pool, at most [`PREPARING`] at once: a 4 MiB prompt or a large schema then
+    /// delays neither the runtime's core threads (other clients' streams, health, the
+    /// swarm) nor the engine thread.
+    pub async fn prepare<T, F>(&self, work: F) -> Result<T, ApiError>
+    where
+        F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let _turn = Arc::clone(&self.preparing)
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::shutting_down())?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|err| ApiError::internal(format!("preparing the request failed: {err}")))?
     }
 
     /// The engine, or 503 while loading or shutting down.

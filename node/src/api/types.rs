@@ -178,6 +178,13 @@ pub const MAX_COMPLETION_LOGPROBS: i64 = 5;
 /// Most stop strings accepted (OpenAI allows 4; a few more cost nothing).
 const MAX_STOP_STRINGS: usize = 16;
 
+/// Longest stop string, in bytes: the generated text's tail is matched against each one
+/// on every token.
+pub const MAX_STOP_BYTES: usize = 256;
+
+/// Largest `response_format` JSON schema, in bytes of JSON.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+
 impl GenerationFields {
     /// Checks every field and converts it for the engine; `kind` decides what `logprobs`
     /// means (chat: a flag plus `top_logprobs`; text completions: the number of
@@ -231,6 +238,15 @@ impl GenerationFields {
                 ),
             ));
         }
+        if let Some(long) = stop.iter().find(|stop| stop.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid_param(
+                "stop",
+                format!(
+                    "a stop string may have at most {MAX_STOP_BYTES} bytes, got one of {}",
+                    long.len()
+                ),
+            ));
+        }
         let mut logit_bias = Vec::new();
         for (key, &bias) in self.logit_bias.iter().flatten() {
             let token: i32 = key.trim().parse().map_err(|_| {
@@ -263,6 +279,15 @@ impl GenerationFields {
                     .map_or_else(|| "{}".to_string(), Value::to_string),
             ),
         };
+        if let Some(schema) = json_schema.as_ref().filter(|s| s.len() > MAX_SCHEMA_BYTES) {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                format!(
+                    "the JSON schema may have at most {MAX_SCHEMA_BYTES} bytes, got {}",
+                    schema.len()
+                ),
+            ));
+        }
         Ok(GenerationOptions {
             max_tokens,
             stop,
@@ -444,6 +469,13 @@ mod tests {
                 "top_logprobs",
             ),
             (serde_json::json!({"logit_bias": {"abc": 1}}), "logit_bias"),
+            (serde_json::json!({"stop": "x".repeat(257)}), "stop"),
+            (serde_json::json!({"stop": vec!["a"; 17]}), "stop"),
+            (
+                serde_json::json!({"response_format": {"type": "json_schema", "json_schema": {
+                    "name": "big", "schema": {"description": "x".repeat(MAX_SCHEMA_BYTES)}}}}),
+                "response_format",
+            ),
             (serde_json::json!({"logit_bias": {"5": 200}}), "logit_bias"),
             (
                 serde_json::json!({"presence_penalty": 3}),

@@ -171,7 +171,14 @@ struct Batcher<'m> {
     /// A request taken off the channel that waits for as many free slots as it has
     /// choices. Requests behind it wait too: admission stays first come, first served.
     held: Option<Job>,
+    /// Embeddings requests, oldest first, served one input per step.
+    embeddings: std::collections::VecDeque<PendingEmbedding>,
+    /// Generation time still owed before the next embedding input (see `embed_one`).
+    embedding_owed: Duration,
 }
+
+/// Most of the engine's time embeddings take while requests generate.
+const EMBEDDING_SHARE: f64 = 0.2;
 
 impl<'m> Batcher<'m> {
     fn new(
@@ -201,12 +208,15 @@ impl<'m> Batcher<'m> {
             clock: 0,
             rate: TokenRate::default(),
             held: None,
+            embeddings: std::collections::VecDeque::new(),
+            embedding_owed: Duration::ZERO,
         }
     }
 
     fn run(mut self, mut work: mpsc::Receiver<Work>) {
         while self.admit(&mut work) {
             self.drop_cancelled();
+            self.embed_one();
             self.step();
             self.publish();
         }
@@ -242,7 +252,7 @@ impl<'m> Batcher<'m> {
             if free == 0 {
                 return true;
             }
-            let item = if self.busy() > 0 {
+            let item = if self.busy() > 0 || !self.embeddings.is_empty() {
                 match work.try_recv() {
                     Ok(item) => item,
                     // Closed: finish what runs, then the blocking branch sees the end.
@@ -258,7 +268,10 @@ impl<'m> Batcher<'m> {
             };
             match item {
                 Work::Generate(job) => self.held = Some(job),
-                Work::Embed(job) => self.embed(job),
+                Work::Embed(job) => self.embeddings.push_back(PendingEmbedding {
+                    vectors: Vec::with_capacity(job.inputs.len()),
+                    job,
+                }),
                 Work::Hook(TestHook::Crash) => {
                     panic!("the engine thread was stopped by a test hook")
                 }
@@ -273,15 +286,17 @@ impl<'m> Batcher<'m> {
         let Job {
             request,
             choices,
+            samplers,
             submitted,
         } = job;
-        // Choices whose client left while the request waited in the queue are dropped;
-        // the others keep their index (it picks their seed).
-        let mut choices: Vec<(usize, Choice)> = choices
+        // Choices whose client left while the request waited in the queue are dropped,
+        // with their samplers.
+        let (mut choices, samplers): (Vec<(usize, Choice)>, Vec<sampling::Sampler>) = choices
             .into_iter()
             .enumerate()
-            .filter(|(_, choice)| !choice.events.is_closed())
-            .collect();
+            .zip(samplers)
+            .filter(|((_, choice), _)| !choice.events.is_closed())
+            .unzip();
         if choices.is_empty() {
             return;
         }
@@ -300,20 +315,23 @@ impl<'m> Batcher<'m> {
             fail_all(choices, "no free slot");
             return;
         };
-        let max_tokens =
-            match scheduler::generation_room(prompt.len(), request.max_tokens, self.slot_context) {
-                Ok(room) => room,
-                Err(_) => {
-                    // Handle::submit checked this already; kept for direct callers.
-                    let message = format!(
-                        "the prompt ({} tokens) and max_tokens do not fit the slot context of {} tokens",
-                        prompt.len(),
-                        self.slot_context
-                    );
-                    fail_all(choices, &message);
-                    return;
-                }
-            };
+        let max_tokens = match scheduler::generation_room(
+            prompt.len(),
+            request.max_tokens,
+            self.slot_context,
+        ) {
+            Ok(room) => room,
+            Err(_) => {
+                // Handle::submit checked this already; kept for direct callers.
+                let message = format!(
+                    "the prompt ({} tokens) and max_tokens do not fit the slot context of {} tokens",
+                    prompt.len(),
+                    self.slot_context
+                );
+                fail_all(choices, &message);
+                return;
+            }
+        };
         if prompt.len() + resume.len() >= self.slot_context || resume.len() >= max_tokens {
             // Handle::submit checked this already; kept for direct callers.
             let message = format!("{} resumed tokens leave no room to generate", resume.len());
@@ -321,18 +339,7 @@ impl<'m> Batcher<'m> {
             return;
         }
         let plain_greedy = sampling::is_plain_greedy(&request.sampling);
-        let mut samplers = Vec::with_capacity(choices.len());
-        for &(index, _) in &choices {
-            let mut params = request.sampling.clone();
-            params.seed = params.seed.map(|seed| sampling::choice_seed(seed, index));
-            match sampling::build(self.model, &params, self.slot_context) {
-                Ok(sampler) => samplers.push(sampler),
-                Err(message) => {
-                    fail_all(choices, &message);
-                    return;
-                }
-            }
-        }
+        let mut samplers = samplers;
         // Bring the first choice's state to where the other node left it: the sampler's
         // grammar and penalties, the stop-string matcher and a half-finished character.
         // Their text was delivered already, so what the replay releases is dropped.
@@ -620,7 +627,9 @@ impl<'m> Batcher<'m> {
         self.load
             .generated_tokens
             .fetch_add(generated, Ordering::Relaxed);
-        self.rate.record(generated, started.elapsed());
+        let elapsed = started.elapsed();
+        self.rate.record(generated, elapsed);
+        self.embedding_owed = self.embedding_owed.saturating_sub(elapsed);
     }
 
     /// Samples the next token of the slot at `index` if it has logits in this batch.
@@ -754,50 +763,51 @@ impl<'m> Batcher<'m> {
         let _ = self.context.clear_kv_cache_seq(Some(seq), None, None);
     }
 
-    /// Embeds each input in the embeddings context, one at a time (between steps).
-    fn embed(&mut self, job: EmbeddingJob) {
-        let Some(context) = self.embedding.as_mut() else {
-            let _ = job
-                .reply
-                .send(Err("model does not support embeddings".to_string()));
+    /// Embeds the next input of the oldest embeddings request, if any: one input per
+    /// step, between decodes, so a request of many inputs delays a decode step by one
+    /// input's evaluation at most instead of all of them. While requests generate,
+    /// embeddings also get at most [`EMBEDDING_SHARE`] of the engine's time: after an
+    /// input, the next waits until generation has had its share, so most steps of a
+    /// stream see no embedding at all.
+    fn embed_one(&mut self) {
+        if self.busy() == 0 {
+            self.embedding_owed = Duration::ZERO;
+        } else if !self.embedding_owed.is_zero() {
+            return;
+        }
+        let generating = self.busy() > 0;
+        let Some(pending) = self.embeddings.front_mut() else {
             return;
         };
-        let capacity = usize::try_from(context.n_batch()).unwrap_or(usize::MAX);
-        let mut batch = LlamaBatch::new(capacity, 1);
-        let mut vectors = Vec::with_capacity(job.inputs.len());
-        for (index, tokens) in job.inputs.iter().enumerate() {
-            if tokens.is_empty() {
-                let _ = job.reply.send(Err(format!("input {index} is empty")));
-                return;
-            }
-            if tokens.len() > capacity {
-                let _ = job.reply.send(Err(format!(
-                    "input {index} has {} tokens; at most {capacity} fit",
-                    tokens.len()
-                )));
-                return;
-            }
-            context.clear_kv_cache();
-            batch.clear();
-            if let Err(err) = batch.add_sequence(tokens, 0, true) {
-                let _ = job.reply.send(Err(err.to_string()));
-                return;
-            }
-            if let Err(err) = context.decode(&mut batch) {
-                let _ = job
-                    .reply
-                    .send(Err(format!("llama.cpp decode failed: {err}")));
-                return;
-            }
-            match context.embeddings_seq_ith(0) {
-                Ok(vector) => vectors.push(normalized(vector)),
-                Err(err) => {
-                    let _ = job.reply.send(Err(err.to_string()));
-                    return;
+        let started = Instant::now();
+        if pending.job.reply.is_closed() {
+            // The client went away.
+            self.embeddings.pop_front();
+            return;
+        }
+        let index = pending.vectors.len();
+        let outcome = match self.embedding.as_mut() {
+            None => Err("model does not support embeddings".to_string()),
+            Some(context) => embed_input(context, &pending.job.inputs[index], index),
+        };
+        if generating {
+            self.embedding_owed = started
+                .elapsed()
+                .mul_f64((1.0 - EMBEDDING_SHARE) / EMBEDDING_SHARE);
+        }
+        match outcome {
+            Ok(vector) => {
+                pending.vectors.push(vector);
+                if pending.vectors.len() == pending.job.inputs.len() {
+                    let done = self.embeddings.pop_front().expect("the front exists");
+                    let _ = done.job.reply.send(Ok(done.vectors));
                 }
             }
+            Err(message) => {
+                let failed = self.embeddings.pop_front().expect("the front exists");
+                let _ = failed.job.reply.send(Err(message));
+            }
         }
-        let _ = job.reply.send(Ok(vectors));
     }
 
     /// Publishes the load figures for metrics and heartbeats.
@@ -808,6 +818,42 @@ impl<'m> Batcher<'m> {
         self.load.kv_cells_used.store(cells, Ordering::Relaxed);
         self.load.set_tokens_per_second(self.rate.per_second());
     }
+}
+
+/// An embeddings request in progress: the vectors of its first inputs.
+struct PendingEmbedding {
+    job: EmbeddingJob,
+    vectors: Vec<Vec<f32>>,
+}
+
+/// The normalised mean-pooled embedding of one input (`index` names it in errors).
+fn embed_input(
+    context: &mut LlamaContext<'_>,
+    tokens: &[LlamaToken],
+    index: usize,
+) -> Result<Vec<f32>, String> {
+    let capacity = usize::try_from(context.n_batch()).unwrap_or(usize::MAX);
+    if tokens.is_empty() {
+        return Err(format!("input {index} is empty"));
+    }
+    if tokens.len() > capacity {
+        return Err(format!(
+            "input {index} has {} tokens; at most {capacity} fit",
+            tokens.len()
+        ));
+    }
+    context.clear_kv_cache();
+    let mut batch = LlamaBatch::new(tokens.len(), 1);
+    batch
+        .add_sequence(tokens, 0, true)
+        .map_err(|err| err.to_string())?;
+    context
+        .decode(&mut batch)
+        .map_err(|err| format!("llama.cpp decode failed: {err}"))?;
+    context
+        .embeddings_seq_ith(0)
+        .map(normalized)
+        .map_err(|err| err.to_string())
 }
 
 /// Generated tokens per second over roughly the last few seconds of work: both the token

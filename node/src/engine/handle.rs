@@ -23,6 +23,7 @@ use super::request::{
     Choice, EmbeddingJob, GenerationEvent, GenerationRequest, Job, MAX_TOP_LOGPROBS, SubmitError,
     TestHook, Work,
 };
+use super::sampling;
 use super::scheduler::generation_room;
 use super::settings::EngineSettings;
 
@@ -213,6 +214,16 @@ impl Engine {
             return Err(SubmitError::ResumedChoices(choices));
         }
         let choices = choices.max(1);
+        // Built here, on the caller's thread: compiling a grammar can take a while, and the
+        // engine thread must not spend a step on it.
+        let samplers = (0..choices)
+            .map(|choice| {
+                let mut params = request.sampling.clone();
+                params.seed = params.seed.map(|seed| sampling::choice_seed(seed, choice));
+                sampling::build(&self.shared.model, &params, info.slot_context)
+                    .map_err(SubmitError::Grammar)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let full = || SubmitError::QueueFull {
             slots: info.slots,
             queue: info.queue,
@@ -234,6 +245,7 @@ impl Engine {
         let job = Job {
             request,
             choices: senders,
+            samplers,
             submitted: Instant::now(),
         };
         self.enqueue(Work::Generate(job))?;

@@ -23,7 +23,7 @@ mod batcher;
 mod handle;
 pub mod model;
 pub mod request;
-mod sampling;
+pub(crate) mod sampling;
 pub mod scheduler;
 pub mod session;
 pub mod settings;

@@ -192,6 +192,9 @@ pub enum SubmitError {
     TooManyLogprobs(usize),
     #[error("a resumed request has one choice; it cannot ask for {0}")]
     ResumedChoices(usize),
+    /// The grammar (from a JSON schema or a tool's parameters) does not compile.
+    #[error("{0}")]
+    Grammar(String),
 }
 
 /// A request on its way to the engine thread with the channels its answers go to: one
@@ -200,6 +203,9 @@ pub enum SubmitError {
 pub(crate) struct Job {
     pub request: GenerationRequest,
     pub choices: Vec<Choice>,
+    /// One per choice, built by the submitting thread (a grammar's compilation included),
+    /// so the engine thread never spends a step on it.
+    pub samplers: Vec<super::sampling::Sampler>,
     pub submitted: std::time::Instant,
 }
 

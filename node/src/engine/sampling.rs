@@ -7,6 +7,13 @@
 //! clients expect from it. The chain also remembers the generated tokens (for penalties
 //! and the grammar state), so it lives as long as the request does.
 //!
+//! A grammar is not part of the chain either. Checking every token of a 262 144-entry
+//! vocabulary against a large grammar costs more than the decode step itself, so the token
+//! is first picked without the grammar and then checked alone; only when the grammar
+//! rejects it are all candidates filtered and the pick made again (llama.cpp's own
+//! sampler does the same). Greedy output is the same either way; a sampled pick follows
+//! the grammar too, from a slightly different distribution.
+//!
 //! The random draw is not part of the chain: each position of the answer draws with its
 //! own generator, seeded from the request's seed and the position ([`position_seed`]). A
 //! single generator would make the draw at position n depend on the n draws before it,
@@ -16,6 +23,8 @@
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 
 use super::model::Model;
@@ -47,32 +56,111 @@ pub fn argmax(logits: &[f32]) -> LlamaToken {
     LlamaToken(i32::try_from(best).unwrap_or(i32::MAX))
 }
 
-/// How one request picks its tokens: a llama.cpp chain, and for sampled (temperature > 0)
-/// requests the seed of the per-position draws.
+/// How one request picks its tokens: the samplers that change logits (bias, penalties),
+/// an optional grammar, the samplers that choose (truncation and temperature, or greedy),
+/// and for sampled (temperature > 0) requests the seed of the per-position draws.
 pub struct Sampler {
-    chain: LlamaSampler,
+    adjust: Option<LlamaSampler>,
+    grammar: Option<LlamaSampler>,
+    choose: LlamaSampler,
     seed: Option<u32>,
 }
+
+impl std::fmt::Debug for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampler")
+            .field("grammar", &self.grammar.is_some())
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+/// Candidates checked against a grammar at once when the unconstrained pick is rejected:
+/// the most likely ones (one grammar pass over them instead of the whole vocabulary). Only
+/// when none of them fits is the whole vocabulary checked.
+const GRAMMAR_SHORTLIST: usize = 512;
 
 impl Sampler {
     /// The token for the logits at batch index `at`, for answer position `position`.
     pub fn sample(&mut self, context: &LlamaContext<'_>, at: i32, position: usize) -> LlamaToken {
-        let Some(seed) = self.seed else {
-            // Greedy with bias, penalties or a grammar: the chain ends in `greedy`.
-            return self.chain.sample(context, at);
-        };
         let mut candidates = context.token_data_array_ith(at);
-        self.chain.apply(&mut candidates);
-        let token = candidates.sample_token(position_seed(seed, position));
-        self.chain.accept(token);
+        if let Some(adjust) = self.adjust.as_mut() {
+            adjust.apply(&mut candidates);
+        }
+        let token = match self.grammar.as_mut() {
+            None => self.pick(candidates, position),
+            Some(_) => self.pick_within_grammar(candidates, position),
+        };
+        if let Some(adjust) = self.adjust.as_mut() {
+            adjust.accept(token);
+        }
+        if let Some(grammar) = self.grammar.as_mut() {
+            grammar.accept(token);
+        }
         token
     }
 
-    /// Feeds tokens generated elsewhere through the chain's state (grammar, penalties), as
-    /// if they had been sampled here.
-    pub fn replay(&mut self, tokens: &[LlamaToken]) {
-        self.chain.accept_many(tokens);
+    /// The pick without the grammar if the grammar allows it; otherwise the pick among
+    /// the most likely tokens the grammar allows; otherwise among all it allows.
+    fn pick_within_grammar(
+        &mut self,
+        candidates: LlamaTokenDataArray,
+        position: usize,
+    ) -> LlamaToken {
+        let mut all = candidates.data;
+        let unconstrained = self.pick(LlamaTokenDataArray::new(all.clone(), false), position);
+        let grammar = self.grammar.as_mut().expect("called with a grammar");
+        if allows(grammar, unconstrained) {
+            return unconstrained;
+        }
+        let keep = GRAMMAR_SHORTLIST.min(all.len());
+        if keep < all.len() {
+            all.select_nth_unstable_by(keep, |a, b| b.logit().total_cmp(&a.logit()));
+        }
+        let mut shortlist = LlamaTokenDataArray::new(all[..keep].to_vec(), false);
+        grammar.apply(&mut shortlist);
+        shortlist
+            .data
+            .retain(|data| data.logit() != f32::NEG_INFINITY);
+        if !shortlist.data.is_empty() {
+            return self.pick(shortlist, position);
+        }
+        let mut everything = LlamaTokenDataArray::new(all, false);
+        grammar.apply(&mut everything);
+        self.pick(everything, position)
     }
+
+    /// The choosing samplers' pick: the greedy one, or the draw of `position`.
+    fn pick(&mut self, mut candidates: LlamaTokenDataArray, position: usize) -> LlamaToken {
+        self.choose.apply(&mut candidates);
+        match self.seed {
+            Some(seed) => candidates.sample_token(position_seed(seed, position)),
+            None => candidates
+                .selected_token()
+                .unwrap_or_else(|| candidates.sample_token_greedy()),
+        }
+    }
+
+    /// Feeds tokens generated elsewhere through the sampler's state (grammar, penalties),
+    /// as if they had been sampled here.
+    pub fn replay(&mut self, tokens: &[LlamaToken]) {
+        if let Some(adjust) = self.adjust.as_mut() {
+            adjust.accept_many(tokens);
+        }
+        if let Some(grammar) = self.grammar.as_mut() {
+            grammar.accept_many(tokens);
+        }
+    }
+}
+
+/// Whether `grammar`, in its current state, allows `token` next.
+fn allows(grammar: &mut LlamaSampler, token: LlamaToken) -> bool {
+    let mut single = LlamaTokenDataArray::new(vec![LlamaTokenData::new(token, 0.0, 0.0)], false);
+    grammar.apply(&mut single);
+    single
+        .data
+        .first()
+        .is_some_and(|data| data.logit() != f32::NEG_INFINITY)
 }
 
 /// The seed of the draw at answer position `position`: the request's seed mixed with the
@@ -120,7 +208,12 @@ pub fn logprobs(logits: &[f32], token: LlamaToken, top: usize) -> (f32, Vec<(Lla
     }
     let best = best
         .into_iter()
-        .map(|(index, logit)| (LlamaToken(i32::try_from(index).unwrap_or(i32::MAX)), of(logit)))
+        .map(|(index, logit)| {
+            (
+                LlamaToken(i32::try_from(index).unwrap_or(i32::MAX)),
+                of(logit),
+            )
+        })
         .collect();
     (chosen, best)
 }
@@ -133,17 +226,17 @@ pub fn build(
     params: &SamplingParams,
     penalty_window: usize,
 ) -> Result<Sampler, String> {
-    let mut chain = Vec::new();
+    let mut adjust = Vec::new();
     if !params.logit_bias.is_empty() {
         let biases: Vec<LlamaLogitBias> = params
             .logit_bias
             .iter()
             .map(|&(token, bias)| LlamaLogitBias::new(token, bias))
             .collect();
-        chain.push(LlamaSampler::logit_bias(model.n_vocab(), &biases));
+        adjust.push(LlamaSampler::logit_bias(model.n_vocab(), &biases));
     }
     if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
-        chain.push(LlamaSampler::penalties(
+        adjust.push(LlamaSampler::penalties(
             model.n_vocab(),
             i32::try_from(penalty_window).unwrap_or(i32::MAX),
             1.0,
@@ -151,29 +244,34 @@ pub fn build(
             params.presence_penalty,
         ));
     }
-    if let Some(grammar) = &params.grammar {
-        let sampler = LlamaSampler::grammar(model.llama(), grammar, "root")
-            .map_err(|err| format!("the grammar was rejected by llama.cpp: {err}"))?;
-        chain.push(sampler);
-    }
+    let grammar = match &params.grammar {
+        Some(grammar) => Some(
+            LlamaSampler::grammar(model.llama(), grammar, "root")
+                .map_err(|err| format!("the grammar was rejected by llama.cpp: {err}"))?,
+        ),
+        None => None,
+    };
+    let mut choose = Vec::new();
     let seed = if params.temperature <= 0.0 {
-        chain.push(LlamaSampler::greedy());
+        choose.push(LlamaSampler::greedy());
         None
     } else {
         if params.top_k > 0 {
-            chain.push(LlamaSampler::top_k(params.top_k));
+            choose.push(LlamaSampler::top_k(params.top_k));
         }
         if params.top_p < 1.0 {
-            chain.push(LlamaSampler::top_p(params.top_p, 1));
+            choose.push(LlamaSampler::top_p(params.top_p, 1));
         }
         if params.min_p > 0.0 {
-            chain.push(LlamaSampler::min_p(params.min_p, 1));
+            choose.push(LlamaSampler::min_p(params.min_p, 1));
         }
-        chain.push(LlamaSampler::temp(params.temperature));
+        choose.push(LlamaSampler::temp(params.temperature));
         Some(params.seed.unwrap_or_else(fresh_seed))
     };
     Ok(Sampler {
-        chain: LlamaSampler::chain(chain, true),
+        adjust: (!adjust.is_empty()).then(|| LlamaSampler::chain(adjust, true)),
+        grammar,
+        choose: LlamaSampler::chain(choose, true),
         seed,
     })
 }
@@ -203,7 +301,11 @@ mod tests {
         let ids: Vec<i32> = top.iter().map(|(t, _)| t.0).collect();
         assert_eq!(ids, [3, 1, 0], "ties go to the lower id");
         assert!((top[0].1 - (3.0f32 / 7.0).ln()).abs() < 1e-5);
-        let total: f32 = logits.iter().map(|&l| logprobs(&logits, LlamaToken(0), 0).0 - logits[0] + l).map(f32::exp).sum();
+        let total: f32 = logits
+            .iter()
+            .map(|&l| logprobs(&logits, LlamaToken(0), 0).0 - logits[0] + l)
+            .map(f32::exp)
+            .sum();
         assert!((total - 1.0).abs() < 1e-5, "{total}");
         assert!(logprobs(&logits, LlamaToken(2), 0).1.is_empty());
         // A token outside the vocabulary has no probability at all.

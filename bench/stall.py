@@ -1,0 +1,147 @@
+"""Can one client stall the others? Inter-token latency of streaming chats, quiet and under load.
+
+Usage: bench/stall.py [--bin PATH] [--model PATH] [--seconds S] [--streams N]
+Runs `llamanet serve --embeddings` (8 slots, context 8192, 2 threads) on a free loopback port.
+N clients (default 4) stream chat completions of 64 tokens back to back and time the gap
+between consecutive content chunks. First for S seconds alone, then for S seconds while one
+more client loops, one after the other: an embeddings request of 64 inputs (about 40 tokens
+each), and a chat request whose response_format is a 10 KB JSON schema (16 tokens). Prints
+p50 / p99 inter-token latency of each phase and the ratio.
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+HOME = Path.home()
+SCHEMA = {"type": "object", "properties": {
+    f"field_{i:03d}": {"type": "string", "maxLength": 20, "description": f"The value number {i}."}
+    for i in range(130)}}
+INPUTS = [f"Sentence {i}: the quick brown fox jumps over the lazy dog near the river bank "
+          f"while the sun sets slowly behind the distant hills." for i in range(64)]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(base, path, body, timeout=300):
+    request = urllib.request.Request(base + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+def stream_gaps(base, stop_at, gaps, seed):
+    """Streams chats until stop_at, appending the gaps between content chunks (seconds)."""
+    while time.monotonic() < stop_at:
+        body = {"model": "bench", "stream": True, "max_tokens": 64, "temperature": 0.8,
+                "seed": seed, "messages": [{"role": "user", "content": "Tell me a story."}]}
+        last = None
+        with post(base, "/v1/chat/completions", body) as response:
+            for line in response:
+                if not line.startswith(b"data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if not chunk["choices"] or not chunk["choices"][0]["delta"].get("content"):
+                    continue
+                now = time.monotonic()
+                if last is not None:
+                    gaps.append(now - last)
+                last = now
+        seed += 1
+
+
+def adversary(base, stop_at, counts, kinds):
+    while time.monotonic() < stop_at:
+        if "embeddings" in kinds:
+            with post(base, "/v1/embeddings", {"model": "bench", "input": INPUTS,
+                                               "encoding_format": "float"}) as response:
+                response.read()
+            counts["embeddings"] += 1
+        if "schemas" not in kinds:
+            continue
+        body = {"model": "bench", "max_tokens": 16, "temperature": 0,
+                "messages": [{"role": "user", "content": "Fill the form."}],
+                "response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "form", "schema": SCHEMA}}}
+        with post(base, "/v1/chat/completions", body) as response:
+            response.read()
+        counts["schemas"] += 1
+
+
+def phase(base, streams, seconds, hostile, kinds):
+    stop_at = time.monotonic() + seconds
+    gaps = [[] for _ in range(streams)]
+    counts = {"embeddings": 0, "schemas": 0}
+    threads = [threading.Thread(target=stream_gaps, args=(base, stop_at, gaps[i], 100 * i))
+               for i in range(streams)]
+    if hostile:
+        threads.append(threading.Thread(target=adversary, args=(base, stop_at, counts, kinds)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 300)
+    merged = sorted(g for per in gaps for g in per)
+    return merged, counts
+
+
+def percentile(values, q):
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main():
+    target = Path(os.environ.get("CARGO_TARGET_DIR", HOME / ".cache/llamanet/target"))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", default=str(target / "release/llamanet"))
+    parser.add_argument("--model", default=str(HOME / ".cache/llamanet/models/gemma-3-270m-q4_k_m.gguf"))
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--adversary", default="embeddings,schemas",
+                        help="what the extra client sends: embeddings, schemas or both")
+    args = parser.parse_args()
+    print(f"schema {len(json.dumps(SCHEMA))} bytes, {len(INPUTS)} embedding inputs")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([args.bin, "serve", "--model", args.model, "--host", "127.0.0.1",
+                               "--port", str(port), "--model-id", "bench", "--parallel", "8",
+                               "--ctx-size", "8192", "--threads", "2", "--embeddings"],
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("server not ready")
+            time.sleep(0.1)
+        results = {}
+        for name, hostile in (("quiet", False), ("under load", True)):
+            gaps, counts = phase(base, args.streams, args.seconds, hostile, args.adversary.split(","))
+            results[name] = gaps
+            extra = f", {counts['embeddings']} embeddings and {counts['schemas']} schema requests" if hostile else ""
+            print(f"{name:>10}: {len(gaps)} gaps, inter-token p50 {1000 * percentile(gaps, 0.5):.1f} ms, "
+                  f"p99 {1000 * percentile(gaps, 0.99):.1f} ms, max {1000 * gaps[-1]:.1f} ms{extra}",
+                  flush=True)
+        for q in (0.5, 0.99):
+            ratio = percentile(results["under load"], q) / percentile(results["quiet"], q)
+            print(f"p{int(q * 100)} ratio under load / quiet: {ratio:.2f}")
+    finally:
+        server.terminate()
+        server.wait(timeout=40)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::openapi::ErrorBody;
 use super::types::{EmbeddingInput, EmbeddingRequest};
 use super::{AppState, OpenAiJson};
 
@@ -14,6 +15,24 @@ use super::{AppState, OpenAiJson};
 /// request delays no stream by more than one input, but it holds the embeddings queue.
 pub const MAX_INPUTS: usize = 256;
 
+/// Embeddings (a node started with `--embeddings`): mean-pooled, L2-normalised.
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "OpenAI",
+    request_body = EmbeddingRequest,
+    responses(
+        (status = 200, description = "One vector per input, in order", body = super::openapi::EmbeddingList),
+        (status = 400, description = "A field is invalid; `param` names it", body = ErrorBody),
+        (status = 401, description = "The node has an API key and the request's bearer key is not it", body = ErrorBody),
+        (status = 404, description = "No node of the swarm serves the model", body = ErrorBody),
+        (status = 413, description = "The body is over the node's limit", body = ErrorBody),
+        (status = 502, description = "Every node that serves the model failed to answer", body = ErrorBody),
+        (status = 503, description = "The model loads, the node shuts down, or every slot and queue place is taken (`Retry-After`)", body = ErrorBody),
+        (status = 504, description = "The answer took longer than the node's request timeout", body = ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     OpenAiJson(request): OpenAiJson<EmbeddingRequest>,

@@ -2,12 +2,11 @@
 //! `{"error":{"message","type","param","code"}}` with the matching status code, plus
 //! `Retry-After` where trying again later helps (loading, queue full, shutting down).
 
+use super::openapi::{ErrorBody, ErrorObject};
+use crate::engine::SubmitError;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
-
-use crate::engine::SubmitError;
 
 /// An API failure as the client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +84,14 @@ impl ApiError {
         )
     }
 
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("{path} does not take {method} requests"),
+        )
+    }
+
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -157,14 +164,15 @@ impl ApiError {
 
     /// The OpenAI error object, also used inside a stream after an error.
     pub fn body(&self) -> serde_json::Value {
-        json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        })
+        let body = ErrorBody {
+            error: ErrorObject {
+                message: self.message.clone(),
+                kind: self.kind.to_string(),
+                param: self.param.clone(),
+                code: self.code.map(str::to_string),
+            },
+        };
+        serde_json::to_value(body).expect("an error body serializes")
     }
 }
 

@@ -16,6 +16,16 @@ use serde_json::json;
 use super::{AppState, Local};
 use crate::metrics::EngineGauges;
 
+/// Whether this node serves: for probes, no key needed.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "Node",
+    responses(
+        (status = 200, description = "Serving; slot figures with it", body = super::openapi::HealthBody),
+        (status = 503, description = "Loading, shutting down, or unhealthy (the reason with it)", body = super::openapi::HealthBody),
+    )
+)]
 pub async fn health(State(state): State<AppState>) -> Response {
     if let Some(reason) = state.failure.get() {
         return (

@@ -19,6 +19,7 @@ pub mod generation;
 pub mod health;
 mod hooks;
 pub mod models;
+pub mod openapi;
 pub mod proxy;
 pub mod swarm;
 pub mod template;
@@ -297,8 +298,10 @@ pub fn router(state: AppState) -> Router {
         // Only the routes above need the key; probes and scrapers below do not.
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route("/health", get(health::health))
+        .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(health::metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -315,6 +318,12 @@ async fn strip_internal_headers(mut request: Request, next: Next) -> Response {
 
 async fn not_found(request: Request) -> ApiError {
     ApiError::not_found(request.uri().path())
+}
+
+/// A known path asked with the wrong method: a 405 in OpenAI's error shape, not axum's
+/// empty one.
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::method_not_allowed(request.method().as_str(), request.uri().path())
 }
 
 /// Checks the bearer key in constant time when one is configured. Requests a peer

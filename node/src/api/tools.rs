@@ -40,7 +40,7 @@ pub const MAX_TOOLS_BYTES: usize = 64 * 1024;
 pub const MAX_PARALLEL_CALLS: usize = 8;
 
 /// One entry of `tools`, as sent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct ToolField {
     #[serde(rename = "type")]
     pub kind: String,
@@ -48,7 +48,7 @@ pub struct ToolField {
     pub function: Option<FunctionField>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct FunctionField {
     pub name: String,
     #[serde(default)]
@@ -58,7 +58,7 @@ pub struct FunctionField {
 }
 
 /// `tool_choice`: a mode, or one named function.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ToolChoiceField {
     Mode(String),
@@ -69,13 +69,13 @@ pub enum ToolChoiceField {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct NamedFunction {
     pub name: String,
 }
 
 /// A call in an assistant message of the history.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct MessageToolCall {
     pub id: String,
     #[serde(rename = "type", default)]
@@ -83,7 +83,7 @@ pub struct MessageToolCall {
     pub function: CalledFunction,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct CalledFunction {
     pub name: String,
     /// A JSON text, as OpenAI sends it (an object is accepted too).

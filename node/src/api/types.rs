@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::generation::Kind;
@@ -15,21 +16,21 @@ use super::tools::{MessageToolCall, ToolChoiceField, ToolField};
 use crate::engine::{MAX_TOP_LOGPROBS, SamplingParams};
 
 /// `stop`: one string or several.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum StopField {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
 /// `response_format`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ResponseFormat {
     Text,
@@ -37,7 +38,7 @@ pub enum ResponseFormat {
     JsonSchema { json_schema: JsonSchemaFormat },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct JsonSchemaFormat {
     #[serde(default)]
     pub name: Option<String>,
@@ -48,21 +49,40 @@ pub struct JsonSchemaFormat {
 }
 
 /// The sampling and limit fields shared by chat and text completions.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct GenerationFields {
+    /// Most tokens to generate per choice (default: what the slot's context leaves).
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
+    /// The newer name of `max_tokens`; wins when both are given.
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<i64>,
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f64>,
+    /// 0 disables it.
+    #[schema(minimum = 0)]
     pub top_k: Option<i64>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub min_p: Option<f64>,
+    /// Makes sampled output reproducible (its low 32 bits count).
     pub seed: Option<i64>,
+    /// Up to 16 strings of up to 256 bytes.
     pub stop: Option<StopField>,
+    /// Choices per prompt, at most the node's slot count.
+    #[schema(minimum = 1, maximum = 16)]
     pub n: Option<i64>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
     pub presence_penalty: Option<f64>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
     pub frequency_penalty: Option<f64>,
+    /// Token id to a bias from -100 (banned) to 100.
     pub logit_bias: Option<HashMap<String, f64>>,
+    /// Chat: `true` or `false`. Text completions: alternatives per token, 0 to 5.
     pub logprobs: Option<Value>,
+    /// Chat only, with `logprobs: true`: alternatives per token.
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
     pub response_format: Option<ResponseFormat>,
     #[serde(default)]
@@ -71,8 +91,9 @@ pub struct GenerationFields {
 }
 
 /// One chat message. `content` may be a string or an array of parts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatMessage {
+    #[schema(pattern = "^(system|developer|user|assistant|tool)$")]
     pub role: String,
     #[serde(default)]
     pub content: Option<MessageContent>,
@@ -86,24 +107,27 @@ pub struct ChatMessage {
     pub tool_call_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ContentPart {
+    /// Only `text` parts are read.
     #[serde(rename = "type")]
+    #[schema(pattern = "^text$")]
     pub kind: String,
     #[serde(default)]
     pub text: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
     pub model: String,
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
     #[serde(default)]
     pub tools: Option<Vec<ToolField>>,
@@ -116,14 +140,14 @@ pub struct ChatCompletionRequest {
 }
 
 /// `prompt`: a string or an array of strings (one choice each).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum PromptField {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: PromptField,
@@ -136,18 +160,21 @@ pub struct CompletionRequest {
 }
 
 /// `input` of an embeddings request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingInput {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct EmbeddingRequest {
     pub model: String,
+    /// One text, or up to 256.
     pub input: EmbeddingInput,
+    /// `float` (the default) or `base64`.
     #[serde(default)]
+    #[schema(pattern = "^(float|base64)$")]
     pub encoding_format: Option<String>,
 }
 

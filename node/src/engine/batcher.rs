@@ -267,7 +267,7 @@ impl<'m> Batcher<'m> {
                 }
             };
             match item {
-                Work::Generate(job) => self.held = Some(job),
+                Work::Generate(job) => self.held = Some(*job),
                 Work::Embed(job) => self.embeddings.push_back(PendingEmbedding {
                     vectors: Vec::with_capacity(job.inputs.len()),
                     job,

@@ -248,7 +248,7 @@ impl Engine {
             samplers,
             submitted: Instant::now(),
         };
-        self.enqueue(Work::Generate(job))?;
+        self.enqueue(Work::Generate(Box::new(job)))?;
         Ok(receivers)
     }
 

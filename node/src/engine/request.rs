@@ -228,7 +228,7 @@ pub(crate) struct EmbeddingJob {
 /// Work for the engine thread.
 #[derive(Debug)]
 pub(crate) enum Work {
-    Generate(Job),
+    Generate(Box<Job>),
     Embed(EmbeddingJob),
     Hook(TestHook),
 }

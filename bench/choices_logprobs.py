@@ -13,24 +13,14 @@ the server evaluated for it (from /metrics, llamanet_prompt_tokens_total minus c
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
-HOME = Path.home()
+from local_node import LocalNode, add_node_arguments
 PROMPT = "Here is a list of animals and what they eat. " + " ".join(
     f"Animal {i} eats plants and seeds." for i in range(50)) + " Now a story about a dragon:"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(base, body):
@@ -53,18 +43,11 @@ def evaluated(base):
 
 
 def main():
-    target = Path(os.environ.get("CARGO_TARGET_DIR", HOME / ".cache/llamanet/target"))
     parser = argparse.ArgumentParser()
-    parser.add_argument("--bin", default=str(target / "release/llamanet"))
-    parser.add_argument("--model", default=str(HOME / ".cache/llamanet/models/gemma-3-270m-q4_k_m.gguf"))
+    add_node_arguments(parser)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([args.bin, "serve", "--model", args.model, "--host", "127.0.0.1",
-                               "--port", str(port), "--model-id", "bench", "--parallel", "8",
-                               "--ctx-size", "8192", "--threads", "2"], stderr=subprocess.DEVNULL)
     seed = iter(range(1, 10_000))
 
     def body(**extra):
@@ -93,18 +76,8 @@ def main():
         "n=2": lambda: one(n=2),
         "2 requests": two_requests,
     }
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("server not ready")
-            time.sleep(0.1)
+    node_args = ["--parallel", "8", "--ctx-size", "8192", "--threads", "2"]
+    with LocalNode(args.bin, args.model, node_args) as base:
         one()  # warm-up
         rates = {name: [] for name in shapes}
         prompts = {name: [] for name in shapes}
@@ -123,9 +96,6 @@ def main():
             rate = statistics.median(rates[name])
             print(f"{name:>11}: {rate:6.1f} tokens/s ({rate / base_rate:.2f}x plain), "
                   f"prompt tokens evaluated {statistics.median(prompts[name]):.0f}", flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=40)
 
 
 if __name__ == "__main__":

@@ -9,21 +9,11 @@ completion tokens over the wall time of the round.
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
-HOME = Path.home()
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from local_node import LocalNode, add_node_arguments
 
 
 def complete(base, tokens, seed):
@@ -36,30 +26,12 @@ def complete(base, tokens, seed):
 
 
 def main():
-    target = Path(os.environ.get("CARGO_TARGET_DIR", HOME / ".cache/llamanet/target"))
     parser = argparse.ArgumentParser()
-    parser.add_argument("--bin", default=str(target / "release/llamanet"))
-    parser.add_argument("--model", default=str(HOME / ".cache/llamanet/models/gemma-3-270m-q4_k_m.gguf"))
+    add_node_arguments(parser)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--clients", default="1,2,4,8")
     args = parser.parse_args()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([args.bin, "serve", "--model", args.model, "--host", "127.0.0.1",
-                               "--port", str(port), "--model-id", "bench", "--parallel", "8",
-                               "--ctx-size", "8192"], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("server not ready")
-            time.sleep(0.1)
+    with LocalNode(args.bin, args.model, ["--parallel", "8", "--ctx-size", "8192"]) as base:
         complete(base, 8, 0)  # warm-up
         for clients in [int(c) for c in args.clients.split(",")]:
             counts = [0] * clients
@@ -74,9 +46,6 @@ def main():
             elapsed = time.monotonic() - started
             print(f"{clients} client(s): {sum(counts)} tokens in {elapsed:.2f} s = "
                   f"{sum(counts) / elapsed:.1f} tokens/s aggregate", flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=40)
 
 
 if __name__ == "__main__":

@@ -11,27 +11,17 @@ p50 / p99 inter-token latency of each phase and the ratio.
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
-HOME = Path.home()
+from local_node import LocalNode, add_node_arguments
 SCHEMA = {"type": "object", "properties": {
     f"field_{i:03d}": {"type": "string", "maxLength": 20, "description": f"The value number {i}."}
     for i in range(130)}}
 INPUTS = [f"Sentence {i}: the quick brown fox jumps over the lazy dog near the river bank "
           f"while the sun sets slowly behind the distant hills." for i in range(64)]
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(base, path, body, timeout=300):
@@ -99,34 +89,16 @@ def percentile(values, q):
 
 
 def main():
-    target = Path(os.environ.get("CARGO_TARGET_DIR", HOME / ".cache/llamanet/target"))
     parser = argparse.ArgumentParser()
-    parser.add_argument("--bin", default=str(target / "release/llamanet"))
-    parser.add_argument("--model", default=str(HOME / ".cache/llamanet/models/gemma-3-270m-q4_k_m.gguf"))
+    add_node_arguments(parser)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--adversary", default="embeddings,schemas",
                         help="what the extra client sends: embeddings, schemas or both")
     args = parser.parse_args()
     print(f"schema {len(json.dumps(SCHEMA))} bytes, {len(INPUTS)} embedding inputs")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([args.bin, "serve", "--model", args.model, "--host", "127.0.0.1",
-                               "--port", str(port), "--model-id", "bench", "--parallel", "8",
-                               "--ctx-size", "8192", "--threads", "2", "--embeddings"],
-                              stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("server not ready")
-            time.sleep(0.1)
+    node_args = ["--parallel", "8", "--ctx-size", "8192", "--threads", "2", "--embeddings"]
+    with LocalNode(args.bin, args.model, node_args) as base:
         results = {}
         for name, hostile in (("quiet", False), ("under load", True)):
             gaps, counts = phase(base, args.streams, args.seconds, hostile, args.adversary.split(","))
@@ -138,9 +110,6 @@ def main():
         for q in (0.5, 0.99):
             ratio = percentile(results["under load"], q) / percentile(results["quiet"], q)
             print(f"p{int(q * 100)} ratio under load / quiet: {ratio:.2f}")
-    finally:
-        server.terminate()
-        server.wait(timeout=40)
 
 
 if __name__ == "__main__":

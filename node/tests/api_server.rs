@@ -219,7 +219,7 @@ async fn openai_api_over_loopback() {
             400,
         ),
         (
-            json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "n": 2}),
+            json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "n": 17}),
             400,
         ),
         (

@@ -423,6 +423,27 @@ async fn check_choices_and_logprobs(engine: &Engine, alone: &Outcome, seeded: Sa
     assert_ne!(first[0], first[1], "two seeded choices wrote the same text");
     assert_eq!(sample().await, first, "the seed repeats every choice");
 
+    // The first choice's client leaves at once (before or while the prompt is evaluated):
+    // the other choices still answer, all alike.
+    let mut receivers = engine
+        .submit_choices(
+            request(
+                engine,
+                "A long list of the rivers of Europe, with their lengths:",
+                8,
+                greedy(),
+            ),
+            3,
+        )
+        .unwrap();
+    drop(receivers.remove(0));
+    let mut texts = Vec::new();
+    for receiver in receivers {
+        texts.push(collect(receiver).await.text);
+    }
+    assert_eq!(texts[0], texts[1]);
+    assert!(!texts[0].is_empty());
+
     // More choices than slots can never run together: refused before queueing.
     assert_eq!(
         engine

@@ -12,7 +12,6 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::generation::{self, Kind, Relayed, Shape};
-use super::openapi::ErrorBody;
 use super::template::{ChatTemplate, TemplateMessage};
 use super::tools::Tools;
 use super::types::{ChatCompletionRequest, ChatMessage};
@@ -32,13 +31,7 @@ const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
             (super::openapi::ChatCompletion = "application/json"),
             (super::openapi::StreamEvent = "text/event-stream"),
         )),
-        (status = 400, description = "A field is invalid; `param` names it", body = ErrorBody),
-        (status = 401, description = "The node has an API key and the request's bearer key is not it", body = ErrorBody),
-        (status = 404, description = "No node of the swarm serves the model", body = ErrorBody),
-        (status = 413, description = "The body is over the node's limit", body = ErrorBody),
-        (status = 502, description = "Every node that serves the model failed to answer", body = ErrorBody),
-        (status = 503, description = "The model loads, the node shuts down, or every slot and queue place is taken (`Retry-After`)", body = ErrorBody),
-        (status = 504, description = "The answer took longer than the node's request timeout", body = ErrorBody),
+        super::openapi::GenerationErrors,
     ),
     security((), ("api_key" = []))
 )]

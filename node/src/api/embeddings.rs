@@ -7,7 +7,6 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::openapi::ErrorBody;
 use super::types::{EmbeddingInput, EmbeddingRequest};
 use super::{AppState, OpenAiJson};
 
@@ -23,13 +22,7 @@ pub const MAX_INPUTS: usize = 256;
     request_body = EmbeddingRequest,
     responses(
         (status = 200, description = "One vector per input, in order", body = super::openapi::EmbeddingList),
-        (status = 400, description = "A field is invalid; `param` names it", body = ErrorBody),
-        (status = 401, description = "The node has an API key and the request's bearer key is not it", body = ErrorBody),
-        (status = 404, description = "No node of the swarm serves the model", body = ErrorBody),
-        (status = 413, description = "The body is over the node's limit", body = ErrorBody),
-        (status = 502, description = "Every node that serves the model failed to answer", body = ErrorBody),
-        (status = 503, description = "The model loads, the node shuts down, or every slot and queue place is taken (`Retry-After`)", body = ErrorBody),
-        (status = 504, description = "The answer took longer than the node's request timeout", body = ErrorBody),
+        super::openapi::GenerationErrors,
     ),
     security((), ("api_key" = []))
 )]

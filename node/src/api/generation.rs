@@ -383,7 +383,7 @@ pub async fn run(
 ) -> Result<Response, ApiError> {
     let resume = relayed.resume.clone();
     let submitting = (engine.clone(), options.clone());
-    let (receivers, seed) = state
+    let submitted = state
         .prepare(move || {
             let (engine, options) = submitting;
             let requests = requests(prompts, &options, resume.as_ref())?;
@@ -394,13 +394,20 @@ pub async fn run(
                 .filter(|_| requests[0].sampling.temperature > 0.0);
             let continuable = requests.len() == 1 && options.n == 1;
             let receivers = submit(&engine, requests, options.n)?;
-            Ok((receivers, seed.filter(|_| continuable)))
+            Ok(Submitted {
+                receivers,
+                seed: seed.filter(|_| continuable),
+            })
         })
         .await?;
-    respond(
-        state, engine, shape, receivers, seed, options, relayed, received,
-    )
-    .await
+    respond(state, engine, shape, submitted, options, relayed, received).await
+}
+
+/// The choices a request was submitted as, and the seed a continuation of its single
+/// choice would need (sampled requests only).
+struct Submitted {
+    receivers: Vec<UnboundedReceiver<GenerationEvent>>,
+    seed: Option<u32>,
 }
 
 /// Submits every request with `n` choices each; if one is refused, the ones already
@@ -418,15 +425,12 @@ fn submit(
     Ok(receivers)
 }
 
-/// Answers the submitted choices with one JSON response or an SSE stream. `seed` is the
-/// sampled seed a continuation of the single choice would need.
-#[allow(clippy::too_many_arguments)]
+/// Answers the submitted choices with one JSON response or an SSE stream.
 async fn respond(
     state: &AppState,
     engine: &Engine,
     shape: Shape,
-    receivers: Vec<UnboundedReceiver<GenerationEvent>>,
-    seed: Option<u32>,
+    Submitted { receivers, seed }: Submitted,
     options: &GenerationOptions,
     relayed: &Relayed,
     received: Instant,

@@ -37,6 +37,33 @@ pub struct ErrorObject {
     pub code: Option<String>,
 }
 
+/// The errors of the generation routes, each an [`ErrorBody`].
+#[derive(utoipa::IntoResponses)]
+pub enum GenerationErrors {
+    /// A field is invalid; `param` names it
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// The node has an API key and the request's bearer key is not it
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// No node of the swarm serves the model
+    #[response(status = 404)]
+    UnknownModel(ErrorBody),
+    /// The body is over the node's limit
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Every node that serves the model failed to answer
+    #[response(status = 502)]
+    NoPeerAnswered(ErrorBody),
+    /// The model loads, the node shuts down, or every slot and queue place is taken
+    /// (`Retry-After`)
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+    /// The answer took longer than the node's request timeout
+    #[response(status = 504)]
+    Timeout(ErrorBody),
+}
+
 /// `GET /v1/models`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {

@@ -492,6 +492,24 @@ impl<'m> Batcher<'m> {
         }
     }
 
+    /// Forks whose first choice is gone (cancelled, failed) evaluate the prompt themselves:
+    /// nothing else would ever start them.
+    fn release_orphans(&mut self) {
+        for index in 0..self.slots.len() {
+            let Some((lead, order)) = self.slots[index].active.as_ref().and_then(|a| a.fork_of)
+            else {
+                continue;
+            };
+            let lead_alive = self.slots[lead]
+                .active
+                .as_ref()
+                .is_some_and(|active| active.order == order);
+            if !lead_alive {
+                self.unfork(index);
+            }
+        }
+    }
+
     /// Turns a fork into a request of its own, which evaluates its prompt itself.
     fn unfork(&mut self, index: usize) {
         let slot = &mut self.slots[index];
@@ -529,6 +547,7 @@ impl<'m> Batcher<'m> {
 
     /// One batch, one decode, one round of sampling.
     fn step(&mut self) {
+        self.release_orphans();
         self.batch.clear();
         let mut in_batch: Vec<usize> = Vec::new();
         let mut failure: Option<String> = None;

@@ -147,7 +147,9 @@ impl Cluster {
             client,
             _tmp: tmp,
         };
-        cluster.wait_usable(Duration::from_secs(60)).await?;
+        // Two minutes: the cluster tests of one binary start their control planes at once,
+        // and on two cores a node once took over 60 s to be ready and untainted.
+        cluster.wait_usable(Duration::from_secs(120)).await?;
         Ok(cluster)
     }
 

@@ -848,6 +848,34 @@ async fn an_exchange_that_closes_under_a_request_is_replaced_by_a_new_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_forwards_opening_new_streams_all_arrive() {
+    init_logs();
+    bounded(Duration::from_secs(60), async {
+        // B alone serves the model. 24 requests at once through A need 24 new streams
+        // to B; the peer's stream acceptor hands them over one at a time and drops those
+        // that arrive while it is busy. None may be lost.
+        let b = node("b", true, 0.0, Behaviour::Answer, None, PeerTrust::Members).await;
+        let a = node(
+            "a",
+            false,
+            f64::INFINITY,
+            Behaviour::Answer,
+            Some(&b),
+            PeerTrust::Members,
+        )
+        .await;
+        meet(&[&a, &b]).await;
+        connect(&a, &b).await;
+        let answers = futures::future::join_all((0..24).map(|_| send(&a.url, PLAIN_CHAT))).await;
+        for (status, _, chunks) in &answers {
+            assert_eq!(*status, 200, "{}", text(chunks));
+        }
+        assert_eq!(b.served(), 24);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_does_not_trust_the_forwarder_refuses_and_the_next_answers() {
     init_logs();
     bounded(Duration::from_secs(30), async {

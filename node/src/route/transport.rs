@@ -199,6 +199,39 @@ pub async fn send(
             }
         }
     }
+    // A new stream can be dropped by the peer before it reads a byte: libp2p-stream hands
+    // inbound streams to the serving loop through a channel with room for one and drops
+    // those that arrive while it is full (under load, when the loop is slow to run). Such
+    // a request was never seen, so it goes out again on another new stream.
+    let mut tries = 1;
+    loop {
+        let copy = copy_of(&request);
+        match exchange_on_new_stream(swarm, pool, peer, request, open_timeout).await {
+            Err(SendError::Request(err))
+                if tries < NEW_STREAM_TRIES
+                    && (err.is_canceled() || err.is_incomplete_message()) =>
+            {
+                debug!(%peer, %err, tries, "a new stream closed before its answer began; opening another");
+                tokio::time::sleep(Duration::from_millis(10 * tries as u64)).await;
+                tries += 1;
+                request = copy;
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// Tries on new streams for one forward (see [`send`]).
+const NEW_STREAM_TRIES: u32 = 4;
+
+/// Opens a stream to `peer`, sends `request` on it, and keeps the exchange in `pool`.
+async fn exchange_on_new_stream(
+    swarm: &SwarmHandle,
+    pool: &Pool,
+    peer: PeerId,
+    request: Request<Full<Bytes>>,
+    open_timeout: Duration,
+) -> Result<Response<Incoming>, SendError> {
     let stream = swarm.open_stream(peer, HTTP_PROTOCOL, open_timeout).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream.compat()))

@@ -86,15 +86,7 @@ pub async fn create(
             ),
         ));
     }
-    let engine = loaded.engine.clone();
-    let prompts = state
-        .prepare(move || {
-            Ok(texts
-                .iter()
-                .map(|text| engine.tokenize(text, true))
-                .collect::<Vec<_>>())
-        })
-        .await?;
+    let prompts = state.tokenize_all(&loaded.engine, texts).await?;
     let resume = relayed.check_resume(
         &options,
         prompts.len() * options.n,

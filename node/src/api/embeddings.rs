@@ -68,15 +68,7 @@ pub async fn create(
             ),
         ));
     }
-    let engine = loaded.engine.clone();
-    let inputs = state
-        .prepare(move || {
-            Ok(texts
-                .iter()
-                .map(|text| engine.tokenize(text, true))
-                .collect::<Vec<_>>())
-        })
-        .await?;
+    let inputs = state.tokenize_all(&loaded.engine, texts).await?;
     let tokens: usize = inputs.iter().map(Vec::len).sum();
     let vectors = loaded
         .engine

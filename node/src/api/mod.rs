@@ -125,6 +125,22 @@ impl AppState {
         }
     }
 
+    /// Tokenizes `texts` (each with BOS where the model wants one) on the preparation pool.
+    pub async fn tokenize_all(
+        &self,
+        engine: &Engine,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<llama_cpp_2::token::LlamaToken>>, ApiError> {
+        let engine = engine.clone();
+        self.prepare(move || {
+            Ok(texts
+                .iter()
+                .map(|text| engine.tokenize(text, true))
+                .collect())
+        })
+        .await
+    }
+
     /// Runs the CPU-heavy part of preparing a request (rendering the chat template,
     /// tokenizing, turning a JSON schema into a grammar and compiling it) on tokio's
     /// blocking pool, at most [`PREPARING`] at once: a 4 MiB prompt or a large schema then

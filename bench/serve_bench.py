@@ -11,6 +11,11 @@ Three comparisons (issue 3, "Benchmark"):
   throughput  aggregate generated tokens/s with 1, 2, 4, 8 concurrent streaming
           /v1/completions clients: `llamanet serve` against `llama-server`, both with
           --parallel N and the same total context.                         target >= 1.0
+          Each request's time to first token is kept too: TTFT p50/p99 under concurrency,
+          short prompt.                                                    target <= 1.05
+  cttft   the same clients at once, each with its own ~512-token prompt (a unique number up
+          front) and --cttft-max-tokens: TTFT p50/p99 of long prompts under concurrency.
+                                                                           target <= 1.05
   ttft    time to first token, p50/p99, of a ~512-token prompt (a unique number up
           front so no prefix cache helps), sequential streaming requests.  target <= 1.05
 
@@ -451,12 +456,14 @@ def build_prompt_tokenize(port: int, target: int) -> tuple[str, int]:
     return filler_words(words), count(prefix + filler_words(words))
 
 
-def throughput_phase(port: int, model_id: str, a, extra: dict, quiet) -> dict:
+def throughput_phase(port: int, model_id: str, a, extra: dict, quiet, filler: str | None = None) -> dict:
+    """Rounds of `c` clients started together, for each concurrency `c`. Without `filler`,
+    every client sends the short DECODE_PROMPT for a.max_tokens tokens (the throughput
+    comparison); with it, each sends its own long prompt (a unique number up front, then
+    `filler`) for a.cttft_max_tokens tokens (the concurrent TTFT comparison)."""
     out = {}
     for c in a.concurrency:
-        body = {"model": model_id, "prompt": DECODE_PROMPT, "max_tokens": a.max_tokens, "temperature": 0,
-                "stream": True, "stream_options": {"include_usage": True}, **extra}
-        rounds = []
+        rounds, ttfts = [], []
         deadline = time.monotonic() + a.phase_timeout
         for r in range(a.warmup + a.rounds):
             if r >= a.warmup:
@@ -466,10 +473,18 @@ def throughput_phase(port: int, model_id: str, a, extra: dict, quiet) -> dict:
             results: list = [None] * c
             barrier = threading.Barrier(c + 1)
 
+            def body_of(i):
+                body = {"model": model_id, "prompt": DECODE_PROMPT, "max_tokens": a.max_tokens, "temperature": 0,
+                        "stream": True, "stream_options": {"include_usage": True}, **extra}
+                if filler is not None:
+                    n = (1000 * r + 100 * c + i) % 10000
+                    body.update(prompt=f"Request {n:04d}: " + filler, max_tokens=a.cttft_max_tokens)
+                return body
+
             def worker(i):
                 barrier.wait(timeout=60)
                 try:
-                    results[i] = stream_completion(port, body, a.request_timeout)
+                    results[i] = stream_completion(port, body_of(i), a.request_timeout)
                 except Exception as e:  # noqa: BLE001 (reported below)
                     results[i] = e
 
@@ -485,6 +500,7 @@ def throughput_phase(port: int, model_id: str, a, extra: dict, quiet) -> dict:
             if errors:
                 raise RuntimeError(f"concurrency {c}: {len(errors)} request(s) failed: {errors[0]}")
             if r >= a.warmup:
+                ttfts += [x["ttft"] for x in results]
                 rounds.append({"wall": wall, "tokens": sum(x["completion_tokens"] for x in results),
                                "requests": c, "usage": all(x["usage"] for x in results),
                                "finish": sorted({str(x["finish_reason"]) for x in results})})
@@ -494,9 +510,11 @@ def throughput_phase(port: int, model_id: str, a, extra: dict, quiet) -> dict:
                   "tokens_per_request": tokens / sum(x["requests"] for x in rounds),
                   "usage": all(x["usage"] for x in rounds),
                   "finish": sorted({f for x in rounds for f in x["finish"]}),
-                  "rounds": [x["tokens"] / x["wall"] for x in rounds]}
+                  "rounds": [x["tokens"] / x["wall"] for x in rounds],
+                  "ttft": ttfts}
         log(f"  concurrency {c}: {out[c]['tokens_per_s']:.1f} tokens/s "
-            f"({out[c]['tokens_per_request']:.1f} tokens/request, finish {out[c]['finish']})")
+            f"({out[c]['tokens_per_request']:.1f} tokens/request, finish {out[c]['finish']}), "
+            f"TTFT p50 {percentile(ttfts, 50) * 1000:.1f} ms, p99 {percentile(ttfts, 99) * 1000:.1f} ms")
     return out
 
 
@@ -583,7 +601,7 @@ def server_phase(a, results: dict, logdir: Path) -> None:
     servers = {"llama-server": lambda p: llama_server_cmd(a, p),
                "llamanet": lambda p: llamanet_serve_cmd(a, p, serve_help)}
     order = list(servers)
-    results["servers"] = {name: {"throughput": [], "ttft": []} for name in servers}
+    results["servers"] = {name: {"throughput": [], "ttft": [], "cttft": []} for name in servers}
     for pass_no in range(a.passes):
         for name in (order if pass_no % 2 == 0 else order[::-1]):
             port = free_port()
@@ -611,6 +629,10 @@ def server_phase(a, results: dict, logdir: Path) -> None:
                 if "throughput" in a.phases:
                     log(f"{name} (pass {pass_no + 1}): aggregate tokens/s at concurrency {a.concurrency}")
                     results["servers"][name]["throughput"].append(throughput_phase(port, model_id, a, extra, quiet))
+                if "cttft" in a.phases:
+                    log(f"{name} (pass {pass_no + 1}): TTFT of long prompts at concurrency {a.concurrency}")
+                    results["servers"][name]["cttft"].append(
+                        throughput_phase(port, model_id, a, {}, quiet, filler=filler))
                 if "ttft" in a.phases:
                     log(f"{name} (pass {pass_no + 1}): TTFT over {a.ttft_requests} requests")
                     results["servers"][name]["ttft"].append(ttft_phase(port, model_id, a, filler, 100 * pass_no, quiet))
@@ -650,8 +672,25 @@ def merge_throughput(passes: list[dict]) -> dict:
         merged[int(c)] = {"total": tokens / wall, "median": statistics.median(rounds), "best": max(rounds),
                           "tokens_per_request": statistics.mean(p[c]["tokens_per_request"] for p in passes),
                           "usage": all(p[c]["usage"] for p in passes),
-                          "finish": sorted({f for p in passes for f in p[c]["finish"]})}
+                          "finish": sorted({f for p in passes for f in p[c]["finish"]}),
+                          "ttft": [t for p in passes for t in p[c].get("ttft", [])]}
     return merged
+
+
+def ttft_by_concurrency(a, ls: dict, ln: dict, title: str) -> list[str]:
+    """Table rows: TTFT p50 and p99 per concurrency, both servers, with ratios."""
+    lines = [title, "",
+             "| clients | requests | llama-server p50 / p99 | llamanet serve p50 / p99 | ratio p50 | ratio p99 | "
+             "target p50 ≤ 1.05 |",
+             "|---:|---:|---:|---:|---:|---:|---|"]
+    for c in a.concurrency:
+        ts, tn = ls[c]["ttft"], ln[c]["ttft"]
+        if not ts or not tn:
+            continue
+        s50, s99, n50, n99 = (percentile(ts, 50), percentile(ts, 99), percentile(tn, 50), percentile(tn, 99))
+        lines.append(f"| {c} | {len(tn)} | {s50 * 1000:.1f} / {s99 * 1000:.1f} ms | {n50 * 1000:.1f} / "
+                     f"{n99 * 1000:.1f} ms | {n50 / s50:.3f} | {n99 / s99:.3f} | {verdict(n50 / s50, 1.05, False)} |")
+    return lines + [""]
 
 
 def merge_ttft(passes: list[dict]) -> dict:
@@ -754,6 +793,12 @@ def report(a, results: dict) -> str:
                          f"{ln[c]['best']:.1f} | {rm:.3f} | {rb:.3f} | {verdict(rm, 1.0, True)} (median) | "
                          f"{ls[c]['tokens_per_request']:.0f} / {ln[c]['tokens_per_request']:.0f} |")
         lines.append("")
+        lines += ttft_by_concurrency(a, ls, ln, "Time to first text of the same requests (short prompt):")
+    if srv and srv["llama-server"].get("cttft") and srv["llamanet"].get("cttft"):
+        lines += ttft_by_concurrency(
+            a, merge_throughput(srv["llama-server"]["cttft"]), merge_throughput(srv["llamanet"]["cttft"]),
+            f"Time to first text with a ~{a.prompt_tokens}-token prompt per client (each its own), clients "
+            f"started together, max_tokens {a.cttft_max_tokens}, {a.rounds} rounds × {a.passes} passes:")
     if srv and srv["llama-server"]["ttft"] and srv["llamanet"]["ttft"]:
         ts = merge_ttft(srv["llama-server"]["ttft"])
         tn = merge_ttft(srv["llamanet"]["ttft"])
@@ -798,6 +843,7 @@ def main() -> int:
     p.add_argument("--ttft-requests", type=int, default=20)
     p.add_argument("--ttft-warmup", type=int, default=2)
     p.add_argument("--ttft-max-tokens", type=int, default=1)
+    p.add_argument("--cttft-max-tokens", type=int, default=8, help="generated tokens per request in cttft")
     p.add_argument("--request-timeout", type=float, default=300)
     p.add_argument("--phase-timeout", type=float, default=1200, help="bound on each phase / command")
     p.add_argument("--start-timeout", type=float, default=180, help="bound on a server becoming healthy")
@@ -846,7 +892,7 @@ def main() -> int:
     try:
         if "decode" in a.phases:
             decode_phase(a, results, logdir)
-        if a.phases & {"throughput", "ttft"}:
+        if a.phases & {"throughput", "ttft", "cttft"}:
             server_phase(a, results, logdir)
     except KeyboardInterrupt as e:
         log(f"interrupted ({e or 'Ctrl-C'}): writing what was measured")

@@ -145,3 +145,70 @@ async fn restarted_node_keeps_its_peer_id_and_rejoins() {
     })
     .await;
 }
+
+/// A peer whose heartbeat came through gossip, but whose address nobody handed over yet (it
+/// joined after this node's DHT bootstrap, through another peer), is found through the DHT
+/// when a stream is opened to it: a forward to it does not fail to dial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_known_only_from_gossip_is_located_through_the_dht() {
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    init_logs();
+    bounded(Duration::from_secs(60), async {
+        let protocol = libp2p::StreamProtocol::new("/llamanet-test/echo/1");
+        let seed = start_node(Vec::new(), None).await;
+        // A DHT client: the seed never hands its address to others, so nobody dials it.
+        let entry = swarm::start(
+            swarm::identity::ephemeral(),
+            SwarmConfig {
+                dht_server: false,
+                initial_status: status(None),
+                ..node_config(vec![addr_of(&seed)])
+            },
+        )
+        .await
+        .unwrap();
+        wait_until("the entry to see the seed", Duration::from_secs(10), || {
+            entry.heartbeat_of(&seed.peer_id()).is_some()
+        })
+        .await;
+        // Long enough for the entry's own DHT bootstrap to have finished without the late
+        // peer in it.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let late = start_node(vec![addr_of(&seed)], Some("m")).await;
+        let mut incoming = late.accept_streams(protocol.clone()).unwrap();
+        let echo = tokio::spawn(async move {
+            let mut stream = incoming.next().await.expect("a stream arrives");
+            let mut word = [0u8; 5];
+            stream.read_exact(&mut word).await.unwrap();
+            stream.write_all(&word).await.unwrap();
+            stream.close().await.unwrap();
+            stream.peer()
+        });
+        wait_until(
+            "the entry to hear the late peer",
+            Duration::from_secs(10),
+            || entry.heartbeat_of(&late.peer_id()).is_some(),
+        )
+        .await;
+        assert!(
+            !entry
+                .connected_peers()
+                .await
+                .unwrap()
+                .contains(&late.peer_id()),
+            "precondition: the entry must know the late peer from gossip only"
+        );
+
+        let mut stream = entry
+            .open_stream(late.peer_id(), protocol, Duration::from_secs(5))
+            .await
+            .expect("the DHT gives the late peer's address");
+        stream.write_all(b"hello").await.unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"hello");
+        assert_eq!(echo.await.unwrap(), entry.peer_id());
+    })
+    .await;
+}

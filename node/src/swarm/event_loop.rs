@@ -79,6 +79,8 @@ pub(crate) struct EventLoop {
     lookups: HashMap<u64, ProviderLookup>,
     lookup_queries: HashMap<QueryId, ShardQuery>,
     next_lookup: u64,
+    /// DHT lookups of where a peer is, by query: the peer and who waits for the answer.
+    locates: HashMap<QueryId, (PeerId, Vec<oneshot::Sender<bool>>)>,
     /// Whether the DHT routing table has had anyone in it yet.
     reached_dht: bool,
     /// Peers this node dialed and is connected to, since when (the connection budget).
@@ -122,6 +124,7 @@ impl EventLoop {
             lookups: HashMap::new(),
             lookup_queries: HashMap::new(),
             next_lookup: 0,
+            locates: HashMap::new(),
             reached_dht: false,
             dialed: HashMap::new(),
             resolved_tx,
@@ -270,6 +273,7 @@ impl EventLoop {
                 let _ = reply.send(result);
             }
             Command::FindProviders(model, reply) => self.find_providers(&model, reply),
+            Command::Locate(peer, reply) => self.locate(peer, reply),
             Command::ConnectedPeers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
@@ -541,8 +545,62 @@ impl EventLoop {
                 }
             }
             QueryResult::StartProviding(Err(err)) => debug!(%err, "provider announcement failed"),
+            QueryResult::GetClosestPeers(result) if step.last => {
+                let Some((peer, replies)) = self.locates.remove(&id) else {
+                    return;
+                };
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                // Addresses other peers give for it: dialling checks they lead to that key.
+                let local = read(&self.channels.listen_addrs)
+                    .iter()
+                    .any(super::addresses::is_local);
+                let addrs: Vec<Multiaddr> = peers
+                    .into_iter()
+                    .filter(|info| info.peer_id == peer)
+                    .flat_map(|info| super::addresses::usable(info.addrs, local))
+                    .collect();
+                let found = self.swarm.is_connected(&peer) || !addrs.is_empty();
+                if !addrs.is_empty() {
+                    for addr in &addrs {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer, addr.clone());
+                    }
+                    // The stream opener waits for this connection rather than dial again.
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(err) = self.swarm.dial(opts) {
+                        debug!(%peer, %err, "dial of a located peer not started");
+                    }
+                }
+                debug!(%peer, found, "DHT lookup of a peer's address finished");
+                for reply in replies {
+                    let _ = reply.send(found);
+                }
+            }
             _ => {}
         }
+    }
+
+    /// Looks `peer` up in the DHT (one query per peer however many ask) unless it is
+    /// connected already.
+    fn locate(&mut self, peer: PeerId, reply: oneshot::Sender<bool>) {
+        if self.swarm.is_connected(&peer) {
+            let _ = reply.send(true);
+            return;
+        }
+        if let Some((_, replies)) = self.locates.values_mut().find(|(p, _)| *p == peer) {
+            replies.push(reply);
+            return;
+        }
+        let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        self.locates.insert(query, (peer, vec![reply]));
     }
 
     fn find_providers(&mut self, model: &str, reply: oneshot::Sender<Vec<PeerId>>) {

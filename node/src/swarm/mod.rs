@@ -237,6 +237,9 @@ pub(crate) enum Command {
     Bootstrap(Vec<Multiaddr>),
     Dial(Multiaddr, oneshot::Sender<Result<(), SwarmError>>),
     FindProviders(String, oneshot::Sender<Vec<PeerId>>),
+    /// Finds where a peer listens through the DHT; answers whether it is connected or has
+    /// addresses to dial now.
+    Locate(PeerId, oneshot::Sender<bool>),
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     Shutdown(oneshot::Sender<()>),
     /// Blocks the event loop for this long (`serve --test-hooks`): what a hung swarm task
@@ -445,21 +448,48 @@ impl SwarmHandle {
     }
 
     /// Opens a stream to `peer` for `protocol`, dialing the peer first if it is not
-    /// connected (with the addresses the swarm knows for it). Bounded by `timeout`.
+    /// connected. When that fails other than by running out of time, the peer is looked up
+    /// in the DHT and tried once more: a peer known only from gossip (its heartbeat arrived
+    /// through others before anyone gave its address) or one that restarted on a new address
+    /// is reached that way. Bounded by `timeout` in all.
     pub async fn open_stream(
         &self,
         peer: PeerId,
         protocol: libp2p::StreamProtocol,
         timeout: Duration,
     ) -> Result<PeerStream, SwarmError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let first = match self.try_open_stream(peer, protocol.clone(), deadline).await {
+            Err(err @ SwarmError::OpenStream { .. }) if tokio::time::Instant::now() < deadline => {
+                err
+            }
+            other => return other,
+        };
+        // libp2p-stream reports a dial without addresses either as such or, when the failure
+        // overtakes the request, as a closed channel; either way the DHT may know better.
+        let located =
+            tokio::time::timeout_at(deadline, self.request(|r| Command::Locate(peer, r))).await;
+        match located {
+            Ok(Ok(true)) => self.try_open_stream(peer, protocol, deadline).await,
+            Ok(Err(err)) => Err(err),
+            Ok(Ok(false)) | Err(_) => Err(first),
+        }
+    }
+
+    async fn try_open_stream(
+        &self,
+        peer: PeerId,
+        protocol: libp2p::StreamProtocol,
+        deadline: tokio::time::Instant,
+    ) -> Result<PeerStream, SwarmError> {
         // Each control has one slot for opening streams; a clone per call lets forwards to
         // different peers open concurrently.
         let mut control = self.shared.streams.clone();
-        let stream = tokio::time::timeout(timeout, control.open_stream(peer, protocol))
+        let stream = tokio::time::timeout_at(deadline, control.open_stream(peer, protocol))
             .await
             .map_err(|_| SwarmError::OpenStream {
                 peer,
-                reason: format!("no stream within {timeout:?}"),
+                reason: "no stream within the time allowed".into(),
             })?
             .map_err(|err| SwarmError::OpenStream {
                 peer,

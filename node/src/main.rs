@@ -160,6 +160,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             queue: args.queue,
             flash_attention: args.flash_attention,
             embeddings: args.embeddings,
+            ..EngineSettings::default()
         },
         chat_template: args.chat_template,
     });

@@ -158,6 +158,8 @@ async fn continuous_batching_on_the_default_model() {
         context_size: NonZeroU32::new(4096).unwrap(),
         batch_size: NonZeroU32::new(256).unwrap(),
         queue: 4,
+        // Long, so that the arrival check below does not depend on this machine's speed.
+        arrival_window: ARRIVAL_WINDOW,
         ..EngineSettings::default()
     };
     let engine = Engine::start(&path, settings).await.expect("engine starts");
@@ -322,6 +324,7 @@ async fn continuous_batching_on_the_default_model() {
     ));
 
     check_choices_and_logprobs(&engine, &alone, seeded()).await;
+    check_arrivals(&engine).await;
 
     // Cancellation: dropping the receiver frees the slot within a step or two.
     let long = engine
@@ -360,6 +363,74 @@ async fn continuous_batching_on_the_default_model() {
     assert!(refused, "the queue never filled");
     drop(held);
     wait_until_idle(&engine).await;
+}
+
+const ARRIVAL_WINDOW: Duration = Duration::from_secs(1);
+
+/// An engine that wakes for a request while another is on its way (its handler still
+/// preparing it) starts both in one step; one that never arrives holds the first back no
+/// longer than the arrival window.
+async fn check_arrivals(engine: &Engine) {
+    wait_until_idle(engine).await;
+    let on_its_way = engine.arriving();
+    let first = engine
+        .submit(request(engine, "One, two,", 1, greedy()))
+        .unwrap();
+    // Far longer than a step of a short prompt: without the wait, the first request would
+    // be done before the second is even submitted.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = engine
+        .submit(request(engine, "Red, green,", 1, greedy()))
+        .unwrap();
+    drop(on_its_way);
+    let (first, second) = tokio::join!(collect(first), collect(second));
+    assert!(
+        first.usage.time_to_first_token >= Duration::from_millis(200),
+        "the first request did not wait for the second: {:?}",
+        first.usage
+    );
+    assert!(
+        first.usage.time_to_first_token < ARRIVAL_WINDOW,
+        "the wait should end when the second arrives: {:?}",
+        first.usage
+    );
+    assert_eq!(
+        (first.usage.completion_tokens, second.usage.completion_tokens),
+        (1, 1)
+    );
+
+    // Announced but never submitted (a handler that is slow, or refuses it later): the
+    // request that woke the engine waits out the window, then goes on alone.
+    wait_until_idle(engine).await;
+    let never = engine.arriving();
+    let started = Instant::now();
+    let lonely = collect(
+        engine
+            .submit(request(engine, "One, two,", 1, greedy()))
+            .unwrap(),
+    )
+    .await;
+    drop(never);
+    assert!(
+        lonely.usage.time_to_first_token >= ARRIVAL_WINDOW - Duration::from_millis(50),
+        "{:?}",
+        lonely.usage
+    );
+    assert!(started.elapsed() < ARRIVAL_WINDOW * 10, "{:?}", started.elapsed());
+
+    // Nothing on its way: no wait at all.
+    wait_until_idle(engine).await;
+    let alone = collect(
+        engine
+            .submit(request(engine, "Red, green,", 1, greedy()))
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        alone.usage.time_to_first_token < Duration::from_millis(500),
+        "{:?}",
+        alone.usage
+    );
 }
 
 /// `n` > 1: the prompt is evaluated once for all choices (the others copy its KV

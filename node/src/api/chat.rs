@@ -42,6 +42,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let loaded = state.ready()?;
+    let arriving = loaded.engine.arriving();
     state.check_model(&request.model)?;
     let mut options = request.fields.validate(Kind::Chat)?;
     let tools = Tools::from_request(
@@ -103,6 +104,7 @@ pub async fn create(
         &options,
         &relayed,
         received,
+        arriving,
     )
     .await
 }

@@ -37,6 +37,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let loaded = state.ready()?;
+    let arriving = loaded.engine.arriving();
     state.check_model(&request.model)?;
     let options = request.fields.validate(Kind::Completion)?;
     let relayed = Relayed::from_headers(&headers)?;
@@ -102,6 +103,7 @@ pub async fn create(
         &options,
         &relayed,
         received,
+        arriving,
     )
     .await
 }

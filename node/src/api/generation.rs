@@ -24,7 +24,7 @@ use super::error::ApiError;
 use super::tools::{CallStream, Delta, Tools};
 use super::types::GenerationOptions;
 use crate::engine::{
-    Engine, FinishReason, GenerationEvent, GenerationRequest, TokenLogprob, Usage,
+    Arriving, Engine, FinishReason, GenerationEvent, GenerationRequest, TokenLogprob, Usage,
 };
 use crate::route::resume::{ANNOTATE_HEADER, ANNOTATION_EVENT, Annotation, RESUME_HEADER, Resume};
 
@@ -380,6 +380,7 @@ pub async fn run(
     options: &GenerationOptions,
     relayed: &Relayed,
     received: Instant,
+    arriving: Arriving,
 ) -> Result<Response, ApiError> {
     let resume = relayed.resume.clone();
     let submitting = (engine.clone(), options.clone());
@@ -387,6 +388,8 @@ pub async fn run(
         .prepare(move || {
             let (engine, options) = submitting;
             let requests = requests(prompts, &options, resume.as_ref())?;
+            // Submitted now: the engine need not wait for this one any more.
+            drop(arriving);
             // The seed a continuation needs (sampled requests only).
             let seed = requests[0]
                 .sampling

@@ -100,7 +100,7 @@ pub(crate) fn run(
         embeddings = embedding.is_some(),
         "engine ready"
     );
-    Batcher::new(&model, context, embedding, load).run(work);
+    Batcher::new(&model, context, embedding, load, settings.arrival_window).run(work);
     tracing::info!("engine stopped");
 }
 
@@ -175,6 +175,9 @@ struct Batcher<'m> {
     embeddings: std::collections::VecDeque<PendingEmbedding>,
     /// Generation time still owed before the next embedding input (see `embed_one`).
     embedding_owed: Duration,
+    /// Until when the first step after waking waits for requests on their way.
+    gathering: Option<Instant>,
+    arrival_window: Duration,
 }
 
 /// Most of the engine's time embeddings take while requests generate.
@@ -186,6 +189,7 @@ impl<'m> Batcher<'m> {
         context: LlamaContext<'m>,
         embedding: Option<LlamaContext<'m>>,
         load: Arc<EngineLoad>,
+        arrival_window: Duration,
     ) -> Self {
         let batch_size = usize::try_from(context.n_batch()).unwrap_or(usize::MAX);
         let slots = (0..model.parallel().get())
@@ -210,6 +214,8 @@ impl<'m> Batcher<'m> {
             held: None,
             embeddings: std::collections::VecDeque::new(),
             embedding_owed: Duration::ZERO,
+            gathering: None,
+            arrival_window,
         }
     }
 
@@ -225,6 +231,13 @@ impl<'m> Batcher<'m> {
     fn tick(&mut self) -> u64 {
         self.clock += 1;
         self.clock
+    }
+
+    /// Whether the first step after waking should wait a little longer: other requests are
+    /// on their way and the arrival window is still open.
+    fn more_arriving(&self) -> bool {
+        self.gathering.is_some_and(|until| Instant::now() < until)
+            && self.load.arriving.load(Ordering::Relaxed) > 0
     }
 
     fn busy(&self) -> usize {
@@ -255,14 +268,24 @@ impl<'m> Batcher<'m> {
             let item = if self.busy() > 0 || !self.embeddings.is_empty() {
                 match work.try_recv() {
                     Ok(item) => item,
+                    Err(mpsc::error::TryRecvError::Empty) if self.more_arriving() => {
+                        std::thread::sleep(Duration::from_micros(100));
+                        continue;
+                    }
                     // Closed: finish what runs, then the blocking branch sees the end.
-                    Err(_) => return true,
+                    Err(_) => {
+                        self.gathering = None;
+                        return true;
+                    }
                 }
             } else {
                 self.rate.idle();
                 self.publish();
                 match work.blocking_recv() {
-                    Some(item) => item,
+                    Some(item) => {
+                        self.gathering = Some(Instant::now() + self.arrival_window);
+                        item
+                    }
                     None => return false,
                 }
             };

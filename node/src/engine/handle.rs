@@ -44,6 +44,8 @@ pub struct EngineLoad {
     /// Turns of the engine loop (one per step, and one before each idle wait): the
     /// watchdog's evidence of progress.
     pub(crate) steps: AtomicU64,
+    /// Generation requests on their way to the engine (see [`Arriving`]).
+    pub(crate) arriving: AtomicUsize,
 }
 
 impl EngineLoad {
@@ -58,6 +60,21 @@ impl EngineLoad {
     pub(crate) fn set_tokens_per_second(&self, value: f64) {
         self.tokens_per_second_bits
             .store(value.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// A generation request on its way to the engine: its handler is checking it, tokenizing
+/// and building samplers. An idle engine that wakes for one request gives the others of a
+/// burst a moment to arrive, so they start in one batch instead of one step apart (see
+/// [`EngineSettings::arrival_window`](super::EngineSettings::arrival_window)). Drop it once the request is submitted or refused.
+#[derive(Debug)]
+pub struct Arriving {
+    load: Arc<EngineLoad>,
+}
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        self.load.arriving.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -149,6 +166,14 @@ impl Engine {
 
     pub fn info(&self) -> &EngineInfo {
         &self.shared.info
+    }
+
+    /// Marks a generation request as on its way, until the guard is dropped.
+    pub fn arriving(&self) -> Arriving {
+        self.shared.load.arriving.fetch_add(1, Ordering::Relaxed);
+        Arriving {
+            load: Arc::clone(&self.shared.load),
+        }
     }
 
     pub fn load(&self) -> &EngineLoad {

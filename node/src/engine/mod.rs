@@ -29,7 +29,7 @@ pub mod session;
 pub mod settings;
 pub mod stop;
 
-pub use handle::{Engine, EngineInfo, EngineLoad};
+pub use handle::{Arriving, Engine, EngineInfo, EngineLoad};
 pub use model::Model;
 pub use request::{
     FinishReason, GenerationEvent, GenerationRequest, MAX_TOP_LOGPROBS, SamplingParams,

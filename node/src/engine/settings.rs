@@ -28,7 +28,14 @@ pub struct EngineSettings {
     pub flash_attention: FlashAttention,
     /// Also create an embeddings context (mean-pooled hidden states) for `/v1/embeddings`.
     pub embeddings: bool,
+    /// How long an engine that wakes for a request waits for others already on their way
+    /// (see [`super::Arriving`]) before its first step, so a burst starts in one batch.
+    pub arrival_window: std::time::Duration,
 }
+
+/// Preparing a request takes well under a millisecond on an idle CPU; this bounds the wait
+/// when one takes longer (a long prompt to tokenize, a grammar to compile).
+pub const DEFAULT_ARRIVAL_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Default for EngineSettings {
     fn default() -> Self {
@@ -41,6 +48,7 @@ impl Default for EngineSettings {
             queue: DEFAULT_QUEUE,
             flash_attention: FlashAttention::Auto,
             embeddings: false,
+            arrival_window: DEFAULT_ARRIVAL_WINDOW,
         }
     }
 }

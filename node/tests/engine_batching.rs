@@ -395,7 +395,10 @@ async fn check_arrivals(engine: &Engine) {
         first.usage
     );
     assert_eq!(
-        (first.usage.completion_tokens, second.usage.completion_tokens),
+        (
+            first.usage.completion_tokens,
+            second.usage.completion_tokens
+        ),
         (1, 1)
     );
 
@@ -416,7 +419,11 @@ async fn check_arrivals(engine: &Engine) {
         "{:?}",
         lonely.usage
     );
-    assert!(started.elapsed() < ARRIVAL_WINDOW * 10, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < ARRIVAL_WINDOW * 10,
+        "{:?}",
+        started.elapsed()
+    );
 
     // Nothing on its way: no wait at all.
     wait_until_idle(engine).await;

@@ -70,6 +70,11 @@ impl ConditionSet {
         }
     }
 
+    /// Drops the condition (one that no longer applies, like `Scaling` without autoscaling).
+    pub fn remove(&mut self, type_: ConditionType) {
+        self.conditions.retain(|c| c.type_ != type_);
+    }
+
     pub fn get(&self, type_: ConditionType) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
     }

@@ -66,10 +66,19 @@ pub struct InferenceNodeSpec {
     /// Where the GGUF model comes from.
     pub model: ModelSource,
 
-    /// Number of server pods. Each one is a swarm peer with its own stable identity.
+    /// Number of server pods. Each one is a swarm peer with its own stable identity. With
+    /// `autoscaling` set, the operator writes this field itself and a manual change is
+    /// overwritten at the next decision.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = MAX_REPLICAS))]
     pub replicas: i32,
+
+    /// Replicas from load: the operator adds replicas when the load the replicas report in
+    /// their heartbeats exceeds the target, and removes them when it has stayed below for
+    /// `scaleDownAfter`. Leave it out to set `replicas` yourself (or through the scale
+    /// subresource, with an HPA or KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
 
     /// Compute resources of each replica.
     #[serde(default, skip_serializing_if = "is_default")]
@@ -113,6 +122,69 @@ pub struct InferenceNodeSpec {
     /// The Service in front of the replicas' OpenAI-compatible API.
     #[serde(default, skip_serializing_if = "is_default")]
     pub service: ServiceSettings,
+}
+
+/// The operator's autoscaler: bounds, one target, and how long load must stay low before a
+/// replica is removed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.minReplicas <= self.maxReplicas",
+        "message": "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"
+    },
+    {
+        "rule": "has(self.targetSlotsBusy) != has(self.targetQueuePerReplica)",
+        "message": "set exactly one autoscaling target: targetSlotsBusy (a fraction of the slots) or targetQueuePerReplica (waiting requests)"
+    }
+]))]
+pub struct Autoscaling {
+    /// Fewest replicas.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = MAX_REPLICAS))]
+    pub min_replicas: i32,
+    /// Most replicas.
+    #[schemars(range(min = 1, max = MAX_REPLICAS))]
+    pub max_replicas: i32,
+    /// Fraction of the slots (busy plus waiting requests) to aim for per replica, e.g. 0.8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.05, max = 1.0))]
+    pub target_slots_busy: Option<f64>,
+    /// Requests waiting for a slot to aim for per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub target_queue_per_replica: Option<u32>,
+    /// How long the load must stay below the target before replicas are removed: seconds,
+    /// minutes or hours (`30s`, `5m`, `1h`).
+    #[serde(default = "default_scale_down_after")]
+    #[schemars(regex(pattern = r"^[0-9]{1,6}(s|m|h)$"))]
+    pub scale_down_after: String,
+}
+
+/// The load figure an [`Autoscaling`] aims for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AutoscalingTarget {
+    SlotsBusy(f64),
+    QueuePerReplica(u32),
+}
+
+impl Autoscaling {
+    /// The target; `None` only for a spec the schema refuses (none or both set).
+    pub fn target(&self) -> Option<AutoscalingTarget> {
+        match (self.target_slots_busy, self.target_queue_per_replica) {
+            (Some(fraction), None) => Some(AutoscalingTarget::SlotsBusy(fraction)),
+            (None, Some(queue)) => Some(AutoscalingTarget::QueuePerReplica(queue)),
+            _ => None,
+        }
+    }
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_scale_down_after() -> String {
+    "5m".into()
 }
 
 /// The model file. Exactly one source: `url` (with `sha256`), `path` (a file on the node), or
@@ -544,6 +616,8 @@ pub enum ConditionType {
     SwarmJoined,
     /// No replica has missed three heartbeat intervals.
     HeartbeatFresh,
+    /// The autoscaler is changing the replicas (only with `spec.autoscaling`).
+    Scaling,
 }
 
 /// Status of a condition.
@@ -624,6 +698,7 @@ impl InferenceNode {
                     ..ModelSource::default()
                 },
                 replicas: DEFAULT_REPLICAS,
+                autoscaling: None,
                 resources: NodeResources::default(),
                 engine: EngineSettings::default(),
                 image: None,

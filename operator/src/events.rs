@@ -83,6 +83,7 @@ fn action(type_: ConditionType) -> &'static str {
         ConditionType::ModelLoaded => "UpdateModelLoaded",
         ConditionType::SwarmJoined => "UpdateSwarmJoined",
         ConditionType::HeartbeatFresh => "UpdateHeartbeatFresh",
+        ConditionType::Scaling => "Scale",
     }
 }
 

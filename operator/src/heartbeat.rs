@@ -266,6 +266,7 @@ mod tests {
             tokens_per_second: 1.0,
             slots_busy: 0,
             slots_total: 4,
+            queued: 0,
         }
     }
 

@@ -13,6 +13,7 @@
 //! probes. [`config`] is what the command line configures; [`run`] wires the parts together
 //! and `main.rs` only parses the command line.
 
+pub mod autoscale;
 pub mod children;
 pub mod conditions;
 pub mod config;

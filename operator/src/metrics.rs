@@ -39,6 +39,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "llamanet_operator_inference_node_replicas",
     "llamanet_operator_heartbeat_to_status_seconds",
     "llamanet_operator_heartbeats_rejected_total",
+    "llamanet_operator_autoscaler_decisions_total",
 ];
 
 /// Every phase, so the phase gauge shows zeros instead of missing series.
@@ -62,6 +63,7 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     inference_nodes: Family<[(&'static str, &'static str); 1], Gauge>,
     status_patches: Counter,
+    autoscaled: Family<[(&'static str, &'static str); 1], Counter>,
     replicas: Family<ReplicaLabels, Gauge>,
     heartbeat_to_status: Histogram,
     /// The phase of every resource the operator knows, from which the phase gauge is counted.
@@ -113,6 +115,15 @@ impl Metrics {
             "Status writes of InferenceNodes (only changed statuses are written)",
             status_patches.clone(),
         );
+        let autoscaled: Family<[(&'static str, &'static str); 1], Counter> = Family::default();
+        for direction in ["up", "down"] {
+            let _ = autoscaled.get_or_create(&[("direction", direction)]);
+        }
+        registry.register(
+            "autoscaler_decisions",
+            "Replica changes the autoscaler wrote into spec.replicas, by direction",
+            autoscaled.clone(),
+        );
         let replicas = Family::<ReplicaLabels, Gauge>::default();
         registry.register(
             "inference_node_replicas",
@@ -136,6 +147,7 @@ impl Metrics {
             reconcile_duration,
             inference_nodes,
             status_patches,
+            autoscaled,
             replicas,
             heartbeat_to_status,
             phases: Mutex::default(),
@@ -159,6 +171,14 @@ impl Metrics {
 
     pub fn status_patched(&self) {
         self.status_patches.inc();
+    }
+
+    /// The autoscaler changed a resource's replicas (`up` or down).
+    pub fn autoscaled(&self, up: bool) {
+        let direction = if up { "up" } else { "down" };
+        self.autoscaled
+            .get_or_create(&[("direction", direction)])
+            .inc();
     }
 
     /// A status write showed a heartbeat that arrived `seconds` earlier.
@@ -312,6 +332,7 @@ mod tests {
                 tokens_per_second: 1.0,
                 slots_busy: 0,
                 slots_total: 1,
+                queued: 0,
             },
         );
         let metrics = Metrics::new(heartbeats);

@@ -37,9 +37,10 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::autoscale::{self, Decision, Load, ScalingCondition, Stabilizer, recommend};
 use crate::children::{self, MANAGER};
 use crate::config::OperatorConfig;
-use crate::crd::{InferenceNode, InferenceNodeStatus};
+use crate::crd::{Autoscaling, InferenceNode, InferenceNodeStatus};
 use crate::error::{Error, Result};
 use crate::events;
 use crate::heartbeat::HeartbeatTable;
@@ -79,6 +80,8 @@ pub struct Context {
     /// The status this run last wrote per resource. The watch cache lags behind our own
     /// writes; comparing against it would write (and announce) the same transition twice.
     written: Mutex<HashMap<ResourceKey, Written>>,
+    /// Recent autoscaler recommendations per resource with `spec.autoscaling`.
+    stabilizers: Mutex<HashMap<ResourceKey, Stabilizer>>,
 }
 
 /// Namespace and name of an InferenceNode.
@@ -114,6 +117,7 @@ impl Context {
             discovery: None,
             pod_monitors: PodMonitorSupport::default(),
             written: Mutex::default(),
+            stabilizers: Mutex::default(),
         }
     }
 
@@ -121,6 +125,12 @@ impl Context {
     pub fn with_discovery(mut self, discovery: Option<Arc<dyn Discovery>>) -> Self {
         self.discovery = discovery;
         self
+    }
+
+    /// Runs `f` on the autoscaler state of `key`.
+    fn stabilizer<T>(&self, key: &ResourceKey, f: impl FnOnce(&mut Stabilizer) -> T) -> T {
+        let mut stabilizers = self.stabilizers.lock().expect("stabilizers lock poisoned");
+        f(stabilizers.entry(key.clone()).or_default())
     }
 
     fn last_written(&self, key: &ResourceKey, uid: &str) -> Option<Written> {
@@ -137,8 +147,11 @@ impl Context {
     fn forget(&self, namespace: &str, name: &str) {
         self.heartbeats.forget(namespace, name);
         self.metrics.forget(namespace, name);
+        let key = (namespace.to_owned(), name.to_owned());
         let mut map = self.written.lock().expect("written statuses lock poisoned");
-        map.remove(&(namespace.to_owned(), name.to_owned()));
+        map.remove(&key);
+        let mut stabilizers = self.stabilizers.lock().expect("stabilizers lock poisoned");
+        stabilizers.remove(&key);
     }
 
     /// Publishes an Event about `node`; a failure is logged, never fails the reconcile.
@@ -226,6 +239,17 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
         return Ok(Action::await_change());
     }
 
+    // The autoscaler first: what follows builds the replicas it decides on.
+    let (node, decision) = match &node.spec.autoscaling {
+        Some(policy) => {
+            let (replicas, decision) = autoscale(&ctx, &node, policy, &namespace, &name).await?;
+            let mut scaled = (*node).clone();
+            scaled.spec.replicas = replicas;
+            (Arc::new(scaled), Some(decision))
+        }
+        None => (node, None),
+    };
+
     // The identity keys first: pods of new replicas mount them at start.
     ensure_identity_keys(&ctx, &node, &namespace, &name).await?;
     let children = children::desired(&node, &ctx.config)?;
@@ -260,6 +284,23 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
             .filter(|node| !node.peer_id.is_some_and(|p| ctx.heartbeats.is_impostor(&p)))
             .count() as i32
     });
+    let key = (namespace.clone(), name.clone());
+    let last_written = ctx.last_written(&key, &uid);
+    let previous = last_written
+        .as_ref()
+        .map(|w| &w.status)
+        .or(node.status.as_ref());
+    let scaling = decision.as_ref().map(|decision| {
+        let serving = summaries
+            .iter()
+            .filter(|p| {
+                is_wanted_pod(&name, replicas, &p.name)
+                    && matches!(p.stage, status::PodStage::Serving { .. })
+            })
+            .count() as i32;
+        let last = ctx.stabilizer(&key, |s| s.last_scale().cloned());
+        ScalingCondition::of(decision, last.as_ref(), serving, replicas)
+    });
     let observation = Observation {
         name: &name,
         generation: node.metadata.generation,
@@ -272,13 +313,8 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
         endpoint: children::endpoint(&node),
         selector: children::selector_string(&name),
         swarm_nodes,
+        scaling,
     };
-    let key = (namespace.clone(), name.clone());
-    let last_written = ctx.last_written(&key, &uid);
-    let previous = last_written
-        .as_ref()
-        .map(|w| &w.status)
-        .or(node.status.as_ref());
     let status = status::compute(previous, &observation);
     let mut requeue = requeue_after(status::next_change(&observation));
 
@@ -318,6 +354,55 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
         },
     );
     Ok(Action::requeue(requeue))
+}
+
+/// One autoscaler decision for `node`: from the fresh heartbeats of its replicas, through
+/// the scale-down window, written into `spec.replicas` through the scale subresource (as an
+/// HPA would) when it changes. Returns the replicas the spec has now, and the decision.
+async fn autoscale(
+    ctx: &Context,
+    node: &InferenceNode,
+    policy: &Autoscaling,
+    namespace: &str,
+    name: &str,
+) -> Result<(i32, Decision)> {
+    let key = (namespace.to_owned(), name.to_owned());
+    let current = ctx.stabilizer(&key, |s| {
+        s.current(node.metadata.generation, node.spec.replicas)
+    });
+    let lost_after = ctx.config.heartbeat_interval * status::MISSED_HEARTBEATS;
+    let now = Timestamp::now();
+    let heartbeats = ctx.heartbeats.for_resource(namespace, name);
+    let fresh = heartbeats.iter().filter(|h| {
+        is_wanted_pod(name, current, &h.pod)
+            && now.duration_since(h.received_at).as_secs_f64() <= lost_after.as_secs_f64()
+    });
+    let recommendation = recommend(policy, current, &Load::of(fresh));
+    // The schema's pattern admits only what parses.
+    let window = autoscale::parse_window(&policy.scale_down_after)
+        .unwrap_or(autoscale::DEFAULT_SCALE_DOWN_AFTER);
+    let decision = ctx.stabilizer(&key, |s| {
+        s.decide(Instant::now(), current, recommendation, window)
+    });
+    let Decision::Scale {
+        from,
+        to,
+        recommendation,
+    } = &decision
+    else {
+        return Ok((current, decision));
+    };
+    tracing::info!(%namespace, %name, from, to, reason = %recommendation.reason, "autoscaling");
+    Api::<InferenceNode>::namespaced(ctx.client.clone(), namespace)
+        .patch_scale(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": to } })),
+        )
+        .await?;
+    ctx.metrics.autoscaled(to > from);
+    ctx.stabilizer(&key, |s| s.wrote(node.metadata.generation, &decision));
+    Ok((*to, decision))
 }
 
 /// Server-side applies one child; a refusal becomes a Warning event on `node` and an error.

@@ -229,6 +229,8 @@ pub struct ReplicaHeartbeat {
     pub tokens_per_second: f64,
     pub slots_busy: u32,
     pub slots_total: u32,
+    /// Requests waiting for a slot.
+    pub queued: u32,
 }
 
 /// Everything the status of one InferenceNode is computed from.
@@ -250,6 +252,8 @@ pub struct Observation<'a> {
     pub selector: String,
     /// Healthy nodes serving the model anywhere in the swarm (`None`: no swarm view).
     pub swarm_nodes: Option<i32>,
+    /// The autoscaler's state, for the `Scaling` condition (`None`: no autoscaling).
+    pub scaling: Option<crate::autoscale::ScalingCondition>,
 }
 
 /// One replica the spec wants, with what is known about it.
@@ -302,6 +306,19 @@ pub fn compute(previous: Option<&InferenceNodeStatus>, obs: &Observation) -> Inf
         mark_swarm_joined(&mut set, &replicas, |since| age(since) > signed(lost_after));
         mark_heartbeat_fresh(&mut set, &replicas, &is_fresh, lost_after);
         mark_ready(&mut set, &replicas, &is_fresh);
+    }
+    match &obs.scaling {
+        Some(scaling) if scaling.active => set.mark_true(
+            ConditionType::Scaling,
+            scaling.reason,
+            scaling.message.clone(),
+        ),
+        Some(scaling) => set.mark_false(
+            ConditionType::Scaling,
+            scaling.reason,
+            scaling.message.clone(),
+        ),
+        None => set.remove(ConditionType::Scaling),
     }
     let phase = phase_of(&set);
 
@@ -652,6 +669,7 @@ mod tests {
             tokens_per_second,
             slots_busy: 1,
             slots_total: 4,
+            queued: 0,
         }
     }
 
@@ -676,6 +694,7 @@ mod tests {
                 endpoint: "http://gemma.ai.svc:8080/v1".into(),
                 selector: "app.kubernetes.io/instance=gemma".into(),
                 swarm_nodes: Some(5),
+                scaling: None,
             },
         )
     }
@@ -1111,6 +1130,7 @@ mod tests {
                 endpoint: String::new(),
                 selector: String::new(),
                 swarm_nodes: None,
+                scaling: None,
             })
         }
         // Lost after 6 s: gemma-1 (heard at 4) goes stale first, at 10.

@@ -90,6 +90,7 @@ fn record(table: &HeartbeatTable, heartbeat: &swarm::Heartbeat, quiet: &mut LogL
             tokens_per_second: status.tokens_per_second,
             slots_busy: status.slots_busy,
             slots_total: status.slots_total,
+            queued: status.queue_depth,
         },
     );
     if let Err(rejection) = accepted

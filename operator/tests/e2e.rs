@@ -291,6 +291,7 @@ async fn operator_reconciles_on_a_real_control_plane() {
             tokens_per_second: 12.5,
             slots_busy: 0,
             slots_total: 2,
+            queued: 0,
         },
     );
     eventually(Duration::from_secs(5), "heartbeat in status", || async {
@@ -370,6 +371,7 @@ async fn operator_reconciles_on_a_real_control_plane() {
             tokens_per_second: 3.0,
             slots_busy: 1,
             slots_total: 2,
+            queued: 0,
         },
     );
     eventually(

@@ -96,9 +96,7 @@ async fn load_adds_a_replica_and_its_end_removes_it() {
             "maxReplicas",
         ),
         (
-            AUTOSCALING
-                .replace("minReplicas: 1", "minReplicas: 3")
-                .replace("maxReplicas: 2", "maxReplicas: 2"),
+            AUTOSCALING.replace("minReplicas: 1", "minReplicas: 3"),
             "minReplicas must not exceed autoscaling.maxReplicas",
         ),
         (

@@ -11,7 +11,7 @@ use axum::response::Response;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::generation::{self, Kind, Relayed, Shape};
+use super::generation::{self, Arrival, Kind, Relayed, Shape};
 use super::template::{ChatTemplate, TemplateMessage};
 use super::tools::Tools;
 use super::types::{ChatCompletionRequest, ChatMessage};
@@ -42,7 +42,10 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let loaded = state.ready()?;
-    let arriving = loaded.engine.arriving();
+    let arrival = Arrival {
+        received,
+        on_its_way: loaded.engine.arriving(),
+    };
     state.check_model(&request.model)?;
     let mut options = request.fields.validate(Kind::Chat)?;
     let tools = Tools::from_request(
@@ -103,8 +106,7 @@ pub async fn create(
         vec![prompt],
         &options,
         &relayed,
-        received,
-        arriving,
+        arrival,
     )
     .await
 }

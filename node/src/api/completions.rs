@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::error::ApiError;
-use super::generation::{self, Kind, Relayed, Shape};
+use super::generation::{self, Arrival, Kind, Relayed, Shape};
 use super::types::{CompletionRequest, PromptField};
 use super::{AppState, OpenAiJson};
 
@@ -37,7 +37,10 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let loaded = state.ready()?;
-    let arriving = loaded.engine.arriving();
+    let arrival = Arrival {
+        received,
+        on_its_way: loaded.engine.arriving(),
+    };
     state.check_model(&request.model)?;
     let options = request.fields.validate(Kind::Completion)?;
     let relayed = Relayed::from_headers(&headers)?;
@@ -102,8 +105,7 @@ pub async fn create(
         prompts,
         &options,
         &relayed,
-        received,
-        arriving,
+        arrival,
     )
     .await
 }

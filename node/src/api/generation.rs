@@ -369,6 +369,13 @@ pub fn requests(
         .collect())
 }
 
+/// When a request arrived, and its mark as on its way to the engine, dropped once it is
+/// submitted (see [`Arriving`]).
+pub struct Arrival {
+    pub received: Instant,
+    pub on_its_way: Arriving,
+}
+
 /// Builds the requests for `prompts` and answers them: what chat and text completions
 /// share once each has its prompts. The schema-to-grammar step and the samplers (a
 /// grammar's compilation) are prepared off the runtime's core threads.
@@ -379,9 +386,12 @@ pub async fn run(
     prompts: Vec<Vec<llama_cpp_2::token::LlamaToken>>,
     options: &GenerationOptions,
     relayed: &Relayed,
-    received: Instant,
-    arriving: Arriving,
+    arrival: Arrival,
 ) -> Result<Response, ApiError> {
+    let Arrival {
+        received,
+        on_its_way,
+    } = arrival;
     let resume = relayed.resume.clone();
     let submitting = (engine.clone(), options.clone());
     let submitted = state
@@ -389,7 +399,7 @@ pub async fn run(
             let (engine, options) = submitting;
             let requests = requests(prompts, &options, resume.as_ref())?;
             // Submitted now: the engine need not wait for this one any more.
-            drop(arriving);
+            drop(on_its_way);
             // The seed a continuation needs (sampled requests only).
             let seed = requests[0]
                 .sampling

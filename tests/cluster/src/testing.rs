@@ -253,6 +253,19 @@ impl Cluster {
         child.wait_with_output().expect("kubectl finishes")
     }
 
+    /// Waits (`kubectl wait`, up to 240 s) until InferenceNode `name` is Ready.
+    pub fn wait_inference_node_ready(&self, name: &str) {
+        self.kubectl_ok(
+            &[
+                "wait",
+                "--for=condition=Ready",
+                "--timeout=240s",
+                &format!("inferencenode/{name}"),
+            ],
+            None,
+        );
+    }
+
     /// Like [`Cluster::kubectl_run`], but panics with kubectl's stderr unless it succeeds;
     /// returns its stdout.
     pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {

@@ -43,6 +43,14 @@ fn spec_replicas(cluster: &Cluster) -> i64 {
     get(cluster)["spec"]["replicas"].as_i64().unwrap()
 }
 
+/// Waits until `spec.replicas` is `replicas`.
+async fn spec_replicas_become(cluster: &Cluster, replicas: i64, limit: Duration, what: &str) {
+    eventually(limit, what, || async {
+        (spec_replicas(cluster) == replicas).then_some(())
+    })
+    .await;
+}
+
 /// `(status, reason, message)` of the `Scaling` condition.
 fn scaling(cluster: &Cluster) -> Option<(String, String, String)> {
     let node = get(cluster);
@@ -131,15 +139,7 @@ async fn load_adds_a_replica_and_its_end_removes_it() {
         &["apply", "-f", "-"],
         Some(&resource(&cluster, AUTOSCALING)),
     );
-    cluster.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "--timeout=240s",
-            "inferencenode/gemma-cpu",
-        ],
-        None,
-    );
+    cluster.wait_inference_node_ready("gemma-cpu");
     // At rest: one replica, within target (no load on it).
     eventually(Duration::from_secs(30), "Scaling=False at rest", || async {
         let (status, reason, _) = scaling(&cluster)?;
@@ -161,10 +161,11 @@ async fn load_adds_a_replica_and_its_end_removes_it() {
         .collect();
     let loaded = Instant::now();
 
-    eventually(
+    spec_replicas_become(
+        &cluster,
+        2,
         Duration::from_secs(60),
         "the autoscaler asking for a second replica",
-        || async { (spec_replicas(&cluster) == 2).then_some(()) },
     )
     .await;
     let decided = loaded.elapsed();
@@ -218,10 +219,11 @@ async fn load_adds_a_replica_and_its_end_removes_it() {
         client.await.unwrap();
     }
     let quiet = Instant::now();
-    eventually(
+    spec_replicas_become(
+        &cluster,
+        1,
         Duration::from_secs(120),
         "the autoscaler going back to one replica",
-        || async { (spec_replicas(&cluster) == 1).then_some(()) },
     )
     .await;
     let scaled_down = quiet.elapsed();
@@ -237,10 +239,11 @@ async fn load_adds_a_replica_and_its_end_removes_it() {
 
     // A manual change is overwritten by the next decision (the load asks for one).
     cluster.kubectl_ok(&["scale", "inferencenode/gemma-cpu", "--replicas=2"], None);
-    eventually(
+    spec_replicas_become(
+        &cluster,
+        1,
         Duration::from_secs(90),
         "the autoscaler overwriting a manual scale",
-        || async { (spec_replicas(&cluster) == 1).then_some(()) },
     )
     .await;
 

@@ -250,15 +250,7 @@ async fn a_replica_killed_or_restarted_under_load_costs_clients_nothing() {
         .replace("contextSize: 4096", "contextSize: 256")
         .replace("parallel: 4", "parallel: 2\n    batchSize: 63");
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&example));
-    cluster.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "--timeout=240s",
-            "inferencenode/gemma-cpu",
-        ],
-        None,
-    );
+    cluster.wait_inference_node_ready("gemma-cpu");
     let ip = |pod: Pod| pod.status.unwrap().pod_ip.unwrap();
     let entry_ip = ip(pod(&cluster, "gemma-cpu-0").await);
     let victim_ip = ip(pod(&cluster, "gemma-cpu-1").await);

@@ -127,15 +127,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     assert!(example.contains(SHA256));
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&example));
     let applied = Instant::now();
-    cluster.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "--timeout=240s",
-            "inferencenode/gemma-cpu",
-        ],
-        None,
-    );
+    cluster.wait_inference_node_ready("gemma-cpu");
     let table = cluster.kubectl_ok(&["get", "inferencenodes"], None);
     eprintln!(
         "InferenceNode Ready {:?} after apply:\n{table}",

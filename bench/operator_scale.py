@@ -190,8 +190,14 @@ def main():
         kubeconfig = (work / "cluster/env").read_text().strip().split("=", 1)[1]
         kubectl = Kubectl(kubeconfig)
         kubectl.run("apply", "--server-side", "-f", str(ROOT / "crds/inferencenode.yaml"))
-        kubectl.run("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/inferencenodes.llamanet.io")
+        # kubectl wait gives up at once while the new CRD's conditions are still null.
+        established = time.time() + 60
+        while kubectl.run("get", "crd", "inferencenodes.llamanet.io", "-o",
+                          "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                          check=False).strip() != "True":
+            if time.time() > established:
+                sys.exit("the InferenceNode CRD was not established within 60 s")
+            time.sleep(0.2)
         kubectl.run("create", "namespace", "bench")
 
         metrics_port, swarm_port = free_port(), free_port()

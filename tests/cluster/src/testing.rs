@@ -78,14 +78,10 @@ impl Cluster {
             &["apply", "--server-side", "-f", crd.to_str().unwrap()],
             None,
         );
-        self.kubectl_ok(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/inferencenodes.llamanet.io",
-            ],
-            None,
+        self.wait_for(
+            "condition=Established",
+            &["crd/inferencenodes.llamanet.io"],
+            Duration::from_secs(60),
         );
     }
 
@@ -120,16 +116,14 @@ impl Cluster {
             &["apply", "--server-side", "-f", dir.to_str().unwrap()],
             None,
         );
-        self.kubectl_ok(
+        self.wait_for(
+            "condition=Established",
             &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
                 "crd/podmonitors.monitoring.coreos.com",
                 "crd/servicemonitors.monitoring.coreos.com",
                 "crd/prometheusrules.monitoring.coreos.com",
             ],
-            None,
+            Duration::from_secs(60),
         );
     }
 }
@@ -255,15 +249,36 @@ impl Cluster {
 
     /// Waits (`kubectl wait`, up to 240 s) until InferenceNode `name` is Ready.
     pub fn wait_inference_node_ready(&self, name: &str) {
-        self.kubectl_ok(
-            &[
-                "wait",
-                "--for=condition=Ready",
-                "--timeout=240s",
-                &format!("inferencenode/{name}"),
-            ],
-            None,
+        self.wait_for(
+            "condition=Ready",
+            &[&format!("inferencenode/{name}")],
+            Duration::from_secs(240),
         );
+    }
+
+    /// `kubectl wait --for=<what> <resources>`, up to `timeout`, panicking with kubectl's
+    /// stderr when it does not come true.
+    ///
+    /// kubectl gives up at once, instead of waiting, while an object's
+    /// `status.conditions` is still `null` (a CRD in the instant after it is created:
+    /// "accessor error: <nil> is of the type <nil>"); that is retried until the deadline.
+    pub fn wait_for(&self, what: &str, resources: &[&str], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let for_ = format!("--for={what}");
+            let timeout_ = format!("--timeout={}ms", left.as_millis().max(1));
+            let mut args = vec!["wait", &for_, &timeout_];
+            args.extend_from_slice(resources);
+            let out = self.kubectl_run(&args, None);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let not_written_yet = stderr.contains("accessor error: <nil>");
+            if out.status.success() || !not_written_yet || Instant::now() >= deadline {
+                assert!(out.status.success(), "kubectl {args:?} failed: {stderr}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Like [`Cluster::kubectl_run`], but panics with kubectl's stderr unless it succeeds;

@@ -180,14 +180,10 @@ async fn load_adds_a_replica_and_its_end_removes_it() {
         0,
         "requests failed before the scale-up"
     );
-    cluster.kubectl_ok(
-        &[
-            "wait",
-            "--for=jsonpath={.status.replicasReady}=2/2",
-            "--timeout=240s",
-            "inferencenode/gemma-cpu",
-        ],
-        None,
+    cluster.wait_for(
+        "jsonpath={.status.replicasReady}=2/2",
+        &["inferencenode/gemma-cpu"],
+        Duration::from_secs(240),
     );
     let second_ready = loaded.elapsed();
     // Scaling ends once the new replica serves; under load it stays at the maximum.

@@ -132,6 +132,15 @@ pub struct HttpArgs {
     #[arg(long, env = "LLAMANET_STALL_TIMEOUT", default_value_t = 120)]
     pub stall_timeout: u64,
 
+    /// Seconds a request for a model scaled to zero is held while its operator wakes it;
+    /// then 503 with Retry-After.
+    #[arg(long, env = "LLAMANET_WAKE_HOLD_TIMEOUT", default_value_t = 300)]
+    pub wake_hold_timeout: u64,
+
+    /// Requests held at once per model scaled to zero; more get 503 with Retry-After.
+    #[arg(long, env = "LLAMANET_WAKE_HOLD_QUEUE", default_value_t = 64)]
+    pub wake_hold_queue: usize,
+
     /// Serve POST /debug/inject/{failure} to break the node on purpose (tests only).
     #[arg(long, hide = true)]
     pub test_hooks: bool,

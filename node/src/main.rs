@@ -226,6 +226,11 @@ fn run_server(
             body_limit: http.body_limit,
             request_timeout: Duration::from_secs(http.request_timeout.max(1)),
             started_unix: api::unix_now(),
+            hold: llamanet_node::route::HoldPolicy {
+                timeout: Duration::from_secs(http.wake_hold_timeout.max(1)),
+                queue: http.wake_hold_queue,
+                ..llamanet_node::route::HoldPolicy::default()
+            },
         },
         shutdown_grace: Duration::from_secs(http.shutdown_grace),
         membership: Some(swarm),

@@ -88,6 +88,7 @@ async fn openai_api_over_loopback() {
         body_limit: 64 * 1024,
         request_timeout: Duration::from_secs(120),
         started_unix: api::unix_now(),
+        hold: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -45,6 +45,7 @@ fn fast_config() -> ForwarderConfig {
         response_timeout: Duration::from_secs(5),
         stall_timeout: Duration::from_millis(800),
         retry_window: Duration::from_secs(10),
+        ..ForwarderConfig::default()
     }
 }
 

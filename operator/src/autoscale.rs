@@ -33,6 +33,9 @@ pub struct Load {
     pub slots_busy: u64,
     pub slots_total: u64,
     pub queued: u64,
+    /// Some replica generated tokens recently: a request may have come and gone between
+    /// two heartbeats, so the load is not zero, whatever the slots said.
+    pub generating: bool,
 }
 
 impl Load {
@@ -42,6 +45,7 @@ impl Load {
             slots_busy: load.slots_busy + u64::from(h.slots_busy.min(h.slots_total)),
             slots_total: load.slots_total + u64::from(h.slots_total),
             queued: load.queued + u64::from(h.queued),
+            generating: load.generating || h.tokens_per_second > 0.0,
         })
     }
 }
@@ -86,6 +90,12 @@ pub fn recommend(policy: &Autoscaling, current: i32, load: &Load) -> Option<Reco
     } else {
         // At most a few hundred replicas: the float is exact enough, and saturates.
         (f64::from(reporting) * ratio).ceil() as i32
+    };
+    // Zero only for a resource that is truly idle.
+    let raw = if raw == 0 && (load.generating || load.slots_busy + load.queued > 0) {
+        1
+    } else {
+        raw
     };
     let replicas = raw.clamp(policy.min_replicas, policy.max_replicas);
     let what = match target {
@@ -178,6 +188,23 @@ impl Stabilizer {
                 message: format!("{from} -> {to} replicas: {}", recommendation.reason),
             });
         }
+    }
+
+    /// Remembers that a request woke the resource from zero to `to` replicas (written to a
+    /// resource that had `generation`): the scale-down window starts now, so the replica
+    /// stays at least `scaleDownAfter` however idle it is once the waiting requests are
+    /// served.
+    pub fn woken(&mut self, now: Instant, generation: Option<i64>, to: i32, message: String) {
+        self.recent.clear();
+        self.recent.push_back((now, to));
+        if let Some(generation) = generation {
+            self.written = Some((generation, to));
+        }
+        self.last_scale = Some(LastScale {
+            to,
+            up: true,
+            message,
+        });
     }
 
     pub fn last_scale(&self) -> Option<&LastScale> {
@@ -345,7 +372,63 @@ mod tests {
             slots_busy: busy,
             slots_total: total,
             queued,
+            generating: false,
         }
+    }
+
+    #[test]
+    fn only_a_truly_idle_resource_goes_to_zero() {
+        let p = policy(0, 2, AutoscalingTarget::SlotsBusy(0.8));
+        assert_eq!(recommend(&p, 1, &load(1, 0, 8, 0)).unwrap().replicas, 0);
+        // One busy slot of eight is far under the target, but it is a request.
+        assert_eq!(recommend(&p, 1, &load(1, 1, 8, 0)).unwrap().replicas, 1);
+        // Slots idle at the heartbeat, tokens generated since the last one.
+        let between = Load {
+            generating: true,
+            ..load(1, 0, 8, 0)
+        };
+        assert_eq!(recommend(&p, 1, &between).unwrap().replicas, 1);
+        // A queue target with nothing waiting still keeps the replica that is busy.
+        let q = policy(0, 2, AutoscalingTarget::QueuePerReplica(4));
+        assert_eq!(recommend(&q, 1, &load(1, 3, 8, 0)).unwrap().replicas, 1);
+        assert_eq!(recommend(&q, 1, &load(1, 0, 8, 0)).unwrap().replicas, 0);
+    }
+
+    #[test]
+    fn a_woken_resource_keeps_its_replica_for_the_whole_window() {
+        let p = policy(0, 2, AutoscalingTarget::SlotsBusy(0.8));
+        let window = Duration::from_secs(60);
+        let mut s = Stabilizer::default();
+        let t0 = Instant::now();
+        // Idle for the window at one replica: to zero.
+        s.decide(t0, 1, recommend(&p, 1, &load(1, 0, 8, 0)), window);
+        let later = t0 + window + Duration::from_secs(1);
+        let to_zero = s.decide(later, 1, recommend(&p, 1, &load(1, 0, 8, 0)), window);
+        assert!(
+            matches!(to_zero, Decision::Scale { from: 1, to: 0, .. }),
+            "{to_zero:?}"
+        );
+        // A request wakes it; the held requests are served at once and it is idle again.
+        let woke = later + Duration::from_secs(30);
+        s.woken(woke, Some(7), 1, "0 -> 1 replicas: woken".into());
+        assert_eq!(
+            s.current(Some(7), 0),
+            1,
+            "the write is not undone by a stale cache"
+        );
+        let idle = recommend(&p, 1, &load(1, 0, 8, 0));
+        let soon = s.decide(woke + Duration::from_secs(10), 1, idle.clone(), window);
+        assert!(
+            matches!(soon, Decision::Hold { delayed: true, .. }),
+            "{soon:?}"
+        );
+        let after = s.decide(woke + window + Duration::from_secs(1), 1, idle, window);
+        assert!(
+            matches!(after, Decision::Scale { from: 1, to: 0, .. }),
+            "{after:?}"
+        );
+        s.wrote(Some(8), &after);
+        assert!(s.last_scale().is_some_and(|l| !l.up && l.to == 0));
     }
 
     #[test]

@@ -139,9 +139,10 @@ pub struct InferenceNodeSpec {
     }
 ]))]
 pub struct Autoscaling {
-    /// Fewest replicas.
+    /// Fewest replicas. 0 lets an idle resource scale to zero: its model stays listed in
+    /// the swarm as cold, and the first request for it, at any node, wakes it.
     #[serde(default = "default_min_replicas")]
-    #[schemars(range(min = 1, max = MAX_REPLICAS))]
+    #[schemars(range(min = 0, max = MAX_REPLICAS))]
     pub min_replicas: i32,
     /// Most replicas.
     #[schemars(range(min = 1, max = MAX_REPLICAS))]
@@ -580,6 +581,9 @@ pub enum Phase {
     Degraded,
     /// It cannot work without a change of the spec (a wrong checksum).
     Failed,
+    /// No replica runs (`replicas: 0`); with `autoscaling.minReplicas: 0`, a request for
+    /// the model wakes it.
+    ScaledToZero,
 }
 
 /// A condition of an InferenceNode, shaped like `metav1.Condition`.

@@ -29,6 +29,7 @@ pub mod reconcile;
 pub mod server;
 pub mod status;
 pub mod swarm_peer;
+pub mod wake;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
 
+use llamanet_node::swarm::SwarmHandle;
 use llamanet_node::swarm::discovery::Discovery;
 
 use crate::config::{LeaderElection, RunConfig};
@@ -48,6 +50,7 @@ use crate::leader::{Elector, Role};
 use crate::metrics::Metrics;
 use crate::reconcile::Context;
 use crate::server::{AppState, Readiness};
+use crate::wake::Waker;
 
 /// Runs the operator until `shutdown` resolves: the metrics and probes server, and the
 /// controller — at once, or with leader election only while this replica holds the Lease.
@@ -58,9 +61,11 @@ pub async fn run(
     client: Client,
     config: RunConfig,
     heartbeats: HeartbeatTable,
-    swarm: Option<Arc<dyn Discovery>>,
+    swarm: Option<SwarmHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let waker = swarm.clone().map(Waker::new);
+    let swarm = swarm.map(|handle| Arc::new(handle) as Arc<dyn Discovery>);
     let stop = CancellationToken::new();
     let watch_shutdown = tokio::spawn({
         let stop = stop.clone();
@@ -93,7 +98,8 @@ pub async fn run(
                 metrics.clone(),
                 &config.identity,
             )
-            .with_discovery(swarm.clone()),
+            .with_discovery(swarm.clone())
+            .with_waker(waker.clone()),
         )
     };
 

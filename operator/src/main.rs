@@ -4,12 +4,11 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 use kube::{Client, CustomResourceExt};
-use llamanet_node::swarm::{self, discovery::Discovery};
+use llamanet_node::swarm;
 use llamanet_operator::config::{self, LeaderElection, OperatorConfig, RunConfig};
 use llamanet_operator::crd::InferenceNode;
 use llamanet_operator::heartbeat::HeartbeatTable;
@@ -190,9 +189,8 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(?config, "operator started");
-    let view: Arc<dyn Discovery> = Arc::new(swarm.clone());
     let result =
-        llamanet_operator::run(client, config, heartbeats, Some(view), shutdown_signal()).await;
+        llamanet_operator::run(client, config, heartbeats, Some(swarm), shutdown_signal()).await;
     if let Err(err) = result {
         tracing::error!("{err:#}");
         return ExitCode::FAILURE;

@@ -40,15 +40,20 @@ pub const METRIC_NAMES: &[&str] = &[
     "llamanet_operator_heartbeat_to_status_seconds",
     "llamanet_operator_heartbeats_rejected_total",
     "llamanet_operator_autoscaler_decisions_total",
+    "llamanet_operator_wake_requests_total",
 ];
 
+/// Outcomes of wake requests (scale from zero), as the counter labels them.
+pub const WAKE_OUTCOMES: [&str; 4] = ["woken", "repeated", "not_cold", "failed"];
+
 /// Every phase, so the phase gauge shows zeros instead of missing series.
-const PHASES: [Phase; 5] = [
+const PHASES: [Phase; 6] = [
     Phase::Pending,
     Phase::Loading,
     Phase::Ready,
     Phase::Degraded,
     Phase::Failed,
+    Phase::ScaledToZero,
 ];
 
 /// Namespace and name of an InferenceNode.
@@ -64,6 +69,7 @@ pub struct Metrics {
     inference_nodes: Family<[(&'static str, &'static str); 1], Gauge>,
     status_patches: Counter,
     autoscaled: Family<[(&'static str, &'static str); 1], Counter>,
+    wakes: Family<[(&'static str, &'static str); 1], Counter>,
     replicas: Family<ReplicaLabels, Gauge>,
     heartbeat_to_status: Histogram,
     /// The phase of every resource the operator knows, from which the phase gauge is counted.
@@ -124,6 +130,17 @@ impl Metrics {
             "Replica changes the autoscaler wrote into spec.replicas, by direction",
             autoscaled.clone(),
         );
+        let wakes: Family<[(&'static str, &'static str); 1], Counter> = Family::default();
+        for outcome in WAKE_OUTCOMES {
+            let _ = wakes.get_or_create(&[("outcome", outcome)]);
+        }
+        registry.register(
+            "wake_requests",
+            "Wake requests from swarm peers for models scaled to zero, by outcome (woken: \
+             scaled from zero; repeated: already waking; not_cold: not advertised here; \
+             failed: the API server refused)",
+            wakes.clone(),
+        );
         let replicas = Family::<ReplicaLabels, Gauge>::default();
         registry.register(
             "inference_node_replicas",
@@ -148,6 +165,7 @@ impl Metrics {
             inference_nodes,
             status_patches,
             autoscaled,
+            wakes,
             replicas,
             heartbeat_to_status,
             phases: Mutex::default(),
@@ -171,6 +189,11 @@ impl Metrics {
 
     pub fn status_patched(&self) {
         self.status_patches.inc();
+    }
+
+    /// A wake request ended with `outcome` (one of [`WAKE_OUTCOMES`]).
+    pub fn wake_request(&self, outcome: &'static str) {
+        self.wakes.get_or_create(&[("outcome", outcome)]).inc();
     }
 
     /// The autoscaler changed a resource's replicas (`up` or down).
@@ -272,6 +295,7 @@ fn phase_label(phase: Phase) -> &'static str {
         Phase::Ready => "Ready",
         Phase::Degraded => "Degraded",
         Phase::Failed => "Failed",
+        Phase::ScaledToZero => "ScaledToZero",
     }
 }
 

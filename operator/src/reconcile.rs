@@ -49,6 +49,7 @@ use crate::metrics::Metrics;
 use crate::monitoring::{self, PodMonitorSupport};
 use crate::server::Readiness;
 use crate::status::{self, Observation, PodSummary};
+use crate::wake::{self as scale_from_zero, Waker};
 
 /// Soonest time-driven reconcile of a resource: heartbeats and watches wake it sooner anyway.
 pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
@@ -82,10 +83,13 @@ pub struct Context {
     written: Mutex<HashMap<ResourceKey, Written>>,
     /// Recent autoscaler recommendations per resource with `spec.autoscaling`.
     stabilizers: Mutex<HashMap<ResourceKey, Stabilizer>>,
+    /// Advertises cold models in the swarm and wakes them (scale from zero); `None` when
+    /// the operator has no swarm peer.
+    pub waker: Option<Arc<Waker>>,
 }
 
 /// Namespace and name of an InferenceNode.
-type ResourceKey = (String, String);
+pub type ResourceKey = (String, String);
 
 #[derive(Clone, Debug)]
 struct Written {
@@ -118,7 +122,19 @@ impl Context {
             pod_monitors: PodMonitorSupport::default(),
             written: Mutex::default(),
             stabilizers: Mutex::default(),
+            waker: None,
         }
+    }
+
+    /// Advertises cold models and serves wake requests through `waker`.
+    pub fn with_waker(mut self, waker: Option<Arc<Waker>>) -> Self {
+        self.waker = waker;
+        self
+    }
+
+    /// A request woke `key` from zero to `to` replicas (see [`Stabilizer::woken`]).
+    pub fn woken(&self, key: &ResourceKey, generation: Option<i64>, to: i32, message: String) {
+        self.stabilizer(key, |s| s.woken(Instant::now(), generation, to, message));
     }
 
     /// Counts each resource's model across the swarm through `discovery`.
@@ -152,9 +168,16 @@ impl Context {
         map.remove(&key);
         let mut stabilizers = self.stabilizers.lock().expect("stabilizers lock poisoned");
         stabilizers.remove(&key);
+        if let Some(waker) = &self.waker {
+            waker.set(namespace, name, None);
+        }
     }
 
     /// Publishes an Event about `node`; a failure is logged, never fails the reconcile.
+    pub async fn publish_event(&self, node: &InferenceNode, event: Event) {
+        self.publish(node, event).await;
+    }
+
     async fn publish(&self, node: &InferenceNode, event: Event) {
         if let Err(err) = self.recorder.publish(&event, &node.object_ref(&())).await {
             tracing::warn!(error = %err, reason = %event.reason, "publishing an event failed");
@@ -204,6 +227,11 @@ pub async fn run(context: Arc<Context>, readiness: Arc<Readiness>, stop: Cancell
             readiness.set_watches_synced(true);
         }
     });
+    // Wake requests are this term's business: only the leader advertises cold models.
+    let waking = context.waker.clone().map(|waker| {
+        let serving = tokio::spawn(scale_from_zero::serve(context.clone(), waker.clone()));
+        (serving, waker)
+    });
     let ctx = context.clone();
     controller
         .run(reconcile, error_policy, context)
@@ -224,6 +252,11 @@ pub async fn run(context: Arc<Context>, readiness: Arc<Readiness>, stop: Cancell
         })
         .await;
     synced.abort();
+    if let Some((serving, waker)) = waking {
+        serving.abort();
+        let _ = serving.await;
+        waker.clear();
+    }
     readiness.set_watches_synced(false);
 }
 
@@ -314,8 +347,23 @@ async fn reconcile(node: Arc<InferenceNode>, ctx: Arc<Context>) -> Result<Action
         selector: children::selector_string(&name),
         swarm_nodes,
         scaling,
+        wakeable: node
+            .spec
+            .autoscaling
+            .as_ref()
+            .is_some_and(|a| a.min_replicas == 0),
     };
     let status = status::compute(previous, &observation);
+    if let Some(waker) = &ctx.waker {
+        // Cold while nothing serves: scaled to zero, or woken and still starting (requests
+        // that arrive meanwhile are held too, rather than refused).
+        let cold = observation.wakeable && status.ready_replicas == 0;
+        waker.set(
+            &namespace,
+            &name,
+            cold.then(|| status.model.clone()).flatten(),
+        );
+    }
     let mut requeue = requeue_after(status::next_change(&observation));
 
     if previous == Some(&status) {

@@ -22,7 +22,9 @@
 //! - **Ready**: True when readyReplicas equals replicas and every replica's heartbeat is fresh;
 //!   otherwise False with the reason of the condition that blocks it.
 //!
-//! With zero replicas every condition is True with reason `ScaledToZero`.
+//! With zero replicas nothing is wrong and nothing serves: ModelLoaded, SwarmJoined and
+//! HeartbeatFresh are True and Ready is False, all with reason `ScaledToZero`; the phase is
+//! **ScaledToZero**.
 //!
 //! # Phase
 //! The phase mirrors the conditions; the first rule that matches wins:
@@ -254,6 +256,8 @@ pub struct Observation<'a> {
     pub swarm_nodes: Option<i32>,
     /// The autoscaler's state, for the `Scaling` condition (`None`: no autoscaling).
     pub scaling: Option<crate::autoscale::ScalingCondition>,
+    /// Whether a request can wake the resource from zero (`autoscaling.minReplicas: 0`).
+    pub wakeable: bool,
 }
 
 /// One replica the spec wants, with what is known about it.
@@ -297,10 +301,15 @@ pub fn compute(previous: Option<&InferenceNodeStatus>, obs: &Observation) -> Inf
             ConditionType::ModelLoaded,
             ConditionType::SwarmJoined,
             ConditionType::HeartbeatFresh,
-            ConditionType::Ready,
         ] {
             set.mark_true(type_, "ScaledToZero", "spec.replicas is 0");
         }
+        let how = if obs.wakeable {
+            "no replica runs; the first request for the model, at any node of the swarm, wakes it"
+        } else {
+            "spec.replicas is 0"
+        };
+        set.mark_false(ConditionType::Ready, "ScaledToZero", how);
     } else {
         mark_model_loaded(&mut set, &replicas);
         mark_swarm_joined(&mut set, &replicas, |since| age(since) > signed(lost_after));
@@ -320,7 +329,11 @@ pub fn compute(previous: Option<&InferenceNodeStatus>, obs: &Observation) -> Inf
         ),
         None => set.remove(ConditionType::Scaling),
     }
-    let phase = phase_of(&set);
+    let phase = if replicas.is_empty() {
+        Phase::ScaledToZero
+    } else {
+        phase_of(&set)
+    };
 
     let ready_replicas = replicas
         .iter()
@@ -695,6 +708,7 @@ mod tests {
                 selector: "app.kubernetes.io/instance=gemma".into(),
                 swarm_nodes: Some(5),
                 scaling: None,
+                wakeable: false,
             },
         )
     }
@@ -907,15 +921,18 @@ mod tests {
     }
 
     #[test]
-    fn zero_replicas_are_ready() {
+    fn zero_replicas_are_scaled_to_zero_not_ready_and_nothing_is_wrong() {
         let status = observe(0, &[], &[], t(0), None);
-        assert_eq!(status.phase, Some(Phase::Ready));
-        assert!(
-            status
-                .conditions
-                .iter()
-                .all(|c| c.status == ConditionStatus::True && c.reason == "ScaledToZero")
-        );
+        assert_eq!(status.phase, Some(Phase::ScaledToZero));
+        for c in &status.conditions {
+            assert_eq!(c.reason, "ScaledToZero", "{:?}", c.type_);
+            let expected = if c.type_ == ConditionType::Ready {
+                ConditionStatus::False
+            } else {
+                ConditionStatus::True
+            };
+            assert_eq!(c.status, expected, "{:?}", c.type_);
+        }
         assert_eq!(status.replicas_ready.as_deref(), Some("0/0"));
     }
 
@@ -1131,6 +1148,7 @@ mod tests {
                 selector: String::new(),
                 swarm_nodes: None,
                 scaling: None,
+                wakeable: false,
             })
         }
         // Lost after 6 s: gemma-1 (heard at 4) goes stale first, at 10.

@@ -65,6 +65,8 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Unix time the server started (the model's `created`).
     pub started_unix: u64,
+    /// How requests for a model scaled to zero are held while it wakes.
+    pub hold: crate::route::HoldPolicy,
 }
 
 /// What exists once the model has loaded.
@@ -267,7 +269,10 @@ pub fn router(state: AppState) -> Router {
         let router = crate::route::Router::for_swarm(
             swarm.clone(),
             crate::route::PickPolicy::default(),
-            crate::route::ForwarderConfig::default(),
+            crate::route::ForwarderConfig {
+                hold: state.config.hold,
+                ..crate::route::ForwarderConfig::default()
+            },
         );
         state
             .metrics

@@ -22,7 +22,8 @@ fn model_object(state: &AppState, id: &str) -> ModelObject {
 fn all_models(state: &AppState) -> Vec<String> {
     let mut ids = state.local_models();
     if let Some(swarm) = state.swarm.get() {
-        for id in swarm.models().into_keys() {
+        // Then models scaled to zero somewhere: a request for one wakes it.
+        for id in swarm.models().into_keys().chain(swarm.cold_models()) {
             if !ids.contains(&id) {
                 ids.push(id);
             }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use crate::route::metrics::{HOLD_OUTCOMES, WAKE_OUTCOMES};
 use crate::route::{ForwardOutcome, RouteMetrics};
 use crate::swarm::SharedPeerTable;
 use crate::swarm::metrics::SwarmMetrics;
@@ -74,6 +75,8 @@ pub const SWARM_METRIC_NAMES: &[&str] = &[
     "llamanet_route_continuations_total",
     "llamanet_route_broken_streams_total",
     "llamanet_route_peers_suspected_total",
+    "llamanet_route_wakes_total",
+    "llamanet_route_holds_total",
 ];
 
 /// Distinct `model` label values of `llamanet_swarm_model_peers`: peers choose model ids,
@@ -226,6 +229,30 @@ impl Collector for SwarmSource {
             "Times a peer was suspected after a failed attempt (out of the candidates until a newer healthy heartbeat)",
             route.suspected,
         )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "route_wakes",
+                "Wake requests sent to operators for models scaled to zero, by outcome (waking, not_cold, malformed, failed: the operator's answer; unreachable: no answer)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, count) in WAKE_OUTCOMES.iter().zip(source.route.wakes()) {
+                ConstCounter::new(count)
+                    .encode(family.encode_family(&OutcomeLabels { outcome })?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "route_holds",
+                "Requests held for a model scaled to zero, by how the hold ended",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, count) in HOLD_OUTCOMES.iter().zip(source.route.holds()) {
+                ConstCounter::new(count)
+                    .encode(family.encode_family(&OutcomeLabels { outcome })?)?;
+            }
+        }
         Ok(())
     }
 }

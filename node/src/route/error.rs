@@ -3,7 +3,7 @@
 //! API error. Kept apart from `crate::api::error` because routing builds without the engine.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -26,6 +26,17 @@ pub enum RouteError {
     /// The body could not be read within the size limit.
     #[error("the request body is over the {limit} byte limit or could not be read")]
     BodyTooLarge { limit: usize },
+    /// The model is scaled to zero and no replica served it within the hold.
+    #[error(
+        "model `{model}` is scaled to zero and did not start within {waited_s} s; try again later"
+    )]
+    WakeTimedOut { model: String, waited_s: u64 },
+    /// As many requests as allowed already wait for the model to wake.
+    #[error("{limit} requests already wait for model `{model}` to wake; try again later")]
+    HoldQueueFull { model: String, limit: usize },
+    /// The operator that advertises the model could not wake it.
+    #[error("model `{model}` is scaled to zero and could not be woken: {reason}")]
+    WakeFailed { model: String, reason: String },
 }
 
 impl RouteError {
@@ -41,6 +52,9 @@ impl RouteError {
             RouteError::NotServed { .. } => StatusCode::NOT_FOUND,
             RouteError::NoPeerAnswered { .. } => StatusCode::BAD_GATEWAY,
             RouteError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RouteError::WakeTimedOut { .. }
+            | RouteError::HoldQueueFull { .. }
+            | RouteError::WakeFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -50,6 +64,20 @@ impl RouteError {
             RouteError::NotServed { .. } => "model_not_found",
             RouteError::NoPeerAnswered { .. } => "no_peer_answered",
             RouteError::BodyTooLarge { .. } => "body_too_large",
+            RouteError::WakeTimedOut { .. } => "model_wake_timed_out",
+            RouteError::HoldQueueFull { .. } => "model_wake_queue_full",
+            RouteError::WakeFailed { .. } => "model_wake_failed",
+        }
+    }
+
+    /// Seconds a client should wait before trying again (`Retry-After`), for the errors
+    /// that pass.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            RouteError::WakeTimedOut { .. } => Some(30),
+            RouteError::HoldQueueFull { .. } => Some(5),
+            RouteError::WakeFailed { .. } => Some(30),
+            _ => None,
         }
     }
 
@@ -59,6 +87,9 @@ impl RouteError {
             RouteError::NotServed { .. } => ("invalid_request_error", Some("model")),
             RouteError::NoPeerAnswered { .. } => ("api_error", None),
             RouteError::BodyTooLarge { .. } => ("invalid_request_error", None),
+            RouteError::WakeTimedOut { .. }
+            | RouteError::HoldQueueFull { .. }
+            | RouteError::WakeFailed { .. } => ("api_error", Some("model")),
         };
         json!({
             "error": {
@@ -73,7 +104,13 @@ impl RouteError {
 
 impl IntoResponse for RouteError {
     fn into_response(self) -> Response {
-        (self.status(), Json(self.body())).into_response()
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -93,6 +130,41 @@ mod tests {
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["error"]["param"], "model");
         assert_eq!(body["error"]["code"], "model_not_found");
+    }
+
+    #[test]
+    fn a_hold_that_ends_is_a_503_that_says_when_to_come_back() {
+        for err in [
+            RouteError::WakeTimedOut {
+                model: "m".into(),
+                waited_s: 300,
+            },
+            RouteError::HoldQueueFull {
+                model: "m".into(),
+                limit: 64,
+            },
+            RouteError::WakeFailed {
+                model: "m".into(),
+                reason: "forbidden".into(),
+            },
+        ] {
+            let code = err.code();
+            let response = err.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{code}");
+            let retry: u64 = response.headers()[header::RETRY_AFTER]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(retry > 0, "{code}");
+        }
+        assert!(
+            RouteError::not_served("m", vec![])
+                .into_response()
+                .headers()
+                .get(header::RETRY_AFTER)
+                .is_none()
+        );
     }
 
     #[test]

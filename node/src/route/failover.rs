@@ -54,6 +54,8 @@ pub struct ForwarderConfig {
     pub stall_timeout: Duration,
     /// No new attempt starts this long after the request arrived (the total budget).
     pub retry_window: Duration,
+    /// Requests for models scaled to zero.
+    pub hold: super::HoldPolicy,
 }
 
 impl Default for ForwarderConfig {
@@ -63,6 +65,7 @@ impl Default for ForwarderConfig {
             response_timeout: Duration::from_secs(600),
             stall_timeout: Duration::from_secs(120),
             retry_window: Duration::from_secs(120),
+            hold: super::HoldPolicy::default(),
         }
     }
 }

@@ -7,12 +7,15 @@
 //! A request a peer forwarded here ([`ForwardedBy`]) is always served here: one hop.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde::Deserialize;
 
 use super::Router;
@@ -57,6 +60,7 @@ pub async fn route_or_serve(
     request: Request,
     next: Next,
 ) -> Response {
+    let arrived = Instant::now();
     let me = layer.router.me();
     if request.extensions().get::<ForwardedBy>().is_some() {
         return named(next.run(request).await, &me.to_string());
@@ -76,30 +80,174 @@ pub async fn route_or_serve(
         let request = Request::from_parts(parts, Body::from(bytes));
         return named(next.run(request).await, &me.to_string());
     };
-    let (serves, load) = (layer.local)(&model);
-    let ask = RouteRequest {
-        model: &model,
-        affinity: affinity_of(&bytes, layer.router.policy().affinity_chars),
+    let request = Pending {
+        parts,
+        bytes,
+        model,
+        next,
     };
-    match layer.router.decide(&ask, &layer.router.local(serves, load)) {
-        Route::Serve(plan) if plan == [Candidate::Local] => {
-            let request = Request::from_parts(parts, Body::from(bytes));
-            named(next.run(request).await, &me.to_string())
+    match request.route(&layer).await {
+        Ok(response) => response,
+        Err(request) if layer.router.can_wake(&request.model) => {
+            hold(layer, request, arrived).await
         }
-        Route::Serve(plan) => {
-            let path = parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
-            let request = ForwardRequest::new(parts.method, path, parts.headers, bytes, model);
-            let here = Here {
-                next,
-                view: layer.local.clone(),
-            };
-            layer.router.serve(plan, request, Some(here)).await
+        Err(request) => {
+            RouteError::not_served(&request.model, layer.router.models()).into_response()
         }
-        Route::NotServed => RouteError::not_served(&model, layer.router.models()).into_response(),
     }
+}
+
+/// A request read and ready to route.
+struct Pending {
+    parts: axum::http::request::Parts,
+    bytes: Bytes,
+    model: String,
+    next: Next,
+}
+
+impl Pending {
+    /// Serves the request here or on peers; gives it back when nobody serves its model.
+    async fn route(self, layer: &RouteLayer) -> Result<Response, Pending> {
+        let me = layer.router.me();
+        let (serves, load) = (layer.local)(&self.model);
+        let ask = RouteRequest {
+            model: &self.model,
+            affinity: affinity_of(&self.bytes, layer.router.policy().affinity_chars),
+        };
+        match layer.router.decide(&ask, &layer.router.local(serves, load)) {
+            Route::Serve(plan) if plan == [Candidate::Local] => {
+                let request = Request::from_parts(self.parts, Body::from(self.bytes));
+                Ok(named(self.next.run(request).await, &me.to_string()))
+            }
+            Route::Serve(plan) => {
+                let parts = self.parts;
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+                let request =
+                    ForwardRequest::new(parts.method, path, parts.headers, self.bytes, self.model);
+                let here = Here {
+                    next: self.next,
+                    view: layer.local.clone(),
+                };
+                Ok(layer.router.serve(plan, request, Some(here)).await)
+            }
+            Route::NotServed => Err(self),
+        }
+    }
+}
+
+/// Holds a request for a model scaled to zero until it wakes (see `hold.rs`).
+async fn hold(layer: RouteLayer, request: Pending, arrived: Instant) -> Response {
+    let router = layer.router.clone();
+    let me = router.me().to_string();
+    let policy = router.config().hold;
+    let Some(place) = router.holds().enter(&request.model, policy.queue) else {
+        router.metrics().record_hold("queue_full");
+        return RouteError::HoldQueueFull {
+            model: request.model,
+            limit: policy.queue,
+        }
+        .into_response();
+    };
+    let streamed = ForwardRequest::new(
+        Method::POST,
+        "",
+        Default::default(),
+        request.bytes.clone(),
+        "",
+    )
+    .stream;
+    let woken = async move {
+        let _place = place;
+        let local = layer.local.clone();
+        let serves = move |model: &str| (local)(model).0;
+        let result = match router
+            .wait_for_model(&request.model, arrived, &serves)
+            .await
+        {
+            Ok(()) => match request.route(&layer).await {
+                Ok(response) => Ok(response),
+                // Served a moment ago, gone again: as if the hold had run out.
+                Err(request) => Err(RouteError::WakeTimedOut {
+                    model: request.model,
+                    waited_s: arrived.elapsed().as_secs(),
+                }),
+            },
+            Err(err) => Err(err),
+        };
+        router.metrics().record_hold(match &result {
+            Ok(_) => "served",
+            Err(RouteError::WakeFailed { .. }) => "wake_failed",
+            Err(_) => "timed_out",
+        });
+        result
+    };
+    if !streamed {
+        return woken.await.unwrap_or_else(IntoResponse::into_response);
+    }
+    // A stream starts now and stays alive with SSE comments until the answer comes.
+    let keepalive = policy.keepalive;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    tokio::spawn(async move {
+        tokio::pin!(woken);
+        let mut ticks = tokio::time::interval(keepalive);
+        let result = loop {
+            tokio::select! {
+                result = &mut woken => break result,
+                _ = ticks.tick() => {
+                    let comment = Bytes::from_static(b": waiting for the model to wake\n\n");
+                    if tx.send(Ok(comment)).await.is_err() {
+                        return; // The client left; dropping `woken` gives its place back.
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(response) if response.status().is_success() => {
+                let mut body = response.into_body().into_data_stream();
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(std::io::Error::other);
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(response) => {
+                // An error answer after the head went out: its OpenAI error object as the
+                // stream's last event.
+                let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+                    .await
+                    .unwrap_or_default();
+                let _ = tx.send(Ok(error_data(&body))).await;
+            }
+            Err(err) => {
+                let _ = tx
+                    .send(Ok(error_data(err.body().to_string().as_bytes())))
+                    .await;
+            }
+        }
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    named(response, &me)
+}
+
+/// An OpenAI error object (JSON bytes) as the SSE event that ends a stream.
+fn error_data(error: &[u8]) -> Bytes {
+    let mut event = b"data: ".to_vec();
+    event.extend_from_slice(error);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
 }
 
 fn named(mut response: Response, node: &str) -> Response {

@@ -36,6 +36,12 @@ impl ForwardOutcome {
     }
 }
 
+/// Label values of wake requests' outcomes (the operator's answers, and `unreachable`).
+pub const WAKE_OUTCOMES: [&str; 5] = ["waking", "not_cold", "malformed", "failed", "unreachable"];
+
+/// How a held request's hold ended.
+pub const HOLD_OUTCOMES: [&str; 4] = ["served", "timed_out", "queue_full", "wake_failed"];
+
 /// Counters of the router. Shared as `Arc<RouteMetrics>`.
 #[derive(Debug, Default)]
 pub struct RouteMetrics {
@@ -49,6 +55,10 @@ pub struct RouteMetrics {
     continuations: AtomicU64,
     /// Peers put under suspicion by a failed attempt.
     suspected: AtomicU64,
+    /// Wake requests sent, by [`WAKE_OUTCOMES`].
+    wakes: [AtomicU64; 5],
+    /// Requests for cold models, by [`HOLD_OUTCOMES`].
+    holds: [AtomicU64; 4],
 }
 
 /// The counters at one moment.
@@ -75,6 +85,30 @@ impl RouteMetrics {
 
     pub fn record_broken_stream(&self) {
         self.broken_streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a wake request by its outcome label ([`WAKE_OUTCOMES`]).
+    pub fn record_wake(&self, outcome: &str) {
+        if let Some(i) = WAKE_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.wakes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts how a hold ended ([`HOLD_OUTCOMES`]).
+    pub fn record_hold(&self, outcome: &str) {
+        if let Some(i) = HOLD_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.holds[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Wake requests per outcome, in [`WAKE_OUTCOMES`] order.
+    pub fn wakes(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.wakes[i].load(Ordering::Relaxed))
+    }
+
+    /// Holds per outcome, in [`HOLD_OUTCOMES`] order.
+    pub fn holds(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.holds[i].load(Ordering::Relaxed))
     }
 
     pub fn record_suspected(&self) {

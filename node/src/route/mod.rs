@@ -24,6 +24,7 @@
 pub mod breaker;
 pub mod error;
 pub mod failover;
+pub mod hold;
 pub mod inflight;
 pub mod layer;
 pub mod metrics;
@@ -43,6 +44,7 @@ use crate::swarm::{PeerEvent, SwarmHandle};
 pub use breaker::{BreakerPolicy, Breakers};
 pub use error::RouteError;
 pub use failover::{ForwardRequest, ForwarderConfig, Here, NODE_HEADER};
+pub use hold::HoldPolicy;
 pub use inflight::InFlight;
 pub use layer::{LocalView, RouteLayer, route_or_serve};
 pub use metrics::{ForwardOutcome, RouteMetrics, RouteMetricsSnapshot};
@@ -70,6 +72,8 @@ struct Inner {
     breakers: Mutex<Breakers>,
     /// Open exchanges to peers, reused by later forwards.
     pool: transport::Pool,
+    /// Requests waiting for cold models to wake.
+    holds: Arc<hold::Holds>,
 }
 
 impl std::fmt::Debug for Router {
@@ -101,6 +105,10 @@ impl PeerSource for WithInFlight<'_> {
 
     fn order_of(&self, peer: &PeerId) -> Option<breaker::Order> {
         self.peers.order_of(peer)
+    }
+
+    fn cold(&self, model: &str) -> Vec<(PeerId, crate::swarm::ColdModel)> {
+        self.peers.cold(model)
     }
 }
 
@@ -157,6 +165,7 @@ impl Router {
                 inflight: InFlight::default(),
                 breakers: Mutex::new(Breakers::new(BreakerPolicy::default())),
                 pool: transport::Pool::default(),
+                holds: Arc::default(),
             }),
         }
     }
@@ -189,6 +198,10 @@ impl Router {
     /// Forwards in flight, by peer (counted into peers' loads when choosing).
     pub fn inflight(&self) -> &InFlight {
         &self.inner.inflight
+    }
+
+    pub(crate) fn holds(&self) -> &Arc<hold::Holds> {
+        &self.inner.holds
     }
 
     /// Every model in the swarm, by id.

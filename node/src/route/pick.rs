@@ -24,7 +24,7 @@ use libp2p::PeerId;
 use rand::Rng;
 
 use super::breaker::Order;
-use crate::swarm::{Heartbeat, SwarmHandle};
+use crate::swarm::{ColdModel, Heartbeat, SwarmHandle};
 
 /// Where peers and their load come from: the swarm's peer table in a node, a fixed list in
 /// tests.
@@ -35,6 +35,10 @@ pub trait PeerSource: Send + Sync {
     fn models(&self) -> Vec<String>;
     /// The order of `peer`'s latest heartbeat, if it is live.
     fn order_of(&self, peer: &PeerId) -> Option<Order>;
+    /// Live operators that can wake `model`, which nobody serves now.
+    fn cold(&self, _model: &str) -> Vec<(PeerId, ColdModel)> {
+        Vec::new()
+    }
 }
 
 impl PeerSource for SwarmHandle {
@@ -48,6 +52,10 @@ impl PeerSource for SwarmHandle {
 
     fn models(&self) -> Vec<String> {
         SwarmHandle::models(self).into_keys().collect()
+    }
+
+    fn cold(&self, model: &str) -> Vec<(PeerId, ColdModel)> {
+        SwarmHandle::cold(self, model)
     }
 }
 

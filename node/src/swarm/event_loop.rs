@@ -214,7 +214,7 @@ impl EventLoop {
                     // Every handle is gone: nobody can use the swarm any more.
                     None => break,
                 },
-                _ = heartbeat.tick(), if self.config.publish_heartbeats => {
+                _ = heartbeat.tick(), if self.publishes() => {
                     if let Err(err) = self.publish_heartbeat() {
                         debug!(%err, "heartbeat not published");
                     }
@@ -283,6 +283,12 @@ impl EventLoop {
 
     /// Signs and publishes the current status, and records it in our own table so that this
     /// node is part of its own view (the router and `/v1/models` count local models too).
+    /// Whether heartbeats go out: a peer that publishes none (an operator, a tool) still
+    /// does while it advertises cold models, so that nodes know whom to wake them through.
+    fn publishes(&self) -> bool {
+        self.config.publish_heartbeats || !self.channels.status.borrow().cold.is_empty()
+    }
+
     fn publish_heartbeat(&mut self) -> Result<(), SwarmError> {
         self.seq += 1;
         let heartbeat = Heartbeat {
@@ -421,7 +427,7 @@ impl EventLoop {
                 // crowd joining at once must not turn into a heartbeat storm.
                 let quiet = self.config.heartbeat_interval / 4;
                 let recent = self.last_published.is_some_and(|t| t.elapsed() < quiet);
-                if topic == self.topic.hash() && self.config.publish_heartbeats && !recent {
+                if topic == self.topic.hash() && self.publishes() && !recent {
                     let _ = self.publish_heartbeat();
                 }
             }

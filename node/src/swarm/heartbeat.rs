@@ -65,6 +65,18 @@ pub struct InferenceNodeRef {
     pub name: String,
 }
 
+/// A model nobody serves right now that its operator starts on request: an InferenceNode
+/// scaled to zero (or waking). The operator that owns the resource advertises it in its own
+/// heartbeats; a node that gets a request for it asks that operator to wake it (see
+/// [`crate::swarm::wake`]) and holds the request meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColdModel {
+    /// The model id clients ask for.
+    pub id: String,
+    /// The resource the advertiser would scale up.
+    pub inference_node: InferenceNodeRef,
+}
+
 /// What a node reports about itself: everything in a heartbeat except what the swarm stamps.
 ///
 /// The serving code owns this and updates it (see `SwarmHandle::update_status`); the swarm
@@ -106,6 +118,9 @@ pub struct NodeStatus {
     /// Whether the node can serve right now (model loaded, engine alive).
     #[serde(default)]
     pub healthy: bool,
+    /// Models this peer (an operator) can wake; empty for nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cold: Vec<ColdModel>,
 }
 
 impl NodeStatus {
@@ -319,6 +334,12 @@ pub fn check_bounds(heartbeat: &Heartbeat) -> Result<(), RejectReason> {
             .inference_node
             .as_ref()
             .is_none_or(|r| label(&r.namespace) && label(&r.name))
+        && status.cold.len() <= MAX_MODELS
+        && status.cold.iter().all(|c| {
+            valid_model_id(&c.id)
+                && label(&c.inference_node.namespace)
+                && label(&c.inference_node.name)
+        })
         && figure(status.tokens_per_second)
         && figure(status.ttft_p50_ms);
     if fine {
@@ -391,6 +412,7 @@ pub(crate) mod tests {
                 }),
                 pod: Some("qwen-0".into()),
                 healthy: true,
+                cold: Vec::new(),
             },
         }
     }
@@ -495,6 +517,15 @@ pub(crate) mod tests {
                 ..ModelInfo::default()
             }
         }
+        fn cold(id: &str, name: &str) -> ColdModel {
+            ColdModel {
+                id: id.into(),
+                inference_node: InferenceNodeRef {
+                    namespace: "ai".into(),
+                    name: name.into(),
+                },
+            }
+        }
         type Change = Box<dyn Fn(&mut Heartbeat)>;
         let cases: Vec<(&str, Change)> = vec![
             (
@@ -528,6 +559,20 @@ pub(crate) mod tests {
             (
                 "a long cluster label",
                 Box::new(|h| h.status.cluster = "c".repeat(129)),
+            ),
+            (
+                "17 cold models",
+                Box::new(|h| {
+                    h.status.cold = (0..17).map(|i| cold(&format!("m{i}"), "ai")).collect()
+                }),
+            ),
+            (
+                "a cold model with a bad id",
+                Box::new(|h| h.status.cold = vec![cold("evil\nline", "ai")]),
+            ),
+            (
+                "a cold model of a resource with a long name",
+                Box::new(|h| h.status.cold = vec![cold("m", &"n".repeat(129))]),
             ),
             (
                 "negative tokens/s",

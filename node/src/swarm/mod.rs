@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod peer_table;
 pub mod providers;
 pub mod streams;
+pub mod wake;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -61,7 +62,7 @@ use tokio::task::AbortHandle;
 pub use behaviour::{HEARTBEAT_TOPIC, TransportKind, load_psk};
 pub use bootstrap::Backoff;
 pub use heartbeat::{
-    Heartbeat, InferenceNodeRef, ModelInfo, NodeStatus, RejectReason, SignedHeartbeat,
+    ColdModel, Heartbeat, InferenceNodeRef, ModelInfo, NodeStatus, RejectReason, SignedHeartbeat,
 };
 pub use metrics::{SwarmMetrics, SwarmMetricsSnapshot};
 pub use peer_table::{ExpiryPolicy, ModelSummary, PeerTable, PeerTableSnapshot, SharedPeerTable};
@@ -89,7 +90,8 @@ pub struct SwarmConfig {
     /// Retry schedule of unanswered bootstrap addresses.
     pub bootstrap_backoff: Backoff,
     pub heartbeat_interval: Duration,
-    /// Whether this peer publishes heartbeats (nodes do; tools and the operator only listen).
+    /// Whether this peer publishes heartbeats (nodes do; tools and the operator only listen,
+    /// except while their status advertises cold models: then they publish too).
     pub publish_heartbeats: bool,
     /// Whether this peer answers DHT queries (Kademlia server mode). Nodes do; light peers
     /// stay clients so nobody routes through a short-lived process.
@@ -367,6 +369,16 @@ impl SwarmHandle {
     /// Every model in the swarm (`GET /v1/models` on any node).
     pub fn models(&self) -> BTreeMap<String, ModelSummary> {
         read(&self.shared.table).models()
+    }
+
+    /// Live operators that can wake `model` ([`PeerTable::cold`]).
+    pub fn cold(&self, model: &str) -> Vec<(PeerId, ColdModel)> {
+        read(&self.shared.table).cold(model)
+    }
+
+    /// Every model some live operator can wake.
+    pub fn cold_models(&self) -> Vec<String> {
+        read(&self.shared.table).cold_models()
     }
 
     /// A live peer's latest heartbeat.

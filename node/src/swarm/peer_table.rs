@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use serde::Serialize;
 
-use super::heartbeat::{Heartbeat, ModelInfo};
+use super::heartbeat::{ColdModel, Heartbeat, ModelInfo};
 
 /// A source of monotonic time.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -293,6 +293,34 @@ impl PeerTable {
             summary.peers.sort();
         }
         models
+    }
+
+    /// Live peers that can wake `model` (operators advertising it as cold), by peer id.
+    pub fn cold(&self, model: &str) -> Vec<(PeerId, ColdModel)> {
+        let mut cold: Vec<(PeerId, ColdModel)> = self
+            .live()
+            .flat_map(|e| {
+                e.heartbeat
+                    .status
+                    .cold
+                    .iter()
+                    .filter(|c| c.id == model)
+                    .map(|c| (e.heartbeat.peer_id, c.clone()))
+            })
+            .collect();
+        cold.sort_by_key(|(peer, _)| *peer);
+        cold
+    }
+
+    /// Ids of every model a live peer advertises as cold.
+    pub fn cold_models(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .live()
+            .flat_map(|e| e.heartbeat.status.cold.iter().map(|c| c.id.clone()))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// A serializable copy of the live table (what `GET /v1/swarm` returns), sorted by peer id.

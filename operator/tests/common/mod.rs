@@ -5,7 +5,6 @@
 #![allow(dead_code)] // Each test file uses its own part.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use llamanet_cluster::Cluster;
@@ -76,16 +75,13 @@ impl Operator {
                 Some(swarm) => Some(swarm_peer::start(swarm, table.clone()).await.unwrap()),
                 None => None,
             };
-            let view = swarm.map(|handle| {
-                Arc::new(handle) as Arc<dyn llamanet_node::swarm::discovery::Discovery>
-            });
             let client = llamanet_cluster::control_plane::client_from_kubeconfig(&kubeconfig)
                 .await
                 .unwrap();
             let shutdown = async move {
                 let _ = shutdown_rx.await;
             };
-            llamanet_operator::run(client, config, table, view, shutdown)
+            llamanet_operator::run(client, config, table, swarm, shutdown)
                 .await
                 .unwrap();
             let _ = done_tx.send(());

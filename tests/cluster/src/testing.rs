@@ -293,3 +293,38 @@ impl Cluster {
         String::from_utf8(out.stdout).expect("kubectl prints UTF-8")
     }
 }
+
+/// `llamanet router` as a process on loopback, joining the swarm through `bootstrap` with
+/// `extra` arguments (a swarm key, hold limits); killed on drop.
+pub struct RouterProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+}
+
+impl RouterProcess {
+    pub fn start(bootstrap: &str, extra: &[&str]) -> Self {
+        let port = crate::control_plane::free_port().unwrap().to_string();
+        let bin = crate::cluster::default_workspace_bin_dir().join("llamanet");
+        let child = std::process::Command::new(bin)
+            .args(["router", "--host", "127.0.0.1", "--port", &port])
+            .args(["--swarm-listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--bootstrap", bootstrap])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("llamanet router starts");
+        RouterProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

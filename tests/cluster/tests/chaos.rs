@@ -21,7 +21,6 @@
 //! steps of at most 63 tokens), which leaves cell order as the only source of difference.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,7 +29,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use llamanet_cluster::testing::eventually;
+use llamanet_cluster::testing::{RouterProcess, eventually};
 use llamanet_cluster::{Cluster, ClusterConfig};
 use tokio::sync::Mutex;
 
@@ -203,43 +202,6 @@ async fn metric(base: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// `llamanet router` outside the cluster, joining through `bootstrap` with the swarm's key;
-/// killed on drop.
-struct Router {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Router {
-    fn start(bootstrap: &str, swarm_key: &Path) -> Self {
-        let port = llamanet_cluster::control_plane::free_port()
-            .unwrap()
-            .to_string();
-        let bin = llamanet_cluster::cluster::default_workspace_bin_dir().join("llamanet");
-        let child = std::process::Command::new(bin)
-            .args(["router", "--host", "127.0.0.1", "--port", &port])
-            .args(["--swarm-listen", "/ip4/127.0.0.1/tcp/0"])
-            .args(["--bootstrap", bootstrap])
-            .arg("--swarm-key")
-            .arg(swarm_key)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("llamanet router starts");
-        Router {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_or_restarted_under_load_costs_clients_nothing() {
     let cluster = Cluster::start(ClusterConfig::default()).await.unwrap();
@@ -263,7 +225,10 @@ async fn a_replica_killed_or_restarted_under_load_costs_clients_nothing() {
         cluster.swarm_key(llamanet_cluster::testing::RELEASE_NS, "llamanet-swarm-key"),
     )
     .unwrap();
-    let router = Router::start(&format!("/ip4/{entry_ip}/tcp/4001"), &key);
+    let router = RouterProcess::start(
+        &format!("/ip4/{entry_ip}/tcp/4001"),
+        &["--swarm-key", key.to_str().unwrap()],
+    );
     let client = reqwest::Client::new();
     eventually(
         Duration::from_secs(60),

@@ -163,7 +163,7 @@ def main() -> None:
             start = time.time()
             token, comment = first_token(base)
             entry_logs = pod_logs("*_gemma-cpu-0_*", "llamanet.log")
-            operator_logs = pod_logs("llamanet-system_*operator*")
+            operator_logs = pod_logs("llamanet-system_llamanet-*")
             cold_logs = pod_logs(f"*_{NAME}-0_*")
             marks = {
                 "wake": first_after(entry_logs, start, "asked to wake a cold model"),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use kube::{Api, Client};
-use llamanet_cluster::testing::{RouterProcess, default_model, eventually};
+use llamanet_cluster::testing::{RouterProcess, default_model, eventually, get_json};
 use llamanet_cluster::{Cluster, ClusterConfig};
 use llamanet_node::swarm::wake::{self, WAKE_PROTOCOL, WakeAnswer, WakeOutcome, WakeRequest};
 use llamanet_node::swarm::{self, InferenceNodeRef, PeerId, SwarmConfig, SwarmHandle};
@@ -62,6 +62,19 @@ async fn raw_wake(peer: &SwarmHandle, operator: PeerId, bytes: &[u8]) -> WakeAns
     serde_json::from_slice(line).unwrap_or_else(|err| {
         panic!("{err}: {}", String::from_utf8_lossy(&answer));
     })
+}
+
+/// Waits until the node at `base` lists [`MODEL`] in `/v1/models`.
+async fn lists_the_model(http: &reqwest::Client, base: &str) {
+    eventually(Duration::from_secs(30), "the model listed", || async {
+        let models = get_json(http, &format!("{base}/v1/models")).await?;
+        models["data"]
+            .as_array()?
+            .iter()
+            .any(|m| m["id"] == MODEL)
+            .then_some(())
+    })
+    .await;
 }
 
 fn chat(stream: bool) -> serde_json::Value {
@@ -237,26 +250,7 @@ async fn a_request_at_any_node_wakes_a_model_scaled_to_zero() {
     // The entry node: a router that knows the model only as cold.
     let router = RouterProcess::start(&operator_addr, &["--wake-hold-queue", "2"]);
     let http = reqwest::Client::new();
-    eventually(
-        Duration::from_secs(30),
-        "the router lists the cold model",
-        || async {
-            let models: serde_json::Value = http
-                .get(format!("{}/v1/models", router.base))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            models["data"]
-                .as_array()?
-                .iter()
-                .any(|m| m["id"] == MODEL)
-                .then_some(())
-        },
-    )
-    .await;
+    lists_the_model(&http, &router.base).await;
 
     let woken = Instant::now();
     let stream = tokio::spawn({
@@ -341,26 +335,7 @@ async fn a_request_at_any_node_wakes_a_model_scaled_to_zero() {
     })
     .await;
     let impatient = RouterProcess::start(&operator_addr, &["--wake-hold-timeout", "1"]);
-    eventually(
-        Duration::from_secs(30),
-        "the second router lists the cold model",
-        || async {
-            let models: serde_json::Value = http
-                .get(format!("{}/v1/models", impatient.base))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            models["data"]
-                .as_array()?
-                .iter()
-                .any(|m| m["id"] == MODEL)
-                .then_some(())
-        },
-    )
-    .await;
+    lists_the_model(&http, &impatient.base).await;
     // A replica takes longer than a second to start (the model alone takes that to copy and load): both give up.
     let held_stream = tokio::spawn({
         let base = impatient.base.clone();

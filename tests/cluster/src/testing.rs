@@ -294,6 +294,11 @@ impl Cluster {
     }
 }
 
+/// `GET url` as JSON; `None` on any failure (for polling with [`eventually`]).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    client.get(url).send().await.ok()?.json().await.ok()
+}
+
 /// `llamanet router` as a process on loopback, joining the swarm through `bootstrap` with
 /// `extra` arguments (a swarm key, hold limits); killed on drop.
 pub struct RouterProcess {

@@ -29,7 +29,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use llamanet_cluster::testing::{RouterProcess, eventually};
+use llamanet_cluster::testing::{RouterProcess, eventually, get_json};
 use llamanet_cluster::{Cluster, ClusterConfig};
 use tokio::sync::Mutex;
 
@@ -234,14 +234,7 @@ async fn a_replica_killed_or_restarted_under_load_costs_clients_nothing() {
         Duration::from_secs(60),
         "the router reaches both replicas",
         || async {
-            let swarm: serde_json::Value = client
-                .get(format!("{}/v1/swarm", router.base))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let swarm = get_json(&client, &format!("{}/v1/swarm", router.base)).await?;
             let serving = swarm["peers"]
                 .as_array()?
                 .iter()

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""The operator's autoscaler under a load step: from 1 to --clients concurrent clients on a
+one-replica InferenceNode with `maxReplicas: 2`.
+
+Needs the main job running (scripts/up.sh). Applies `gemma-step` (the default model under
+the id `gemma-3-270m-step`, 4 slots, `autoscaling: {minReplicas: 1, maxReplicas: 2,
+targetSlotsBusy: 0.5, scaleDownAfter: 60s}`), waits until it is Ready, then:
+
+  --before s with one client streaming chat completions (the baseline);
+  a step to --clients clients at replica 0 (the entry node, which forwards to the second
+  replica once it serves), until the second replica has served for --after s.
+
+Printed: the time from the step to the autoscaler's `spec.replicas: 2`, to the second
+replica Ready (`status.readyReplicas` 2), and the time to first token (p50, p90) of the
+requests started before the step, after it while one replica served, and after the second
+was Ready. On one machine both replicas share its cores: the second replica adds slots,
+not compute, so what it shows is how fast the autoscaler reacts, not a faster answer.
+
+Only the Python standard library. Loopback only; every wait bounded; the resource is
+deleted at the end, also on an error.
+
+  scripts/up.sh
+  python3 bench/autoscale_step.py --clients 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+KUBECONFIG = os.environ.get("KUBECONFIG", "/var/tmp/llamanet/cluster/control-plane/kubeconfig")
+NAME = "gemma-step"
+MODEL = "gemma-3-270m-step"
+
+
+def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> str:
+    out = subprocess.run(["kubectl", "--kubeconfig", KUBECONFIG, *args], input=stdin,
+                         capture_output=True, text=True, timeout=120)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr}")
+    return out.stdout
+
+
+def get_json(*args: str) -> dict | None:
+    out = kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(out) if out else None
+
+
+def wait(what: str, limit: float, check):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    sys.exit(f"timed out after {limit:.0f} s waiting for {what}")
+
+
+def resource() -> str:
+    cpu = get_json("inferencenode", "gemma-cpu")
+    if not cpu:
+        sys.exit("gemma-cpu is not there: run scripts/up.sh first")
+    model = cpu["spec"]["model"]
+    return json.dumps({
+        "apiVersion": "llamanet.io/v1alpha1",
+        "kind": "InferenceNode",
+        "metadata": {"name": NAME},
+        "spec": {
+            "replicas": 1,
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "targetSlotsBusy": 0.5,
+                            "scaleDownAfter": "60s"},
+            "model": {"name": MODEL, "path": model["path"], "sha256": model["sha256"]},
+            "resources": cpu["spec"].get("resources", {}),
+            "engine": {"contextSize": 2048, "parallel": 4},
+        },
+    })
+
+
+def ttft(base: str) -> float | None:
+    """Seconds to the first content chunk of one streamed completion; None if it failed."""
+    body = json.dumps({"model": MODEL, "stream": True, "max_tokens": 64,
+                       "messages": [{"role": "user", "content": "Tell me about lighthouses."}]})
+    request = urllib.request.Request(f"{base}/v1/chat/completions", data=body.encode(),
+                                     headers={"content-type": "application/json"})
+    start = time.time()
+    first = None
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            for raw in response:
+                line = raw.decode(errors="replace")
+                if '"error"' in line:
+                    return None
+                if first is None and line.startswith("data:") and '"content"' in line:
+                    first = time.time() - start
+    except OSError:
+        return None
+    return first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--before", type=float, default=20)
+    parser.add_argument("--after", type=float, default=30)
+    args = parser.parse_args()
+
+    kubectl("apply", "-f", "-", stdin=resource())
+    results: list[tuple[float, float | None]] = []  # (start, ttft)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(base: str, starts_at: float):
+        while time.time() < starts_at and not stop.is_set():
+            time.sleep(0.05)
+        while not stop.is_set():
+            start = time.time()
+            result = ttft(base)
+            with lock:
+                results.append((start, result))
+
+    try:
+        wait("gemma-step Ready", 300, lambda: (get_json("inferencenode", NAME) or {})
+             .get("status", {}).get("readyReplicas") == 1)
+        base = f"http://{get_json('pod', f'{NAME}-0')['status']['podIP']}:8080"
+        t0 = time.time()
+        step = t0 + args.before
+        threads = [threading.Thread(target=client, args=(base, t0 if i == 0 else step),
+                                    daemon=True) for i in range(args.clients)]
+        for t in threads:
+            t.start()
+        scaled = wait("spec.replicas 2", args.before + 120,
+                      lambda: get_json("inferencenode", NAME)["spec"]["replicas"] == 2
+                      and time.time())
+        ready = wait("the second replica Ready", 300,
+                     lambda: get_json("inferencenode", NAME)["status"].get("readyReplicas") == 2
+                     and time.time())
+        time.sleep(args.after)
+        stop.set()
+        for t in threads:
+            t.join(timeout=130)
+    finally:
+        stop.set()
+        kubectl("delete", "inferencenode", NAME, "--wait=false", check=False)
+
+    def figures(lo: float, hi: float) -> str:
+        done = [r for s, r in results if lo <= s < hi]
+        ok = sorted(r for r in done if r is not None)
+        if not ok:
+            return f"{len(done)} requests, none answered"
+        p90 = ok[min(len(ok) - 1, int(len(ok) * 0.9))]
+        return (f"{len(done)} requests, {len(done) - len(ok)} failed, TTFT p50 "
+                f"{statistics.median(ok) * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms")
+
+    print(f"step to {args.clients} clients at t = {args.before:.0f} s")
+    print(f"  spec.replicas 2 after     {scaled - step:6.1f} s")
+    print(f"  second replica Ready after {ready - step:6.1f} s")
+    print(f"  before the step (1 client):          {figures(t0, step)}")
+    print(f"  after the step, one replica serving: {figures(step, ready)}")
+    print(f"  after the second replica was Ready:  {figures(ready, float('inf'))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -27,71 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 
-KUBECONFIG = os.environ.get("KUBECONFIG", "/var/tmp/llamanet/cluster/control-plane/kubeconfig")
+from mainjob import get_json, has_text, inference_node, kubectl, wait
+
 NAME = "gemma-step"
 MODEL = "gemma-3-270m-step"
-
-
-def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> str:
-    out = subprocess.run(["kubectl", "--kubeconfig", KUBECONFIG, *args], input=stdin,
-                         capture_output=True, text=True, timeout=120)
-    if check and out.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr}")
-    return out.stdout
-
-
-def get_json(*args: str) -> dict | None:
-    out = kubectl("get", *args, "-o", "json", check=False)
-    return json.loads(out) if out else None
-
-
-def wait(what: str, limit: float, check):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    sys.exit(f"timed out after {limit:.0f} s waiting for {what}")
-
-
-def resource() -> str:
-    cpu = get_json("inferencenode", "gemma-cpu")
-    if not cpu:
-        sys.exit("gemma-cpu is not there: run scripts/up.sh first")
-    model = cpu["spec"]["model"]
-    return json.dumps({
-        "apiVersion": "llamanet.io/v1alpha1",
-        "kind": "InferenceNode",
-        "metadata": {"name": NAME},
-        "spec": {
-            "replicas": 1,
-            "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "targetSlotsBusy": 0.5,
-                            "scaleDownAfter": "60s"},
-            "model": {"name": MODEL, "path": model["path"], "sha256": model["sha256"]},
-            # Small requests, so both replicas fit next to the main job's on the local node
-            # (they share its cores anyway).
-            "resources": {"cpu": "200m", "memory": "1Gi"},
-            "engine": {"contextSize": 2048, "parallel": 4},
-        },
-    })
-
-
-def has_text(line: str) -> bool:
-    """Whether an SSE data line carries generated text (the first chunk only names the role)."""
-    try:
-        chunk = json.loads(line.removeprefix("data:").strip())
-        return bool(chunk["choices"][0]["delta"].get("content"))
-    except (ValueError, KeyError, IndexError, TypeError):
-        return False
 
 
 def ttft(base: str) -> float | None:
@@ -125,7 +69,15 @@ def main() -> None:
     # A previous run's replicas must be gone, or their status passes for this run's.
     wait("a previous run's pods gone", 120, lambda: not get_json("pod", f"{NAME}-0")
          and not get_json("inferencenode", NAME))
-    kubectl("apply", "-f", "-", stdin=resource())
+    kubectl("apply", "-f", "-", stdin=inference_node(NAME, MODEL, {
+        "replicas": 1,
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "targetSlotsBusy": 0.5,
+                        "scaleDownAfter": "60s"},
+        # Small requests, so both replicas fit next to the main job's on the local node
+        # (they share its cores anyway).
+        "resources": {"cpu": "200m", "memory": "1Gi"},
+        "engine": {"contextSize": 2048, "parallel": 4},
+    }))
     results: list[tuple[float, float | None]] = []  # (start, ttft)
     lock = threading.Lock()
     stop = threading.Event()

@@ -33,60 +33,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 from datetime import datetime
 from pathlib import Path
 
-KUBECONFIG = os.environ.get("KUBECONFIG", "/var/tmp/llamanet/cluster/control-plane/kubeconfig")
+from mainjob import get_json, has_text, inference_node, kubectl, wait
+
 RUN_DIR = Path(os.environ.get("LLAMANET_RUN_DIR", "/var/tmp/llamanet"))
 NAME = "gemma-cold"
 MODEL = "gemma-3-270m-cold"
-
-
-def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> str:
-    out = subprocess.run(["kubectl", "--kubeconfig", KUBECONFIG, *args], input=stdin,
-                         capture_output=True, text=True, timeout=120)
-    if check and out.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr}")
-    return out.stdout
-
-
-def get_json(*args: str) -> dict | None:
-    out = kubectl("get", *args, "-o", "json", check=False)
-    return json.loads(out) if out else None
-
-
-def wait(what: str, limit: float, check):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    sys.exit(f"timed out after {limit:.0f} s waiting for {what}")
-
-
-def resource(idle: int) -> str:
-    cpu = get_json("inferencenode", "gemma-cpu")
-    if not cpu:
-        sys.exit("gemma-cpu is not there: run scripts/up.sh first")
-    model = cpu["spec"]["model"]
-    return json.dumps({
-        "apiVersion": "llamanet.io/v1alpha1",
-        "kind": "InferenceNode",
-        "metadata": {"name": NAME},
-        "spec": {
-            "replicas": 0,
-            "autoscaling": {"minReplicas": 0, "maxReplicas": 1, "targetSlotsBusy": 0.5,
-                            "scaleDownAfter": f"{idle}s"},
-            "model": {"name": MODEL, "path": model["path"], "sha256": model["sha256"]},
-            "resources": cpu["spec"].get("resources", {}),
-            "engine": {"contextSize": 1024, "parallel": 2},
-        },
-    })
 
 
 def log_time(line: str) -> float | None:
@@ -129,7 +86,7 @@ def first_token(base: str) -> tuple[float, float | None]:
             line = raw.decode(errors="replace")
             if line.startswith(":") and comment is None:
                 comment = time.time()
-            if line.startswith("data:") and '"content"' in line:
+            if line.startswith("data:") and has_text(line):
                 token = time.time()
                 response.read()
                 return token, comment
@@ -148,7 +105,13 @@ def main() -> None:
     if not entry_pod:
         sys.exit("gemma-cpu-0 is not there: run scripts/up.sh first")
     base = f"http://{entry_pod['status']['podIP']}:8080"
-    kubectl("apply", "-f", "-", stdin=resource(args.idle))
+    kubectl("apply", "-f", "-", stdin=inference_node(NAME, MODEL, {
+        "replicas": 0,
+        "autoscaling": {"minReplicas": 0, "maxReplicas": 1, "targetSlotsBusy": 0.5,
+                        "scaleDownAfter": f"{args.idle}s"},
+        "resources": get_json("inferencenode", "gemma-cpu")["spec"].get("resources", {}),
+        "engine": {"contextSize": 1024, "parallel": 2},
+    }))
     rows = []
     try:
         for round_ in range(1, args.rounds + 1):

@@ -94,7 +94,7 @@ impl ForwardRequest {
         body: Bytes,
         model: impl Into<String>,
     ) -> Self {
-        let stream = serde_json::from_slice::<StreamField>(&body).is_ok_and(|f| f.stream);
+        let stream = asks_for_stream(&body);
         ForwardRequest {
             method,
             path: path.into(),
@@ -104,6 +104,11 @@ impl ForwardRequest {
             stream,
         }
     }
+}
+
+/// Whether a request body asks for a streamed answer (`"stream": true`).
+pub(crate) fn asks_for_stream(body: &[u8]) -> bool {
+    serde_json::from_slice::<StreamField>(body).is_ok_and(|f| f.stream)
 }
 
 #[derive(serde::Deserialize)]

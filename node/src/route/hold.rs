@@ -118,6 +118,13 @@ impl Holds {
         due
     }
 
+    /// Lets the next caller send a wake at once (the last one did not get through).
+    fn forget_wake(&self, model: &str) {
+        if let Some(hold) = self.lock().get_mut(model) {
+            hold.last_wake = None;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ModelHold>> {
         self.models.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -214,15 +221,6 @@ impl Router {
                 () = tick => {}
                 () = tokio::time::sleep_until(deadline.into()) => return Err(timed_out()),
             }
-        }
-    }
-}
-
-impl Holds {
-    /// Lets the next caller send a wake at once (the last one did not get through).
-    fn forget_wake(&self, model: &str) {
-        if let Some(hold) = self.lock().get_mut(model) {
-            hold.last_wake = None;
         }
     }
 }

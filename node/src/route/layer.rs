@@ -12,7 +12,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::Router;
 use super::error::RouteError;
-use super::failover::{ForwardRequest, Here, NODE_HEADER};
+use super::failover::{ForwardRequest, Here, NODE_HEADER, asks_for_stream};
 use super::pick::{Candidate, Route, RouteRequest, affinity_of};
 use super::transport::ForwardedBy;
 
@@ -151,14 +151,7 @@ async fn hold(layer: RouteLayer, request: Pending, arrived: Instant) -> Response
         }
         .into_response();
     };
-    let streamed = ForwardRequest::new(
-        Method::POST,
-        "",
-        Default::default(),
-        request.bytes.clone(),
-        "",
-    )
-    .stream;
+    let streamed = asks_for_stream(&request.bytes);
     let woken = async move {
         let _place = place;
         let local = layer.local.clone();

@@ -92,6 +92,19 @@ pub struct ServeArgs {
     #[arg(long, env = "LLAMANET_CHAT_TEMPLATE")]
     pub chat_template: Option<PathBuf>,
 
+    /// Chunks of the model file sent to peers at once (with --sha256 in a private swarm,
+    /// the node shares the verified file with replicas that fetch it); 0 shares nothing.
+    #[arg(long, env = "LLAMANET_WEIGHTS_UPLOADS", default_value_t = 4)]
+    pub weights_uploads: usize,
+
+    /// All uploads of the model file together, in MiB/s; 0 is unpaced.
+    #[arg(
+        long,
+        env = "LLAMANET_WEIGHTS_UPLOAD_RATE",
+        default_value_t = crate::weights::seed::DEFAULT_UPLOAD_MIB_PER_SECOND
+    )]
+    pub weights_upload_rate: u64,
+
     #[command(flatten)]
     pub http: HttpArgs,
 
@@ -204,9 +217,10 @@ pub struct SidecarArgs {
 /// `llamanet fetch`.
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// http(s):// URL, file:// URL or local path of the GGUF model.
+    /// http(s):// URL, file:// URL or local path of the GGUF model. Optional with
+    /// --bootstrap: then only peers are asked.
     #[arg(long, env = "LLAMANET_SOURCE")]
-    pub source: String,
+    pub source: Option<String>,
 
     /// Where the verified model ends up.
     #[arg(long, env = "LLAMANET_DEST")]
@@ -215,6 +229,19 @@ pub struct FetchArgs {
     /// Expected SHA-256 of the model (64 hex digits).
     #[arg(long, env = "LLAMANET_SHA256")]
     pub sha256: String,
+
+    /// Swarm peer to join through (repeatable): the file is fetched from the peers that
+    /// share it, and the source serves only what they cannot. None: the source only.
+    #[arg(long = "bootstrap", env = "LLAMANET_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<String>,
+
+    /// Pre-shared key file of the private swarm (peers share weights only inside one).
+    #[arg(long, env = "LLAMANET_SWARM_KEY")]
+    pub swarm_key: Option<PathBuf>,
+
+    /// Seconds to look for peers that share the file before using the source alone.
+    #[arg(long, env = "LLAMANET_FIND_PEERS_FOR", default_value_t = 15)]
+    pub find_peers_for: u64,
 }
 
 /// `llamanet generate`.

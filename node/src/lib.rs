@@ -23,3 +23,4 @@ pub mod route;
 pub mod sidecar;
 pub mod swarm;
 pub mod tools;
+pub mod weights;

@@ -66,6 +66,9 @@ enum Command {
 /// tell ChecksumMismatch from other failures by the init container's exit code alone.
 const EXIT_CHECKSUM_MISMATCH: u8 = 3;
 
+/// `llamanet fetch` exits with this when neither a peer nor the source has the model.
+const EXIT_MODEL_UNAVAILABLE: u8 = 4;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The live monitor owns the terminal: log lines would garble it.
@@ -79,15 +82,16 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Fetch(args) => match fetch(args) {
-            Err(err)
-                if err
-                    .downcast_ref::<model::ModelError>()
-                    .is_some_and(|e| e.reason() == "ChecksumMismatch") =>
-            {
+            Err(err) => {
                 eprintln!("error: {err:#}");
-                return ExitCode::from(EXIT_CHECKSUM_MISMATCH);
+                let reason = err.downcast_ref::<model::ModelError>().map(|e| e.reason());
+                return match reason {
+                    Some("ChecksumMismatch") => ExitCode::from(EXIT_CHECKSUM_MISMATCH),
+                    Some("ModelUnavailable") => ExitCode::from(EXIT_MODEL_UNAVAILABLE),
+                    _ => ExitCode::FAILURE,
+                };
             }
-            other => other,
+            ok => ok,
         },
         Command::Monitor(options) => {
             tools_runtime().and_then(|rt| rt.block_on(llamanet_node::tools::monitor(options)))
@@ -129,12 +133,62 @@ fn tools_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn fetch(args: FetchArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    use llamanet_node::swarm::{self, SwarmConfig, bootstrap};
+    use llamanet_node::weights::{self, FetchOptions};
+
+    if args.source.is_none() && args.bootstrap.is_empty() {
+        anyhow::bail!("nothing to fetch from: give --source, --bootstrap or both");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
-    let outcome = runtime.block_on(model::fetch(&args.source, &args.dest, &args.sha256))?;
-    tracing::info!(dest = %args.dest.display(), ?outcome, "model ready");
-    Ok(())
+    runtime.block_on(async {
+        let swarm = if args.bootstrap.is_empty() {
+            None
+        } else {
+            let addrs = args
+                .bootstrap
+                .iter()
+                .map(|a| {
+                    bootstrap::parse_addr(a).map_err(|e| anyhow::anyhow!("--bootstrap {a:?}: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut config = SwarmConfig::light(addrs);
+            if let Some(path) = &args.swarm_key {
+                config.psk =
+                    Some(swarm::load_psk(path).map_err(|e| anyhow::anyhow!("--swarm-key: {e}"))?);
+            }
+            Some(swarm::start(swarm::Keypair::generate_ed25519(), config).await?)
+        };
+        let options = FetchOptions {
+            find_peers_for: std::time::Duration::from_secs(args.find_peers_for),
+            ..FetchOptions::default()
+        };
+        let report = weights::fetch(
+            swarm.as_ref(),
+            args.source.as_deref(),
+            &args.dest,
+            &args.sha256,
+            &options,
+        )
+        .await;
+        if let Some(swarm) = &swarm {
+            swarm.shutdown().await;
+        }
+        let report = report?;
+        tracing::info!(
+            dest = %args.dest.display(),
+            reused = report.reused,
+            from_peers = report.from_peers,
+            from_origin = report.from_origin,
+            resumed = report.resumed,
+            peers_used = report.peers_used,
+            dropped = ?report.dropped,
+            "model ready"
+        );
+        Ok(())
+    })
 }
 
 #[cfg(feature = "engine")]
@@ -163,6 +217,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..EngineSettings::default()
         },
         chat_template: args.chat_template,
+        share: llamanet_node::weights::SeedPolicy {
+            max_uploads: args.weights_uploads,
+            bytes_per_second: (args.weights_upload_rate > 0)
+                .then(|| args.weights_upload_rate.saturating_mul(1 << 20)),
+        },
     });
     run_server(args.http, args.swarm, backend, model_id)
 }

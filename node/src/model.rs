@@ -74,6 +74,9 @@ pub enum ModelError {
         status: reqwest::StatusCode,
     },
 
+    #[error("model with sha256 {sha256} is unavailable: {detail}")]
+    Unavailable { sha256: String, detail: String },
+
     #[error("{action} {}: {cause}", path.display())]
     Io {
         action: &'static str,
@@ -112,6 +115,7 @@ impl ModelError {
             }
             ModelError::UnsupportedSource { .. } => "UnsupportedSource",
             ModelError::Download { .. } | ModelError::HttpStatus { .. } => "DownloadFailed",
+            ModelError::Unavailable { .. } => "ModelUnavailable",
             ModelError::Io { .. } => "IoError",
         }
     }
@@ -345,7 +349,7 @@ pub async fn fetch(source: &str, dest: &Path, sha256: &str) -> Result<FetchOutco
     })
 }
 
-async fn verify_blocking(path: PathBuf, expected: String) -> Result<(), ModelError> {
+pub(crate) async fn verify_blocking(path: PathBuf, expected: String) -> Result<(), ModelError> {
     let joined = tokio::task::spawn_blocking({
         let path = path.clone();
         move || verify_sha256(&path, &expected)

@@ -417,6 +417,9 @@ pub struct EngineOptions {
     pub settings: EngineSettings,
     /// A Jinja file that replaces the model's own chat template.
     pub chat_template: Option<PathBuf>,
+    /// How the verified model file is shared with peers (only with `sha256`, only in a
+    /// private swarm).
+    pub share: crate::weights::SeedPolicy,
 }
 
 /// Everything `llamanet serve`, `router` and `sidecar` need.
@@ -449,11 +452,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", options.address))?;
     let address = listener.local_addr()?;
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
+    let mut seeder = None;
     let (state, models, slots_total) = match &options.backend {
         Backend::Engine(engine) => {
             let state = AppState::new(options.api.clone());
             tracing::info!(%address, model = %engine.model.display(), "listening; loading the model");
-            start_loading(&state, engine.clone(), failed_tx)?;
+            seeder = shares_weights(engine, options.membership.as_ref())
+                .then(|| crate::weights::Seeder::new(engine.share));
+            start_loading(&state, engine.clone(), seeder.clone(), failed_tx)?;
             let model = crate::swarm::ModelInfo {
                 id: options.api.model_id.clone(),
                 context_size: engine.settings.context_size.get()
@@ -497,6 +503,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 options.api.api_key.is_some(),
                 &membership.trusted_peers().map_err(anyhow::Error::msg)?,
             ));
+            if let Some(seeder) = &seeder {
+                seeder.attach(&handle)?;
+            }
             let _ = state.swarm.set(handle);
         }
     }
@@ -585,10 +594,23 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     result
 }
 
+/// Whether a node shares its model file with peers: only a file it verifies (`--sha256`),
+/// only inside a private swarm (peers outside the pre-shared key could be anyone), and not
+/// when told to share nothing.
+fn shares_weights(engine: &EngineOptions, membership: Option<&MembershipArgs>) -> bool {
+    let private = membership.is_some_and(|m| !m.no_swarm && m.swarm_key.is_some());
+    let share = engine.sha256.is_some() && engine.share.max_uploads > 0;
+    if share && !private {
+        tracing::info!("the model file is not shared: the swarm is not private (no --swarm-key)");
+    }
+    share && private
+}
+
 /// Loads the model in the background and installs it; a failure goes to `failed`.
 fn start_loading(
     state: &AppState,
     options: EngineOptions,
+    seeder: Option<crate::weights::Seeder>,
     failed: tokio::sync::mpsc::Sender<anyhow::Error>,
 ) -> anyhow::Result<()> {
     let chat_template = match &options.chat_template {
@@ -599,7 +621,7 @@ fn start_loading(
     };
     let state = state.clone();
     tokio::spawn(async move {
-        let result = load(&options)
+        let result = load(&options, seeder)
             .await
             .and_then(|engine| state.install(engine, chat_template));
         match result {
@@ -624,10 +646,43 @@ fn quantization_of(model: &std::path::Path) -> String {
         .to_string()
 }
 
-async fn load(options: &EngineOptions) -> anyhow::Result<Engine> {
+async fn load(
+    options: &EngineOptions,
+    seeder: Option<crate::weights::Seeder>,
+) -> anyhow::Result<Engine> {
     if let Some(sha256) = options.sha256.clone() {
         let path = options.model.clone();
-        tokio::task::spawn_blocking(move || crate::model::verify_sha256(&path, &sha256)).await??;
+        match seeder {
+            // One read both checks the file and makes the manifest peers fetch it by.
+            Some(seeder) => {
+                let expected = crate::model::normalize_sha256(&sha256)?;
+                let manifest = tokio::task::spawn_blocking(move || {
+                    crate::weights::Manifest::of_file(&path)
+                        .map_err(|cause| crate::model::ModelError::Io {
+                            action: "cannot read model file",
+                            path: path.clone(),
+                            cause,
+                        })
+                        .and_then(|manifest| {
+                            if manifest.sha256 == expected {
+                                Ok(manifest)
+                            } else {
+                                Err(crate::model::ModelError::ChecksumMismatch {
+                                    path,
+                                    expected,
+                                    actual: manifest.sha256,
+                                })
+                            }
+                        })
+                })
+                .await??;
+                seeder.add(&options.model, manifest);
+            }
+            None => {
+                tokio::task::spawn_blocking(move || crate::model::verify_sha256(&path, &sha256))
+                    .await??;
+            }
+        }
     }
     Ok(Engine::start(&options.model, options.settings.clone()).await?)
 }

@@ -74,8 +74,10 @@ pub(crate) struct EventLoop {
     bootstrap: Vec<BootstrapTarget>,
     /// Bootstrap dials in flight, by connection, to the target index.
     bootstrap_dials: HashMap<ConnectionId, usize>,
-    /// Provider keys this node announces, by model.
+    /// Provider keys this node announces, by unsharded prefix.
     provided: HashMap<String, kad::RecordKey>,
+    /// SHA-256s of the model files this node shares (`crate::weights`).
+    weights: HashSet<String>,
     lookups: HashMap<u64, ProviderLookup>,
     lookup_queries: HashMap<QueryId, ShardQuery>,
     next_lookup: u64,
@@ -121,6 +123,7 @@ impl EventLoop {
             bootstrap,
             bootstrap_dials: HashMap::new(),
             provided: HashMap::new(),
+            weights: HashSet::new(),
             lookups: HashMap::new(),
             lookup_queries: HashMap::new(),
             next_lookup: 0,
@@ -272,7 +275,11 @@ impl EventLoop {
                 });
                 let _ = reply.send(result);
             }
-            Command::FindProviders(model, reply) => self.find_providers(&model, reply),
+            Command::FindProviders(prefix, reply) => self.find_providers(&prefix, reply),
+            Command::ProvideWeights(sha256) => {
+                self.weights.insert(sha256);
+                self.announce_models();
+            }
             Command::Locate(peer, reply) => self.locate(peer, reply),
             Command::ConnectedPeers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -609,10 +616,10 @@ impl EventLoop {
         self.locates.insert(query, (peer, vec![reply]));
     }
 
-    fn find_providers(&mut self, model: &str, reply: oneshot::Sender<Vec<PeerId>>) {
+    fn find_providers(&mut self, prefix: &str, reply: oneshot::Sender<Vec<PeerId>>) {
         let lookup_id = self.next_lookup;
         self.next_lookup += 1;
-        let keys = providers::lookup_keys(model, self.config.provider_shards);
+        let keys = providers::lookup_keys(prefix, self.config.provider_shards);
         self.lookups.insert(
             lookup_id,
             ProviderLookup {
@@ -633,42 +640,48 @@ impl EventLoop {
         }
     }
 
-    /// Brings the provider records in line with the models in the current status.
+    /// Brings the provider records in line with the models in the current status and the
+    /// model files this node shares.
     fn announce_models(&mut self) {
         if !self.config.dht_server {
             return;
         }
         let me = *self.swarm.local_peer_id();
-        let models: HashSet<String> = self
+        let wanted: HashSet<String> = self
             .channels
             .status
             .borrow()
             .models
             .iter()
-            .map(|m| m.id.clone())
+            .map(|m| providers::model_key_prefix(&m.id))
+            .chain(
+                self.weights
+                    .iter()
+                    .map(|s| providers::weights_key_prefix(s)),
+            )
             .collect();
         let gone: Vec<String> = self
             .provided
             .keys()
-            .filter(|m| !models.contains(*m))
+            .filter(|p| !wanted.contains(*p))
             .cloned()
             .collect();
-        for model in gone {
-            if let Some(key) = self.provided.remove(&model) {
+        for prefix in gone {
+            if let Some(key) = self.provided.remove(&prefix) {
                 self.swarm.behaviour_mut().kad.stop_providing(&key);
             }
         }
-        for model in models {
-            if self.provided.contains_key(&model) {
+        for prefix in wanted {
+            if self.provided.contains_key(&prefix) {
                 continue;
             }
-            let key = providers::provider_key(&model, &me, self.config.provider_shards);
+            let key = providers::provider_key(&prefix, &me, self.config.provider_shards);
             match self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
                 Ok(_) => {
-                    debug!(%model, "announced as provider");
-                    self.provided.insert(model, key);
+                    debug!(%prefix, "announced as provider");
+                    self.provided.insert(prefix, key);
                 }
-                Err(err) => warn!(%model, %err, "cannot announce model in the DHT"),
+                Err(err) => warn!(%prefix, %err, "cannot announce in the DHT"),
             }
         }
     }

@@ -238,7 +238,11 @@ pub(crate) enum Command {
     PublishEnvelope(Vec<u8>, oneshot::Sender<Result<(), SwarmError>>),
     Bootstrap(Vec<Multiaddr>),
     Dial(Multiaddr, oneshot::Sender<Result<(), SwarmError>>),
+    /// Providers of an unsharded key prefix (see [`providers`]).
     FindProviders(String, oneshot::Sender<Vec<PeerId>>),
+    /// Announce in the DHT, from now until the swarm stops, that this peer shares the
+    /// verified model file with this SHA-256.
+    ProvideWeights(String),
     /// Finds where a peer listens through the DHT; answers whether it is connected or has
     /// addresses to dial now.
     Locate(PeerId, oneshot::Sender<bool>),
@@ -442,13 +446,33 @@ impl SwarmHandle {
     /// Peers that announced `model` in the DHT, over all its provider shards. Dead providers
     /// may still be listed until their records expire; check the peer table for liveness.
     pub async fn find_providers(&self, model: &str) -> Result<Vec<PeerId>, SwarmError> {
-        let model = model.to_string();
+        self.find_providers_of(providers::model_key_prefix(model))
+            .await
+    }
+
+    /// Peers that announced sharing the model file with this SHA-256 (lower-case hex).
+    pub async fn find_weights(&self, sha256: &str) -> Result<Vec<PeerId>, SwarmError> {
+        self.find_providers_of(providers::weights_key_prefix(sha256))
+            .await
+    }
+
+    /// Announces in the DHT that this peer shares the verified model file with this
+    /// SHA-256, until the swarm stops. A DHT client (a light peer) announces nothing.
+    pub async fn provide_weights(&self, sha256: &str) -> Result<(), SwarmError> {
+        self.shared
+            .commands
+            .send(Command::ProvideWeights(sha256.to_owned()))
+            .await
+            .map_err(|_| SwarmError::Stopped)
+    }
+
+    async fn find_providers_of(&self, prefix: String) -> Result<Vec<PeerId>, SwarmError> {
         // Each shard query is bounded by the query timeout and they run in parallel; the
         // margin covers queueing in the swarm task.
         let limit = self.shared.query_timeout + Duration::from_secs(2);
         tokio::time::timeout(
             limit,
-            self.request(|reply| Command::FindProviders(model, reply)),
+            self.request(|reply| Command::FindProviders(prefix, reply)),
         )
         .await
         .map_err(|_| SwarmError::Timeout(limit))?

@@ -1,7 +1,9 @@
-//! Kademlia provider keys for models, sharded so that every provider of a model is found.
+//! Kademlia provider keys, sharded so that every provider of a thing is found.
 //!
-//! A node that serves model `m` announces itself as a provider of `/llamanet/model/m/<s>`
-//! where `s = hash(own peer id) % shards`; a lookup queries all `shards` keys and merges.
+//! Two kinds of things are provided: models a node serves (`/llamanet/model/<id>`) and
+//! verified model files a node shares by their SHA-256 (`/llamanet/weights/<sha256>`, see
+//! `crate::weights`). A node that provides prefix `p` announces itself under `p/<s>` where
+//! `s = hash(own peer id) % shards`; a lookup queries all `shards` keys and merges.
 //!
 //! Why shards: libp2p's Kademlia `MemoryStore` keeps at most `max_providers_per_key`
 //! providers per key (20 by default) and silently drops the rest, so with one key per model
@@ -26,6 +28,11 @@ pub fn model_key_prefix(model: &str) -> String {
     format!("/llamanet/model/{model}")
 }
 
+/// The unsharded key of a shared model file, named by its SHA-256 (lower-case hex).
+pub fn weights_key_prefix(sha256: &str) -> String {
+    format!("/llamanet/weights/{sha256}")
+}
+
 /// Which shard a provider announces itself in.
 pub fn shard_of(peer: &PeerId, shards: u16) -> u16 {
     // FNV-1a over the peer id bytes: stable across processes and versions, unlike std's
@@ -36,19 +43,19 @@ pub fn shard_of(peer: &PeerId, shards: u16) -> u16 {
     (hasher.finish() % u64::from(shards.max(1))) as u16
 }
 
-/// The key `peer` announces for `model`.
-pub fn provider_key(model: &str, peer: &PeerId, shards: u16) -> RecordKey {
-    shard_key(model, shard_of(peer, shards))
+/// The key `peer` announces for `prefix`.
+pub fn provider_key(prefix: &str, peer: &PeerId, shards: u16) -> RecordKey {
+    shard_key(prefix, shard_of(peer, shards))
 }
 
-/// The key of one shard of a model.
-pub fn shard_key(model: &str, shard: u16) -> RecordKey {
-    RecordKey::new(&format!("{}/{shard}", model_key_prefix(model)))
+/// The key of one shard of `prefix`.
+pub fn shard_key(prefix: &str, shard: u16) -> RecordKey {
+    RecordKey::new(&format!("{prefix}/{shard}"))
 }
 
-/// All keys a lookup of `model` must query.
-pub fn lookup_keys(model: &str, shards: u16) -> Vec<RecordKey> {
-    (0..shards.max(1)).map(|s| shard_key(model, s)).collect()
+/// All keys a lookup of `prefix` must query.
+pub fn lookup_keys(prefix: &str, shards: u16) -> Vec<RecordKey> {
+    (0..shards.max(1)).map(|s| shard_key(prefix, s)).collect()
 }
 
 #[derive(Debug)]
@@ -79,13 +86,18 @@ mod tests {
 
     #[test]
     fn keys_are_named_after_the_model_and_shard() {
+        let qwen = model_key_prefix("qwen");
         assert_eq!(
-            shard_key("qwen", 3).as_ref(),
+            shard_key(&qwen, 3).as_ref(),
             b"/llamanet/model/qwen/3".as_slice()
         );
-        assert_eq!(lookup_keys("qwen", 16).len(), 16);
+        assert_eq!(lookup_keys(&qwen, 16).len(), 16);
         let peer = PeerId::random();
-        assert!(lookup_keys("qwen", 16).contains(&provider_key("qwen", &peer, 16)));
+        assert!(lookup_keys(&qwen, 16).contains(&provider_key(&qwen, &peer, 16)));
+        assert_eq!(
+            shard_key(&weights_key_prefix("ab12"), 0).as_ref(),
+            b"/llamanet/weights/ab12/0".as_slice()
+        );
     }
 
     #[test]

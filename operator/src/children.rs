@@ -317,22 +317,32 @@ fn pod_template(
         ..Container::default()
     };
 
+    let shares = shares_weights(node, name, config, &model);
     let init_containers = model.fetch.as_ref().map(|fetch| {
         let mut mounts = vec![mount("tmp", SCRATCH_DIR, false)];
         mounts.extend(model.mounts.iter().cloned());
+        let mut args = vec![
+            "fetch".into(),
+            "--source".into(),
+            fetch.source.clone(),
+            "--dest".into(),
+            model.serve_path.clone(),
+            "--sha256".into(),
+            fetch.sha256.clone(),
+        ];
+        if let (true, Some(psk)) = (shares, swarm_key_ref(node, name, config)) {
+            // Peers first: the replicas that already have the file, in any cluster.
+            for peer in bootstrap_peers(node, config) {
+                args.extend(["--bootstrap".into(), peer.clone()]);
+            }
+            args.extend(["--swarm-key".into(), format!("{SWARM_KEY_DIR}/{}", psk.key)]);
+            mounts.push(mount("swarm-key", SWARM_KEY_DIR, true));
+        }
         vec![Container {
             name: FETCH_CONTAINER.into(),
             image: Some(image.clone()),
             command: Some(vec![NODE_COMMAND.into()]),
-            args: Some(vec![
-                "fetch".into(),
-                "--source".into(),
-                fetch.source.clone(),
-                "--dest".into(),
-                model.serve_path.clone(),
-                "--sha256".into(),
-                fetch.sha256.clone(),
-            ]),
+            args: Some(args),
             env: Some(vec![
                 plain_env("LLAMANET_LOG_FORMAT", "json"),
                 plain_env("TMPDIR", SCRATCH_DIR),
@@ -463,13 +473,24 @@ fn node_args(
             args.push(if on { "on" } else { "off" }.into());
         }
     }
-    for peer in config
-        .bootstrap_peers
-        .iter()
-        .chain(&spec.swarm.bootstrap_peers)
-    {
+    for peer in bootstrap_peers(node, config) {
         args.push("--bootstrap".into());
         args.push(peer.clone());
+    }
+    if engine.external.is_none()
+        && let Some(fetch) = &model.fetch
+    {
+        // The server checks the file once more as it loads it, and only then shares it.
+        args.extend(["--sha256".into(), fetch.sha256.clone()]);
+        let sharing = spec.model.sharing.as_ref();
+        let uploads = match shares_weights(node, name, config, model) {
+            false => 0,
+            true => sharing.and_then(|s| s.max_uploads).unwrap_or(4),
+        };
+        args.extend(["--weights-uploads".into(), uploads.to_string()]);
+        if let Some(rate) = sharing.and_then(|s| s.upload_mib_per_second) {
+            args.extend(["--weights-upload-rate".into(), rate.to_string()]);
+        }
     }
     if let Some(cluster) = &spec.swarm.cluster {
         args.extend(["--cluster".into(), cluster.clone()]);
@@ -482,6 +503,33 @@ fn node_args(
     }
     args.extend(engine.extra_args.iter().cloned());
     args
+}
+
+/// Peers a replica joins the swarm through: the operator's, then the resource's own.
+fn bootstrap_peers<'a>(
+    node: &'a InferenceNode,
+    config: &'a OperatorConfig,
+) -> impl Iterator<Item = &'a String> {
+    config
+        .bootstrap_peers
+        .iter()
+        .chain(&node.spec.swarm.bootstrap_peers)
+}
+
+/// Whether replicas fetch the model from each other and share it: for a downloaded model
+/// (a local copy is faster than any peer) served by the built-in engine (which verifies
+/// and shares it), in a private swarm, unless `model.sharing.enabled` is false.
+fn shares_weights(
+    node: &InferenceNode,
+    name: &str,
+    config: &OperatorConfig,
+    model: &ModelPlan,
+) -> bool {
+    crate::crd::WeightSharing::is_enabled(node.spec.model.sharing.as_ref())
+        && node.spec.model.url.is_some()
+        && model.fetch.is_some()
+        && node.spec.engine.external.is_none()
+        && swarm_key_ref(node, name, config).is_some()
 }
 
 /// The engine container of `engine.kind: external`: the user's container with the model
@@ -1295,6 +1343,71 @@ mod tests {
             swarm.swarm_key.as_deref(),
             Some(std::path::Path::new("/var/run/llamanet/swarm-key/psk"))
         );
+    }
+
+    #[test]
+    fn replicas_fetch_the_model_from_each_other_in_a_private_swarm() {
+        let private = OperatorConfig {
+            swarm_key: Some("/key/swarm/psk/1.0.0/\n/base16/\nabcd\n".into()),
+            bootstrap_peers: vec!["/dns4/llamanet-operator.llamanet.svc/tcp/4001".into()],
+            ..OperatorConfig::default()
+        };
+        let init_args = |children: &Children| {
+            pod_spec(children).init_containers.as_ref().unwrap()[0]
+                .args
+                .clone()
+                .unwrap()
+        };
+        let children = desired(&InferenceNode::test(), &private).unwrap();
+        let fetch = init_args(&children);
+        assert_eq!(
+            flag(&fetch, "--bootstrap"),
+            Some("/dns4/llamanet-operator.llamanet.svc/tcp/4001")
+        );
+        assert_eq!(
+            flag(&fetch, "--swarm-key"),
+            Some("/var/run/llamanet/swarm-key/psk")
+        );
+        let init = &pod_spec(&children).init_containers.as_ref().unwrap()[0];
+        assert!(
+            init.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == "swarm-key" && m.read_only == Some(true))
+        );
+        // The server verifies the file as it loads it and then shares it.
+        let serve = args(&children);
+        assert_eq!(flag(&serve, "--sha256"), Some("ab".repeat(32).as_str()));
+        assert_eq!(flag(&serve, "--weights-uploads"), Some("4"));
+        assert_eq!(flag(&serve, "--weights-upload-rate"), None);
+
+        // Limits from the spec.
+        let mut limited = InferenceNode::test();
+        limited.spec.model.sharing = Some(crate::crd::WeightSharing {
+            enabled: None,
+            max_uploads: Some(2),
+            upload_mib_per_second: Some(20),
+        });
+        let serve = args(&desired(&limited, &private).unwrap());
+        assert_eq!(flag(&serve, "--weights-uploads"), Some("2"));
+        assert_eq!(flag(&serve, "--weights-upload-rate"), Some("20"));
+
+        // Turned off, or in a public swarm: the URL only, and nothing shared.
+        let mut off = InferenceNode::test();
+        off.spec.model.sharing = Some(crate::crd::WeightSharing {
+            enabled: Some(false),
+            ..Default::default()
+        });
+        for (node, config) in [
+            (&off, &private),
+            (&InferenceNode::test(), &OperatorConfig::default()),
+        ] {
+            let children = desired(node, config).unwrap();
+            let fetch = init_args(&children);
+            assert_eq!(flag(&fetch, "--bootstrap"), None);
+            assert_eq!(flag(&fetch, "--swarm-key"), None);
+            assert_eq!(flag(&args(&children), "--weights-uploads"), Some("0"));
+        }
     }
 
     #[test]

@@ -246,6 +246,41 @@ pub struct ModelSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub cache_pvc: Option<String>,
+
+    /// How replicas share the verified model file with each other through the swarm. On by
+    /// default for a `url` model with `sha256` in a private swarm: a new replica fetches
+    /// the file from the replicas (of any cluster of the swarm) that already have it, and
+    /// the URL serves only what no peer can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<WeightSharing>,
+}
+
+/// Sharing model files between replicas (`spec.model.sharing`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightSharing {
+    /// Fetch from peers and share with them; `false`: every replica downloads from the URL
+    /// and shares nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+
+    /// Chunks (4 MiB) a replica uploads at once; more requests are told to come back.
+    /// Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_uploads: Option<i32>,
+
+    /// All uploads of a replica together, in MiB/s. Default 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "uploadMiBPerSecond")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub upload_mib_per_second: Option<i32>,
+}
+
+impl WeightSharing {
+    pub fn is_enabled(sharing: Option<&WeightSharing>) -> bool {
+        sharing.and_then(|s| s.enabled).unwrap_or(true)
+    }
 }
 
 /// Compute resources of one replica.

@@ -56,6 +56,20 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 /// messages are optional), so the node and the operator agree on this number.
 pub const FETCH_EXIT_CHECKSUM_MISMATCH: i32 = 3;
 
+/// Exit status of `llamanet fetch` when no peer of the swarm and no source has the model.
+pub const FETCH_EXIT_MODEL_UNAVAILABLE: i32 = 4;
+
+/// Why a fetch init container failed, as far as the operator can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchFailure {
+    /// The file it got has another SHA-256 than the spec's.
+    ChecksumMismatch,
+    /// Neither a peer nor the source has the model.
+    Unavailable,
+    /// Anything else (a network error, a full disk...): the message says.
+    Other,
+}
+
 /// Where one replica's pod is on its way to serving.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PodStage {
@@ -67,7 +81,7 @@ pub enum PodStage {
     Fetching,
     /// The fetch init container failed.
     FetchFailed {
-        checksum_mismatch: bool,
+        failure: FetchFailure,
         message: String,
     },
     /// The server runs and loads the model (not ready yet).
@@ -207,18 +221,22 @@ fn fetch_failure(fetch: &ContainerStatus) -> Option<PodStage> {
         .as_deref()
         .and_then(|m| m.lines().map(str::trim).rfind(|l| !l.is_empty()))
         .unwrap_or_default();
-    let checksum_mismatch = terminated.exit_code == FETCH_EXIT_CHECKSUM_MISMATCH
+    let failure = if terminated.exit_code == FETCH_EXIT_CHECKSUM_MISMATCH
         || message.contains("has sha256")
-        || message.contains("is corrupt: sha256");
+        || message.contains("is corrupt: sha256")
+    {
+        FetchFailure::ChecksumMismatch
+    } else if terminated.exit_code == FETCH_EXIT_MODEL_UNAVAILABLE {
+        FetchFailure::Unavailable
+    } else {
+        FetchFailure::Other
+    };
     let message = if message.is_empty() {
         format!("model fetch exited with status {}", terminated.exit_code)
     } else {
         message.to_owned()
     };
-    Some(PodStage::FetchFailed {
-        checksum_mismatch,
-        message,
-    })
+    Some(PodStage::FetchFailed { failure, message })
 }
 
 /// The newest heartbeat the operator received from one replica.
@@ -422,7 +440,7 @@ fn mark_model_loaded(set: &mut ConditionSet, replicas: &[Replica]) {
 
     let mismatch = first_message(&|s| match s {
         PodStage::FetchFailed {
-            checksum_mismatch: true,
+            failure: FetchFailure::ChecksumMismatch,
             message,
         } => Some(format!(
             "the model's SHA-256 is not spec.model.sha256 ({message})"
@@ -431,6 +449,16 @@ fn mark_model_loaded(set: &mut ConditionSet, replicas: &[Replica]) {
     });
     if !mismatch.is_empty() {
         return set.mark_false(loaded, "ChecksumMismatch", mismatch);
+    }
+    let unavailable = first_message(&|s| match s {
+        PodStage::FetchFailed {
+            failure: FetchFailure::Unavailable,
+            message,
+        } => Some(message.clone()),
+        _ => None,
+    });
+    if !unavailable.is_empty() {
+        return set.mark_false(loaded, "ModelUnavailable", unavailable);
     }
     let fetch_failed = first_message(&|s| match s {
         PodStage::FetchFailed { message, .. } => Some(message.clone()),
@@ -803,7 +831,7 @@ mod tests {
         let pods = [pod(
             "gemma-0",
             PodStage::FetchFailed {
-                checksum_mismatch: true,
+                failure: FetchFailure::ChecksumMismatch,
                 message: "model fetch exited with status 3".into(),
             },
         )];
@@ -828,7 +856,7 @@ mod tests {
         let fetch = [pod(
             "gemma-0",
             PodStage::FetchFailed {
-                checksum_mismatch: false,
+                failure: FetchFailure::Other,
                 message: "download failed: server answered 404".into(),
             },
         )];
@@ -838,6 +866,21 @@ mod tests {
             condition(&status, ConditionType::ModelLoaded).reason,
             "FetchFailed"
         );
+
+        let nobody = [pod(
+            "gemma-0",
+            PodStage::FetchFailed {
+                failure: FetchFailure::Unavailable,
+                message: "model with sha256 ab is unavailable: no peer of the swarm shares it"
+                    .into(),
+            },
+        )];
+        let loaded = condition(
+            &observe(1, &nobody, &[], t(0), None),
+            ConditionType::ModelLoaded,
+        );
+        assert_eq!(loaded.reason, "ModelUnavailable");
+        assert!(loaded.message.contains("no peer"), "{}", loaded.message);
 
         let crash = [
             serving("gemma-0"),
@@ -1007,10 +1050,23 @@ mod tests {
         assert_eq!(
             PodSummary::from_pod(&mismatch).stage,
             PodStage::FetchFailed {
-                checksum_mismatch: true,
+                failure: FetchFailure::ChecksumMismatch,
                 message: "model fetch exited with status 3".into()
             }
         );
+
+        // No peer and no source had it.
+        let unavailable = pod_from(json!({
+            "phase": "Pending",
+            "initContainerStatuses": [{"name": "fetch-model", "ready": false, "restartCount": 0,
+                "image": "i", "imageID": "",
+                "state": {"terminated": {"exitCode": 4, "message":
+                    "error: model with sha256 ab is unavailable: no peer of the swarm shares it and there is no source\n"}}}],
+        }));
+        assert!(matches!(
+            PodSummary::from_pod(&unavailable).stage,
+            PodStage::FetchFailed { failure: FetchFailure::Unavailable, ref message } if message.contains("no peer")
+        ));
 
         // Real clusters also carry the log tail (FallbackToLogsOnError).
         let by_message = pod_from(json!({
@@ -1020,14 +1076,11 @@ mod tests {
                 "state": {"terminated": {"exitCode": 1, "message":
                     "error: model source /model-source/m.gguf has sha256 00, expected ab\n"}}}],
         }));
-        let PodStage::FetchFailed {
-            checksum_mismatch,
-            message,
-        } = PodSummary::from_pod(&by_message).stage
+        let PodStage::FetchFailed { failure, message } = PodSummary::from_pod(&by_message).stage
         else {
             panic!("not a fetch failure");
         };
-        assert!(checksum_mismatch);
+        assert_eq!(failure, FetchFailure::ChecksumMismatch);
         assert!(message.ends_with("expected ab"), "{message}");
 
         // A full disk: the log tail ends with the error, and only that line is kept.
@@ -1043,7 +1096,7 @@ mod tests {
         assert_eq!(
             PodSummary::from_pod(&full_disk).stage,
             PodStage::FetchFailed {
-                checksum_mismatch: false,
+                failure: FetchFailure::Other,
                 message: "error: cannot write /models/.m.gguf.part: No space left on device (os error 28)"
                     .into()
             }
@@ -1071,7 +1124,7 @@ mod tests {
         assert!(matches!(
             PodSummary::from_pod(&other).stage,
             PodStage::FetchFailed {
-                checksum_mismatch: false,
+                failure: FetchFailure::Other,
                 ..
             }
         ));

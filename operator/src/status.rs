@@ -875,10 +875,8 @@ mod tests {
                     .into(),
             },
         )];
-        let loaded = condition(
-            &observe(1, &nobody, &[], t(0), None),
-            ConditionType::ModelLoaded,
-        );
+        let status = observe(1, &nobody, &[], t(0), None);
+        let loaded = condition(&status, ConditionType::ModelLoaded);
         assert_eq!(loaded.reason, "ModelUnavailable");
         assert!(loaded.message.contains("no peer"), "{}", loaded.message);
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use kube::{Api, Client};
 use llamanet_cluster::testing::{default_model, eventually};
 use llamanet_cluster::{Cluster, ClusterConfig};
+use llamanet_operator::children::{FETCH_CONTAINER, SERVER_CONTAINER};
 use llamanet_operator::config::OperatorConfig;
 use llamanet_operator::crd::InferenceNode;
 use llamanet_operator::swarm_peer::SwarmPeerConfig;
@@ -182,7 +183,7 @@ spec:
     let first = fetch_summary(&container_log(
         &cluster,
         &format!("{NAME}-0"),
-        "fetch-model",
+        FETCH_CONTAINER,
     ));
     assert_eq!(first["fields"]["from_origin"], size, "{first}");
 
@@ -211,7 +212,7 @@ spec:
     let second = fetch_summary(&container_log(
         &cluster,
         &format!("{NAME}-1"),
-        "fetch-model",
+        FETCH_CONTAINER,
     ));
     assert_eq!(second["fields"]["from_peers"], size, "{second}");
     assert_eq!(second["fields"]["from_origin"], 0, "{second}");
@@ -219,7 +220,7 @@ spec:
     assert_eq!(origin.sent.load(Ordering::Relaxed), size, "still one copy");
 
     // The first replica says it shares the file; the second serves what it fetched.
-    let server = container_log(&cluster, &format!("{NAME}-0"), "server");
+    let server = container_log(&cluster, &format!("{NAME}-0"), SERVER_CONTAINER);
     assert!(
         server.contains("sharing the model file with the swarm"),
         "{server}"

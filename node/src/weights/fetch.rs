@@ -241,7 +241,10 @@ impl From<ModelError> for JobError {
 #[derive(Debug, Default)]
 struct Peer {
     in_flight: usize,
+    /// Failures since its last good chunk.
     failures: u32,
+    /// Busy answers since its last good chunk.
+    busy_streak: u32,
     dropped: Option<String>,
     busy_until: Option<Instant>,
     bytes: u64,
@@ -271,7 +274,17 @@ struct Job<'a> {
     report: FetchReport,
 }
 
-type ChunkResult = (usize, Option<PeerId>, Result<Vec<u8>, String>);
+type ChunkResult = (usize, Option<PeerId>, Result<Vec<u8>, ChunkError>);
+
+/// Why a chunk did not come.
+#[derive(Debug)]
+enum ChunkError {
+    /// The peer said it is busy, or dropped the stream before it read the request: ask it
+    /// again a moment later.
+    Busy,
+    /// Anything else: counts against the source.
+    Failed(String),
+}
 
 impl<'a> Job<'a> {
     fn new(
@@ -416,21 +429,25 @@ impl<'a> Job<'a> {
         file: &Arc<std::fs::File>,
         index: usize,
         peer: Option<PeerId>,
-        result: Result<Vec<u8>, String>,
+        result: Result<Vec<u8>, ChunkError>,
     ) -> Result<(), Option<String>> {
         if let Some(peer) = peer {
             self.peers.get_mut(&peer).expect("known peer").in_flight -= 1;
         }
         let bytes = match result {
             Ok(bytes) => bytes,
-            Err(reason) if reason == BUSY => {
+            Err(ChunkError::Busy) => {
                 if let Some(peer) = peer {
-                    self.peers.get_mut(&peer).expect("known peer").busy_until =
-                        Some(Instant::now() + Duration::from_millis(500));
+                    let state = self.peers.get_mut(&peer).expect("known peer");
+                    state.busy_until = Some(Instant::now() + Duration::from_millis(300));
+                    state.busy_streak += 1;
+                    if state.busy_streak >= BUSY_STREAK && state.dropped.is_none() {
+                        state.dropped = Some(format!("busy {BUSY_STREAK} times in a row"));
+                    }
                 }
                 return Err(None);
             }
-            Err(reason) => return Err(Some(reason)),
+            Err(ChunkError::Failed(reason)) => return Err(Some(reason)),
         };
         if !self.manifest.chunk_matches(index, &bytes) {
             let why = format!("sent chunk {index} with the wrong bytes");
@@ -457,7 +474,10 @@ impl<'a> Job<'a> {
         }
         match peer {
             Some(peer) => {
-                self.peers.get_mut(&peer).expect("known peer").bytes += len;
+                let state = self.peers.get_mut(&peer).expect("known peer");
+                state.bytes += len;
+                state.failures = 0;
+                state.busy_streak = 0;
                 self.report.from_peers += len;
             }
             None => self.report.from_origin += len,
@@ -474,7 +494,7 @@ impl<'a> Job<'a> {
         state.failures += 1;
         tracing::info!(%peer, %reason, failures = state.failures, "a chunk from a peer failed");
         if state.failures >= limit {
-            state.dropped = Some(format!("failed {limit} times, last: {reason}"));
+            state.dropped = Some(format!("failed {limit} times in a row, last: {reason}"));
         }
     }
 
@@ -600,7 +620,8 @@ impl<'a> Job<'a> {
     }
 }
 
-const BUSY: &str = "busy";
+/// Busy answers in a row (about a minute of asking) before a peer is given up on.
+const BUSY_STREAK: u32 = 200;
 
 async fn chunk_from_peer(
     swarm: SwarmHandle,
@@ -613,7 +634,7 @@ async fn chunk_from_peer(
         let mut stream = swarm
             .open_stream(peer, WEIGHTS_PROTOCOL, open_timeout)
             .await
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| ChunkError::Failed(err.to_string()))?;
         let request = Request {
             sha256: manifest.sha256.clone(),
             chunk: Some(index),
@@ -625,8 +646,9 @@ async fn chunk_from_peer(
                 WireError::Refused {
                     reason: Refusal::Busy,
                     ..
-                } => BUSY.to_owned(),
-                other => other.to_string(),
+                }
+                | WireError::Unanswered(_) => ChunkError::Busy,
+                other => ChunkError::Failed(other.to_string()),
             })
     }
     .await;
@@ -635,7 +657,7 @@ async fn chunk_from_peer(
 
 async fn chunk_from_origin(url: String, manifest: Arc<Manifest>, index: usize) -> ChunkResult {
     let (start, len) = manifest.range(index);
-    let result = async {
+    let result: Result<Vec<u8>, String> = async {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(60))
@@ -668,7 +690,7 @@ async fn chunk_from_origin(url: String, manifest: Arc<Manifest>, index: usize) -
         Ok(body)
     }
     .await;
-    (index, None, result)
+    (index, None, result.map_err(ChunkError::Failed))
 }
 
 fn io_error(action: &'static str, path: &Path, cause: std::io::Error) -> ModelError {

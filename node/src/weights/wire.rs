@@ -83,6 +83,10 @@ pub enum WireError {
     Protocol(String),
     #[error("refused ({reason:?}): {message}")]
     Refused { reason: Refusal, message: String },
+    /// The request could not even be sent: the peer dropped the stream as it arrived (a
+    /// peer too busy to accept one more stream does that).
+    #[error("the request was not taken: {0}")]
+    Unanswered(Box<WireError>),
 }
 
 /// Writes one JSON line.
@@ -141,7 +145,9 @@ pub async fn ask(
     expected: Option<u64>,
     limit: u64,
 ) -> Result<Vec<u8>, WireError> {
-    write_line(stream, request).await?;
+    write_line(stream, request)
+        .await
+        .map_err(|err| WireError::Unanswered(Box::new(err)))?;
     let len = match read_line::<Answer>(stream).await? {
         Answer::Sending { len } => len,
         Answer::Refused { reason, message } => return Err(WireError::Refused { reason, message }),

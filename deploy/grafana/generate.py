@@ -199,6 +199,10 @@ def node_inference():
         panel("Model load time", "timeseries", [
             target(f"llamanet_model_load_seconds{{{sel}}}", "{{pod}}"),
         ], unit="s"),
+        panel("Model file sent to peers", "timeseries", [
+            target(f"sum by (pod) (rate(llamanet_weights_sent_bytes_total{{{sel}}}[$__rate_interval]))",
+                   "{{pod}}"),
+        ], unit="Bps", description="Replicas that fetch the model from this node instead of its URL"),
         row("Resources"),
         panel("CPU", "timeseries", [
             target(f"llamanet_process_cpu_cores{{{sel}}}", "process {{pod}}"),

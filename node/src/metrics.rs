@@ -80,6 +80,8 @@ pub struct Metrics {
     kv_cache_cells_total: Gauge,
     pub model_load_seconds: Gauge<f64, AtomicU64>,
     pub model_loaded: Gauge,
+    /// Model file uploads to peers (`crate::weights`).
+    pub weights: crate::weights::seed::SeedStats,
     process_cpu_cores: Gauge<f64, AtomicU64>,
     process_resident_memory: Gauge,
     system_cpu_usage: Gauge<f64, AtomicU64>,
@@ -188,6 +190,23 @@ impl Metrics {
             Unit::Seconds,
             model_load_seconds.clone(),
         );
+        let weights = crate::weights::seed::SeedStats::default();
+        registry.register_with_unit(
+            "weights_sent",
+            "Bytes of this node's model file sent to peers that fetch it",
+            Unit::Bytes,
+            weights.bytes_sent.clone(),
+        );
+        registry.register(
+            "weights_chunks_sent",
+            "Chunks of this node's model file sent whole to peers",
+            weights.chunks_sent.clone(),
+        );
+        registry.register(
+            "weights_busy",
+            "Chunk requests of peers answered busy (all upload slots taken)",
+            weights.busy.clone(),
+        );
         let model_loaded = Gauge::default();
         registry.register(
             "model_loaded",
@@ -248,6 +267,7 @@ impl Metrics {
             kv_cache_cells_total,
             model_load_seconds,
             model_loaded,
+            weights,
             process_cpu_cores,
             process_resident_memory,
             system_cpu_usage,

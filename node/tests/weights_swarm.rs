@@ -176,8 +176,7 @@ async fn a_replica_fetches_from_several_peers_without_the_origin() {
             report.peers_used, 2,
             "chunks spread over both peers: {report:?}"
         );
-        let sent = first_seeder.stats().bytes_sent.load(Ordering::Relaxed)
-            + second_seeder.stats().bytes_sent.load(Ordering::Relaxed);
+        let sent = first_seeder.stats().bytes_sent.get() + second_seeder.stats().bytes_sent.get();
         // Chunks plus the one manifest.
         assert!(
             sent >= bytes.len() as u64 && sent < bytes.len() as u64 + 4096,
@@ -461,8 +460,8 @@ async fn uploads_are_paced_and_capped() {
         // 12 MiB at 8 MiB/s cannot take less than 1.5 s (a lower bound: the pace holds).
         assert!(took >= Duration::from_millis(1400), "{took:?}");
         // Eight chunks in flight met one upload slot: the rest were told to come back.
-        assert!(seeder.stats().busy.load(Ordering::Relaxed) > 0);
-        assert_eq!(seeder.stats().chunks_sent.load(Ordering::Relaxed), 4);
+        assert!(seeder.stats().busy.get() > 0);
+        assert_eq!(seeder.stats().chunks_sent.get(), 4);
     })
     .await;
 }

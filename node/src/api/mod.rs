@@ -457,8 +457,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         Backend::Engine(engine) => {
             let state = AppState::new(options.api.clone());
             tracing::info!(%address, model = %engine.model.display(), "listening; loading the model");
-            seeder = shares_weights(engine, options.membership.as_ref())
-                .then(|| crate::weights::Seeder::new(engine.share));
+            seeder = shares_weights(engine, options.membership.as_ref()).then(|| {
+                crate::weights::Seeder::with_stats(engine.share, state.metrics.weights.clone())
+            });
             start_loading(&state, engine.clone(), seeder.clone(), failed_tx)?;
             let model = crate::swarm::ModelInfo {
                 id: options.api.model_id.clone(),

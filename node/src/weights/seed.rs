@@ -13,11 +13,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::{AsyncWriteExt, StreamExt};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -53,12 +53,16 @@ impl Default for SeedPolicy {
 /// core's worth of encryption away from inference.
 pub const DEFAULT_UPLOAD_MIB_PER_SECOND: u64 = 64;
 
-/// Counters of a seeder (`/metrics` exports them).
-#[derive(Debug, Default)]
+/// Counters of a seeder; `/metrics` exports them (they are the registry's own counters,
+/// shared by cloning).
+#[derive(Debug, Clone, Default)]
 pub struct SeedStats {
-    pub bytes_sent: AtomicU64,
-    pub chunks_sent: AtomicU64,
-    pub busy: AtomicU64,
+    /// Bytes of model files sent to peers (manifests included).
+    pub bytes_sent: Counter,
+    /// Chunks sent whole.
+    pub chunks_sent: Counter,
+    /// Chunk requests answered "busy".
+    pub busy: Counter,
 }
 
 struct Shared {
@@ -92,6 +96,11 @@ impl std::fmt::Debug for Seeder {
 
 impl Seeder {
     pub fn new(policy: SeedPolicy) -> Seeder {
+        Seeder::with_stats(policy, SeedStats::default())
+    }
+
+    /// A seeder that counts into `stats` (the node's metrics).
+    pub fn with_stats(policy: SeedPolicy, stats: SeedStats) -> Seeder {
         Seeder {
             inner: Arc::new(Inner {
                 policy,
@@ -99,7 +108,7 @@ impl Seeder {
                 uploads: Arc::new(Semaphore::new(policy.max_uploads)),
                 pace: policy.bytes_per_second.filter(|&r| r > 0).map(Pace::new),
                 swarm: OnceLock::new(),
-                stats: SeedStats::default(),
+                stats,
             }),
         }
     }
@@ -197,7 +206,7 @@ impl Seeder {
             return wire::write_line(&mut stream, &refusal).await;
         }
         let Ok(_upload) = self.inner.uploads.clone().try_acquire_owned() else {
-            self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.busy.inc();
             let refusal = Answer::refused(
                 Refusal::Busy,
                 format!("{} uploads under way", self.inner.policy.max_uploads),
@@ -217,7 +226,7 @@ impl Seeder {
         };
         wire::write_line(&mut stream, &Answer::Sending { len }).await?;
         self.send(&mut stream, &bytes).await?;
-        self.inner.stats.chunks_sent.fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.chunks_sent.inc();
         Ok(())
     }
 
@@ -229,10 +238,7 @@ impl Seeder {
                     pace.take(piece.len()).await;
                 }
                 stream.write_all(piece).await?;
-                self.inner
-                    .stats
-                    .bytes_sent
-                    .fetch_add(piece.len() as u64, Ordering::Relaxed);
+                self.inner.stats.bytes_sent.inc_by(piece.len() as u64);
             }
             stream.close().await
         };

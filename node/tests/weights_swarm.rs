@@ -266,7 +266,8 @@ async fn chunks_a_truncated_peer_cannot_give_come_from_the_origin_by_range() {
             origin_sent.load(Ordering::Relaxed),
             bytes.len() as u64 - cut
         );
-        assert_eq!(report.dropped.len(), 1, "{report:?}");
+        // It lacks two chunks, but gave the others: not dropped.
+        assert!(report.dropped.is_empty(), "{report:?}");
     })
     .await;
 }
@@ -314,7 +315,11 @@ async fn without_an_origin_a_file_no_peer_can_give_is_unavailable_and_nothing_is
             .await
             .unwrap_err();
         assert_eq!(err.reason(), "ModelUnavailable", "{err}");
-        assert!(err.to_string().contains("no source"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("no peer sharing it could give chunk"),
+            "{err}"
+        );
         assert!(!dest.exists(), "no file at the destination");
     })
     .await;

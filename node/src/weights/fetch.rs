@@ -198,29 +198,36 @@ async fn first_manifest(
     sha256: &str,
     options: &FetchOptions,
 ) -> Option<(PeerId, Manifest)> {
+    let request = Request {
+        sha256: sha256.into(),
+        chunk: None,
+    };
     for &peer in providers {
-        let request = Request {
-            sha256: sha256.into(),
-            chunk: None,
-        };
-        let answer = async {
-            let mut stream = swarm
-                .open_stream(peer, WEIGHTS_PROTOCOL, options.open_timeout)
-                .await
-                .map_err(|err| err.to_string())?;
-            let body = wire::ask(&mut stream, &request, None, MAX_MANIFEST_BYTES)
-                .await
-                .map_err(|err| err.to_string())?;
-            let manifest: Manifest =
-                serde_json::from_slice(&body).map_err(|err| format!("not a manifest: {err}"))?;
-            manifest
-                .check(sha256)
-                .map_err(|err| format!("its manifest: {err}"))?;
-            Ok::<_, String>(manifest)
-        };
-        match answer.await {
-            Ok(manifest) => return Some((peer, manifest)),
-            Err(err) => tracing::info!(%peer, %err, "no manifest from this peer"),
+        // A request the peer did not take (a burst at its acceptor) is asked again.
+        for _ in 0..3 {
+            let answer = async {
+                let mut stream = swarm
+                    .open_stream(peer, WEIGHTS_PROTOCOL, options.open_timeout)
+                    .await
+                    .map_err(|err| (false, err.to_string()))?;
+                let body = wire::ask(&mut stream, &request, None, MAX_MANIFEST_BYTES)
+                    .await
+                    .map_err(|err| (matches!(err, WireError::Unanswered(_)), err.to_string()))?;
+                let manifest: Manifest = serde_json::from_slice(&body)
+                    .map_err(|err| (false, format!("not a manifest: {err}")))?;
+                manifest
+                    .check(sha256)
+                    .map_err(|err| (false, format!("its manifest: {err}")))?;
+                Ok::<_, (bool, String)>(manifest)
+            };
+            match answer.await {
+                Ok(manifest) => return Some((peer, manifest)),
+                Err((true, _)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err((false, err)) => {
+                    tracing::info!(%peer, %err, "no manifest from this peer");
+                    break;
+                }
+            }
         }
     }
     None
@@ -243,8 +250,11 @@ struct Peer {
     in_flight: usize,
     /// Failures since its last good chunk.
     failures: u32,
+    last_failure: Option<Instant>,
     /// Busy answers since its last good chunk.
     busy_streak: u32,
+    /// Chunks it said it cannot give (its copy is short or unreadable there).
+    lacks: HashSet<usize>,
     dropped: Option<String>,
     busy_until: Option<Instant>,
     bytes: u64,
@@ -274,7 +284,9 @@ struct Job<'a> {
     report: FetchReport,
 }
 
-type ChunkResult = (usize, Option<PeerId>, Result<Vec<u8>, ChunkError>);
+/// A finished chunk request: the chunk, its peer (none: the origin), when it was sent,
+/// and what came back.
+type ChunkResult = (usize, Option<PeerId>, Instant, Result<Vec<u8>, ChunkError>);
 
 /// Why a chunk did not come.
 #[derive(Debug)]
@@ -282,6 +294,8 @@ enum ChunkError {
     /// The peer said it is busy, or dropped the stream before it read the request: ask it
     /// again a moment later.
     Busy,
+    /// The peer cannot give this chunk (it said so): ask another one for it.
+    Lacking(String),
     /// Anything else: counts against the source.
     Failed(String),
 }
@@ -340,7 +354,7 @@ impl<'a> Job<'a> {
                 let Some(index) = pending.pop_front() else {
                     break;
                 };
-                match self.pick() {
+                match self.pick(index) {
                     Pick::Peer(peer) => {
                         self.peers.get_mut(&peer).expect("known peer").in_flight += 1;
                         running.push(
@@ -367,7 +381,9 @@ impl<'a> Job<'a> {
                             return Err(JobError::Model(ModelError::Unavailable {
                                 sha256: self.manifest.sha256.clone(),
                                 detail: format!(
-                                    "every peer sharing it failed ({}) and there is no source",
+                                    "no peer sharing it could give chunk {index} of {} ({}) \
+                                     and there is no source",
+                                    self.manifest.chunks.len(),
                                     self.dropped_summary()
                                 ),
                             }));
@@ -386,14 +402,14 @@ impl<'a> Job<'a> {
                     None
                 }
             };
-            let Some((index, peer, result)) = done else {
+            let Some((index, peer, sent, result)) = done else {
                 continue;
             };
             match self.settle(&file, index, peer, result).await {
                 Ok(()) => {}
                 Err(Some(reason)) => {
                     match peer {
-                        Some(peer) => self.fail(peer, &reason),
+                        Some(peer) => self.fail(peer, sent, &reason),
                         None => {
                             let failures = origin_failures.entry(index).or_default();
                             *failures += 1;
@@ -447,6 +463,17 @@ impl<'a> Job<'a> {
                 }
                 return Err(None);
             }
+            Err(ChunkError::Lacking(reason)) => {
+                if let Some(peer) = peer {
+                    tracing::info!(%peer, index, %reason, "a peer cannot give a chunk");
+                    self.peers
+                        .get_mut(&peer)
+                        .expect("known peer")
+                        .lacks
+                        .insert(index);
+                }
+                return Err(None);
+            }
             Err(ChunkError::Failed(reason)) => return Err(Some(reason)),
         };
         if !self.manifest.chunk_matches(index, &bytes) {
@@ -485,12 +512,16 @@ impl<'a> Job<'a> {
         Ok(())
     }
 
-    fn fail(&mut self, peer: PeerId, reason: &str) {
+    /// Counts a failure against `peer`, unless the request was sent before the peer's last
+    /// counted failure: requests in flight together fail together when their connection
+    /// breaks, and that is one failure, not one per request.
+    fn fail(&mut self, peer: PeerId, sent: Instant, reason: &str) {
         let limit = self.options.peer_failures;
         let state = self.peers.get_mut(&peer).expect("known peer");
-        if state.dropped.is_some() {
+        if state.dropped.is_some() || state.last_failure.is_some_and(|at| sent < at) {
             return;
         }
+        state.last_failure = Some(Instant::now());
         state.failures += 1;
         tracing::info!(%peer, %reason, failures = state.failures, "a chunk from a peer failed");
         if state.failures >= limit {
@@ -498,13 +529,15 @@ impl<'a> Job<'a> {
         }
     }
 
-    fn pick(&mut self) -> Pick {
+    /// A peer for chunk `index`: the next one, in turn, that is not dropped, busy, at its
+    /// limit, or known to lack that chunk.
+    fn pick(&mut self, index: usize) -> Pick {
         let now = Instant::now();
         let mut any_left = false;
         for step in 0..self.order.len() {
             let peer = self.order[(self.next_peer + step) % self.order.len()];
             let state = &self.peers[&peer];
-            if state.dropped.is_some() {
+            if state.dropped.is_some() || state.lacks.contains(&index) {
                 continue;
             }
             any_left = true;
@@ -611,10 +644,14 @@ impl<'a> Job<'a> {
         );
     }
 
+    /// What became of each peer, for an error message.
     fn dropped_summary(&self) -> String {
         self.peers
             .iter()
-            .filter_map(|(peer, state)| state.dropped.as_ref().map(|why| format!("{peer}: {why}")))
+            .map(|(peer, state)| match &state.dropped {
+                Some(why) => format!("{peer}: {why}"),
+                None => format!("{peer}: lacks {} chunks", state.lacks.len()),
+            })
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -630,6 +667,7 @@ async fn chunk_from_peer(
     index: usize,
     open_timeout: Duration,
 ) -> ChunkResult {
+    let sent = Instant::now();
     let result = async {
         let mut stream = swarm
             .open_stream(peer, WEIGHTS_PROTOCOL, open_timeout)
@@ -648,15 +686,20 @@ async fn chunk_from_peer(
                     ..
                 }
                 | WireError::Unanswered(_) => ChunkError::Busy,
+                err @ WireError::Refused {
+                    reason: Refusal::NotFound | Refusal::Unreadable,
+                    ..
+                } => ChunkError::Lacking(err.to_string()),
                 other => ChunkError::Failed(other.to_string()),
             })
     }
     .await;
-    (index, Some(peer), result)
+    (index, Some(peer), sent, result)
 }
 
 async fn chunk_from_origin(url: String, manifest: Arc<Manifest>, index: usize) -> ChunkResult {
     let (start, len) = manifest.range(index);
+    let sent = Instant::now();
     let result: Result<Vec<u8>, String> = async {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(30))
@@ -690,7 +733,7 @@ async fn chunk_from_origin(url: String, manifest: Arc<Manifest>, index: usize) -
         Ok(body)
     }
     .await;
-    (index, None, result.map_err(ChunkError::Failed))
+    (index, None, sent, result.map_err(ChunkError::Failed))
 }
 
 fn io_error(action: &'static str, path: &Path, cause: std::io::Error) -> ModelError {

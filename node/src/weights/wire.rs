@@ -83,8 +83,12 @@ pub enum WireError {
     Protocol(String),
     #[error("refused ({reason:?}): {message}")]
     Refused { reason: Refusal, message: String },
-    /// The request could not even be sent: the peer dropped the stream as it arrived (a
-    /// peer too busy to accept one more stream does that).
+    /// The stream ended before a line began.
+    #[error("the stream ended before an answer")]
+    Closed,
+    /// The request was not taken: the peer dropped the stream as it arrived, before it sent a
+    /// byte back. libp2p-stream drops an inbound stream when its acceptor has not taken the
+    /// previous one yet, so this is how a burst of requests looks to some of them.
     #[error("the request was not taken: {0}")]
     Unanswered(Box<WireError>),
 }
@@ -118,7 +122,10 @@ pub async fn read_line<T: for<'de> Deserialize<'de>>(
         let mut byte = [0u8; 1];
         loop {
             if stream.read(&mut byte).await? == 0 {
-                return Err(WireError::Protocol("the stream ended mid-line".into()));
+                return Err(match line.is_empty() {
+                    true => WireError::Closed,
+                    false => WireError::Protocol("the stream ended mid-line".into()),
+                });
             }
             if byte[0] == b'\n' {
                 return Ok(line);
@@ -148,7 +155,11 @@ pub async fn ask(
     write_line(stream, request)
         .await
         .map_err(|err| WireError::Unanswered(Box::new(err)))?;
-    let len = match read_line::<Answer>(stream).await? {
+    let answer = match read_line::<Answer>(stream).await {
+        Err(WireError::Closed) => return Err(WireError::Unanswered(Box::new(WireError::Closed))),
+        other => other?,
+    };
+    let len = match answer {
         Answer::Sending { len } => len,
         Answer::Refused { reason, message } => return Err(WireError::Refused { reason, message }),
     };

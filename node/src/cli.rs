@@ -242,6 +242,32 @@ pub struct FetchArgs {
     /// Seconds to look for peers that share the file before using the source alone.
     #[arg(long, env = "LLAMANET_FIND_PEERS_FOR", default_value_t = 15)]
     pub find_peers_for: u64,
+
+    /// The pod this fetch runs in (set by the operator). A replica other than the first
+    /// (a StatefulSet pod whose name does not end in `-0`) looks for peers for
+    /// --wait-for-peers instead: replicas that start together then take one copy from the
+    /// source (the first replica's) and the rest from it.
+    #[arg(long, env = "LLAMANET_POD")]
+    pub pod: Option<String>,
+
+    /// Seconds a replica other than the first waits for a peer to share the file.
+    #[arg(long, env = "LLAMANET_WAIT_FOR_PEERS", default_value_t = 0)]
+    pub wait_for_peers: u64,
+}
+
+impl FetchArgs {
+    /// How long to look for peers before using the source.
+    pub fn find_peers_for(&self) -> std::time::Duration {
+        let first = self.pod.as_deref().is_none_or(|pod| {
+            pod.rsplit_once('-')
+                .is_none_or(|(_, ordinal)| ordinal == "0")
+        });
+        let seconds = match first {
+            true => self.find_peers_for,
+            false => self.find_peers_for.max(self.wait_for_peers),
+        };
+        std::time::Duration::from_secs(seconds)
+    }
 }
 
 /// `llamanet generate`.
@@ -349,5 +375,31 @@ mod tests {
         let err = Invocation::parse(["serve", "--model", "/m.gguf", "--parallel", "0"])
             .expect_err("zero slots");
         assert!(err.to_string().contains("--parallel"), "{err}");
+    }
+
+    #[test]
+    fn replicas_after_the_first_wait_longer_for_peers() {
+        let wait = |pod: Option<&str>| {
+            let mut args = vec![
+                "fetch",
+                "--dest",
+                "/m",
+                "--sha256",
+                "ab",
+                "--wait-for-peers",
+                "600",
+            ];
+            if let Some(pod) = pod {
+                args.extend(["--pod", pod]);
+            }
+            let Invocation::Fetch(fetch) = Invocation::parse(args).unwrap() else {
+                panic!("not fetch")
+            };
+            fetch.find_peers_for().as_secs()
+        };
+        assert_eq!(wait(Some("gemma-0")), 15);
+        assert_eq!(wait(None), 15);
+        assert_eq!(wait(Some("gemma-3")), 600);
+        assert_eq!(wait(Some("my-gemma-12")), 600);
     }
 }

@@ -162,7 +162,7 @@ fn fetch(args: FetchArgs) -> anyhow::Result<()> {
             Some(swarm::start(swarm::Keypair::generate_ed25519(), config).await?)
         };
         let options = FetchOptions {
-            find_peers_for: std::time::Duration::from_secs(args.find_peers_for),
+            find_peers_for: args.find_peers_for(),
             ..FetchOptions::default()
         };
         let report = weights::fetch(

@@ -336,6 +336,14 @@ fn pod_template(
                 args.extend(["--bootstrap".into(), peer.clone()]);
             }
             args.extend(["--swarm-key".into(), format!("{SWARM_KEY_DIR}/{}", psk.key)]);
+            // Replicas that start together take one copy from the source, the first
+            // replica's, and the rest from it.
+            args.extend([
+                "--pod".into(),
+                "$(POD_NAME)".into(),
+                "--wait-for-peers".into(),
+                WAIT_FOR_PEERS_SECONDS.to_string(),
+            ]);
             mounts.push(mount("swarm-key", SWARM_KEY_DIR, true));
         }
         vec![Container {
@@ -344,6 +352,7 @@ fn pod_template(
             command: Some(vec![NODE_COMMAND.into()]),
             args: Some(args),
             env: Some(vec![
+                field_env("POD_NAME", "metadata.name"),
                 plain_env("LLAMANET_LOG_FORMAT", "json"),
                 plain_env("TMPDIR", SCRATCH_DIR),
             ]),
@@ -504,6 +513,11 @@ fn node_args(
     args.extend(engine.extra_args.iter().cloned());
     args
 }
+
+/// How long a replica other than the first waits for a peer to share the model before it
+/// downloads from the URL itself: the first replica's download and verification of a
+/// large model from a slow origin.
+const WAIT_FOR_PEERS_SECONDS: u32 = 900;
 
 /// Peers a replica joins the swarm through: the operator's, then the resource's own.
 fn bootstrap_peers<'a>(
@@ -1368,6 +1382,8 @@ mod tests {
             flag(&fetch, "--swarm-key"),
             Some("/var/run/llamanet/swarm-key/psk")
         );
+        assert_eq!(flag(&fetch, "--pod"), Some("$(POD_NAME)"));
+        assert_eq!(flag(&fetch, "--wait-for-peers"), Some("900"));
         let init = &pod_spec(&children).init_containers.as_ref().unwrap()[0];
         assert!(
             init.volume_mounts

@@ -22,12 +22,10 @@ use llamanet_cluster::testing::{RouterProcess, default_model, eventually, get_js
 use llamanet_cluster::{Cluster, ClusterConfig};
 use llamanet_node::swarm::wake::{self, WAKE_PROTOCOL, WakeAnswer, WakeOutcome, WakeRequest};
 use llamanet_node::swarm::{self, InferenceNodeRef, PeerId, SwarmConfig, SwarmHandle};
-use llamanet_operator::config::OperatorConfig;
 use llamanet_operator::crd::{ConditionStatus, ConditionType, InferenceNode, Phase};
-use llamanet_operator::swarm_peer::SwarmPeerConfig;
 
 mod common;
-use common::{Operator, OperatorOptions};
+use common::Operator;
 
 const NAMESPACE: &str = "default";
 const NAME: &str = "gemma-cpu";
@@ -121,26 +119,7 @@ async fn a_request_at_any_node_wakes_a_model_scaled_to_zero() {
         .expect("local cluster starts (run scripts/build-k8s.sh first)");
     let client = cluster.client();
     cluster.install_crd();
-    let swarm_port = llamanet_cluster::control_plane::free_port().unwrap();
-    let operator_addr = format!("/ip4/127.0.0.1/tcp/{swarm_port}");
-    let _operator = Operator::start_with(
-        &cluster,
-        "operator-a",
-        OperatorOptions {
-            config: OperatorConfig {
-                bootstrap_peers: vec![operator_addr.clone()],
-                heartbeat_interval: Duration::from_secs(1),
-                ..OperatorConfig::default()
-            },
-            leader_election: None,
-            swarm: Some(SwarmPeerConfig {
-                listen: vec![operator_addr.parse().unwrap()],
-                bootstrap: vec![],
-                identity: None,
-                swarm_key: None,
-            }),
-        },
-    );
+    let (_operator, operator_addr) = Operator::meeting_point(&cluster, "operator-a", None);
 
     // Bounds that contradict each other, refused by the API server with what to fix.
     let resource = cluster

@@ -14,12 +14,10 @@ use kube::{Api, Client};
 use llamanet_cluster::testing::{default_model, eventually};
 use llamanet_cluster::{Cluster, ClusterConfig};
 use llamanet_operator::children::{FETCH_CONTAINER, SERVER_CONTAINER};
-use llamanet_operator::config::OperatorConfig;
 use llamanet_operator::crd::InferenceNode;
-use llamanet_operator::swarm_peer::SwarmPeerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{Operator, OperatorOptions};
+use common::Operator;
 
 const NAMESPACE: &str = "default";
 const NAME: &str = "gemma-shared";
@@ -128,29 +126,7 @@ async fn a_second_replica_fetches_the_model_from_the_first_with_the_origin_stopp
     // A private swarm: the operator copies its key into the namespace, replicas and their
     // fetch init containers mount it.
     let key = format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", "5e".repeat(32));
-    let key_file = cluster.dir().join("swarm.key");
-    std::fs::write(&key_file, &key).unwrap();
-    let swarm_port = llamanet_cluster::control_plane::free_port().unwrap();
-    let operator_addr = format!("/ip4/127.0.0.1/tcp/{swarm_port}");
-    let _operator = Operator::start_with(
-        &cluster,
-        "operator-a",
-        OperatorOptions {
-            config: OperatorConfig {
-                bootstrap_peers: vec![operator_addr.clone()],
-                heartbeat_interval: Duration::from_secs(1),
-                swarm_key: Some(key),
-                ..OperatorConfig::default()
-            },
-            leader_election: None,
-            swarm: Some(SwarmPeerConfig {
-                listen: vec![operator_addr.parse().unwrap()],
-                bootstrap: vec![],
-                identity: None,
-                swarm_key: Some(key_file),
-            }),
-        },
-    );
+    let (_operator, _) = Operator::meeting_point(&cluster, "operator-a", Some(key));
 
     let origin = Origin::start(model.clone()).await;
     let resource = format!(

@@ -142,6 +142,44 @@ impl AsyncWrite for PeerStream {
     }
 }
 
+/// Handles every stream of `incoming` in its own task, at most `concurrent` at once (more
+/// wait for a turn, and while they wait libp2p-stream drops further inbound streams), until
+/// `incoming` ends.
+pub async fn serve_each<F, Fut>(
+    mut incoming: impl futures::Stream<Item = PeerStream> + Unpin,
+    concurrent: usize,
+    handle: F,
+) where
+    F: Fn(PeerStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::StreamExt;
+    let turns = Arc::new(tokio::sync::Semaphore::new(concurrent));
+    while let Some(stream) = incoming.next().await {
+        let Ok(turn) = turns.clone().acquire_owned().await else {
+            break;
+        };
+        let work = handle(stream);
+        tokio::spawn(async move {
+            let _turn = turn;
+            work.await;
+        });
+    }
+}
+
+/// `message` cut to at most `max` bytes on a character boundary: room for the JSON around a
+/// message within one bounded line.
+pub fn truncate_message(mut message: String, max: usize) -> String {
+    if message.len() > max {
+        let mut end = max;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,10 +15,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 
 use super::heartbeat::{ColdModel, InferenceNodeRef, valid_model_id};
 use super::{PeerStream, SwarmError, SwarmHandle};
@@ -87,15 +86,8 @@ pub struct WakeAnswer {
 
 impl WakeAnswer {
     pub fn new(outcome: WakeOutcome, message: impl Into<String>) -> Self {
-        let mut message = message.into();
         // Room for the JSON around it within one message.
-        if message.len() > MAX_MESSAGE / 2 {
-            let mut end = MAX_MESSAGE / 2;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-        }
+        let message = super::streams::truncate_message(message.into(), MAX_MESSAGE / 2);
         WakeAnswer { outcome, message }
     }
 }
@@ -130,18 +122,14 @@ where
     F: Fn(PeerId, WakeRequest) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = WakeAnswer> + Send,
 {
-    let mut incoming = swarm.accept_streams(WAKE_PROTOCOL)?;
-    let turns = std::sync::Arc::new(Semaphore::new(CONCURRENT));
-    while let Some(stream) = incoming.next().await {
-        let Ok(turn) = turns.clone().acquire_owned().await else {
-            break;
-        };
+    let incoming = swarm.accept_streams(WAKE_PROTOCOL)?;
+    super::streams::serve_each(incoming, CONCURRENT, move |stream| {
         let decide = decide.clone();
-        tokio::spawn(async move {
-            let _turn = turn;
+        async move {
             let _ = answer(stream, decide).await;
-        });
-    }
+        }
+    })
+    .await;
     Ok(())
 }
 

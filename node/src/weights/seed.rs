@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::AsyncWriteExt;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -164,21 +164,17 @@ impl Seeder {
         Ok(())
     }
 
-    async fn serve(self, mut incoming: impl futures::Stream<Item = PeerStream> + Unpin) {
-        let turns = Arc::new(Semaphore::new(OPEN_REQUESTS));
-        while let Some(stream) = incoming.next().await {
-            let Ok(turn) = turns.clone().acquire_owned().await else {
-                break;
-            };
+    async fn serve(self, incoming: impl futures::Stream<Item = PeerStream> + Unpin) {
+        crate::swarm::streams::serve_each(incoming, OPEN_REQUESTS, move |stream| {
             let seeder = self.clone();
-            tokio::spawn(async move {
-                let _turn = turn;
+            async move {
                 let peer = stream.peer();
                 if let Err(err) = seeder.answer(stream).await {
                     tracing::debug!(%peer, %err, "a weights request ended badly");
                 }
-            });
-        }
+            }
+        })
+        .await;
     }
 
     async fn answer(&self, mut stream: PeerStream) -> Result<(), WireError> {

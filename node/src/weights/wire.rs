@@ -59,15 +59,8 @@ pub enum Refusal {
 
 impl Answer {
     pub fn refused(reason: Refusal, message: impl Into<String>) -> Answer {
-        let mut message = message.into();
         // Room for the JSON around it within one line.
-        if message.len() > MAX_LINE / 2 {
-            let mut end = MAX_LINE / 2;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-        }
+        let message = crate::swarm::streams::truncate_message(message.into(), MAX_LINE / 2);
         Answer::Refused { reason, message }
     }
 }

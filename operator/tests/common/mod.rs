@@ -51,6 +51,44 @@ impl Operator {
         )
     }
 
+    /// A replica without leader election that is also the swarm's meeting point: it listens
+    /// on a free loopback port and every replica bootstraps from it, with heartbeats every
+    /// second; with `swarm_key` (the key file's text) the swarm is private. Returns it and
+    /// its swarm address.
+    pub fn meeting_point(
+        cluster: &Cluster,
+        identity: &str,
+        swarm_key: Option<String>,
+    ) -> (Self, String) {
+        let swarm_port = llamanet_cluster::control_plane::free_port().unwrap();
+        let addr = format!("/ip4/127.0.0.1/tcp/{swarm_port}");
+        let key_file = swarm_key.as_ref().map(|key| {
+            let file = cluster.dir().join(format!("{identity}-swarm.key"));
+            std::fs::write(&file, key).unwrap();
+            file
+        });
+        let operator = Self::start_with(
+            cluster,
+            identity,
+            OperatorOptions {
+                config: OperatorConfig {
+                    bootstrap_peers: vec![addr.clone()],
+                    heartbeat_interval: Duration::from_secs(1),
+                    swarm_key,
+                    ..OperatorConfig::default()
+                },
+                leader_election: None,
+                swarm: Some(SwarmPeerConfig {
+                    listen: vec![addr.parse().unwrap()],
+                    bootstrap: vec![],
+                    identity: None,
+                    swarm_key: key_file,
+                }),
+            },
+        );
+        (operator, addr)
+    }
+
     pub fn start_with(cluster: &Cluster, identity: &str, options: OperatorOptions) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

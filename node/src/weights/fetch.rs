@@ -6,8 +6,9 @@
 //!    interrupted fetch is checked chunk by chunk and its good chunks kept), several at a
 //!    time from several peers, each checked against the manifest on arrival. A peer that
 //!    sends a wrong chunk is dropped at once and the chunk fetched elsewhere; one that fails
-//!    three times is dropped too; a busy one is asked again a moment later. Chunks no peer
-//!    can give come from the origin URL (HTTP range requests), if there is one.
+//!    three times in a row is dropped too; a busy one is asked again a moment later; one
+//!    that lacks a chunk (its copy is short) is asked for the others. Chunks no peer can
+//!    give come from the origin URL (HTTP range requests), if there is one.
 //! 4. Hash the whole file. Only if it is the SHA-256 asked for is it renamed into place; if
 //!    not, the manifest lied: the partial file is deleted and another peer's manifest tried.
 //!
@@ -38,8 +39,8 @@ pub struct FetchOptions {
     pub parallel: usize,
     /// Chunks in flight at once from one peer.
     pub per_peer: usize,
-    /// Failures (other than a wrong chunk, which drops a peer at once) before a peer is
-    /// dropped.
+    /// Failures in a row (a good chunk starts the count over; requests that fail together
+    /// count once; a wrong chunk drops a peer at once) before a peer is dropped.
     pub peer_failures: u32,
     /// How long to wait for a first connection to the swarm and for providers to be found.
     pub find_peers_for: Duration,

@@ -228,11 +228,17 @@ async fn load_adds_a_replica_and_its_end_removes_it() {
         scaled_down >= WINDOW - Duration::from_secs(3),
         "removed a replica {scaled_down:?} after the load ended, before scaleDownAfter"
     );
-    let (status, reason, _) = scaling(&cluster).unwrap_or_default();
-    assert!(
-        reason == "ScaledDown" || (status == "False" && reason == "WithinTarget"),
-        "{status} {reason}"
-    );
+    // The status written with the scale may still be the one before it (ScaleDownDelayed).
+    eventually(
+        Duration::from_secs(30),
+        "Scaling=ScaledDown or False/WithinTarget",
+        || async {
+            let (status, reason, _) = scaling(&cluster)?;
+            (reason == "ScaledDown" || (status == "False" && reason == "WithinTarget"))
+                .then_some(())
+        },
+    )
+    .await;
 
     // A manual change is overwritten by the next decision (the load asks for one).
     cluster.kubectl_ok(&["scale", "inferencenode/gemma-cpu", "--replicas=2"], None);

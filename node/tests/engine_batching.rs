@@ -288,7 +288,8 @@ async fn continuous_batching_on_the_default_model() {
     let value: serde_json::Value = serde_json::from_str(&json.text).expect("grammar gives JSON");
     assert!(value["age"].is_i64(), "{value}");
 
-    // Resuming another node's answer, at the start, in the middle and near the end, greedy
+    // Resuming another node's answer, at the start, in the middle, near the end and after
+    // its last token, greedy
     // and seeded (each position draws from its own seeded generator), also with a stop
     // string in play: the rest is exactly what the first run wrote after that point.
     let mut cases = vec![
@@ -302,7 +303,8 @@ async fn continuous_batching_on_the_default_model() {
         let original = collect(engine.submit(base.clone()).unwrap()).await;
         let n = original.pieces.len();
         assert!(n >= 4, "too short to resume: {:?}", original.text);
-        for events in [0, 1, n / 2, n - 1] {
+        // All of it (`n`): the node failed after the last token, before the answer's end.
+        for events in [0, 1, n / 2, n - 1, n] {
             check_resume(&engine, base, &original, events).await;
         }
     }
@@ -314,11 +316,11 @@ async fn continuous_batching_on_the_default_model() {
         SubmitError::UnknownResumeToken(engine.n_vocab())
     );
     let mut overlong = request(&engine, "Hello", 8, greedy());
-    overlong.resume = vec![LlamaToken(1); 8];
+    overlong.resume = vec![LlamaToken(1); 9];
     assert!(matches!(
         engine.submit(overlong),
         Err(SubmitError::ResumeTooLong {
-            resumed: 8,
+            resumed: 9,
             room: 8
         })
     ));

@@ -122,6 +122,10 @@ struct Active {
     /// Tokens another node generated (and delivered) for this request, still to be fed
     /// back one per step, exactly as if this slot had sampled them (see [`Batcher::start`]).
     forced: std::collections::VecDeque<LlamaToken>,
+    /// How the answer ends once `forced` is fed, when the other node delivered all of it
+    /// and failed before saying it was over: every token `max_tokens` allows, or a stop
+    /// string completed by the last one.
+    ends_after_forced: Option<FinishReason>,
     /// Prompt tokens in the cache (reused ones included); the prompt is done when this
     /// reaches its length.
     evaluated: usize,
@@ -355,9 +359,12 @@ impl<'m> Batcher<'m> {
                 return;
             }
         };
-        if prompt.len() + resume.len() >= self.slot_context || resume.len() >= max_tokens {
+        if resume.len() > max_tokens {
             // Handle::submit checked this already; kept for direct callers.
-            let message = format!("{} resumed tokens leave no room to generate", resume.len());
+            let message = format!(
+                "{} resumed tokens are more than this request may generate ({max_tokens})",
+                resume.len()
+            );
             fail_all(choices, &message);
             return;
         }
@@ -371,10 +378,19 @@ impl<'m> Batcher<'m> {
         let mut lead_stop = StopMatcher::new(request.stop.clone());
         let mut pending_bytes = Vec::new();
         let vocab = self.model.llama().vocab();
+        let mut replay_stopped = false;
         for &token in &resume {
             vocab.token_to_piece_into(token, &mut pending_bytes, false, None);
-            let _ = lead_stop.push(&take_utf8(&mut pending_bytes));
+            replay_stopped |= matches!(
+                lead_stop.push(&take_utf8(&mut pending_bytes)),
+                StopOutcome::Stopped(_)
+            );
         }
+        let ends_after_forced = if replay_stopped {
+            Some(FinishReason::Stop)
+        } else {
+            (!resume.is_empty() && resume.len() == max_tokens).then_some(FinishReason::Length)
+        };
         let order = self.tick();
         let reused = self.claim(placement.slot, placement.reused);
         tracing::debug!(
@@ -393,6 +409,7 @@ impl<'m> Batcher<'m> {
             _place: choice.place,
             prompt: prompt.clone(),
             forced: std::collections::VecDeque::new(),
+            ends_after_forced: None,
             evaluated,
             cached_tokens: evaluated,
             max_tokens,
@@ -420,6 +437,7 @@ impl<'m> Batcher<'m> {
             reused,
         );
         first.forced = resume.into_iter().collect();
+        first.ends_after_forced = ends_after_forced;
         first.pending_bytes = pending_bytes;
         self.slots[placement.slot].active = Some(first);
         for ((_, choice), sampler) in forks.into_iter().zip(samplers) {
@@ -693,6 +711,15 @@ impl<'m> Batcher<'m> {
         // drifted at near-ties (bench/RESULTS.md).
         if let Some(token) = active.forced.pop_front() {
             active.generated += 1;
+            if active.forced.is_empty()
+                && let Some(reason) = active.ends_after_forced
+            {
+                // Only the end of the answer was lost: say it, without decoding further.
+                // Text a stop string holds back is part of the stop; at the length limit it
+                // is the answer's last piece, as the other node would have sent it.
+                self.finish(index, reason, reason == FinishReason::Length);
+                return false;
+            }
             active.next_token = Some(token);
             return false;
         }

@@ -327,7 +327,7 @@ impl Engine {
         }
         let room =
             generation_room(request.prompt.len(), request.max_tokens, slot_context).unwrap_or(0);
-        if !request.resume.is_empty() && request.resume.len() >= room {
+        if request.resume.len() > room {
             return Err(SubmitError::ResumeTooLong {
                 resumed: request.resume.len(),
                 room,

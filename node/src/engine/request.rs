@@ -181,7 +181,7 @@ pub enum SubmitError {
     Stopped,
     #[error("token id {0} to resume from is not in the model's vocabulary")]
     UnknownResumeToken(i32),
-    #[error("{resumed} tokens to resume from leave no room: this request may generate {room}")]
+    #[error("{resumed} tokens to resume from are more than this request may generate ({room})")]
     ResumeTooLong { resumed: usize, room: usize },
     #[error(
         "{choices} choices need {choices} slots at once, and this node has {slots}; ask for \

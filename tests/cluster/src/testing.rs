@@ -300,9 +300,11 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json:
 }
 
 /// `llamanet router` as a process on loopback, joining the swarm through `bootstrap` with
-/// `extra` arguments (a swarm key, hold limits); killed on drop.
+/// `extra` arguments (a swarm key, hold limits); killed on drop. Its log goes to a file whose
+/// end is printed when the test that holds it fails.
 pub struct RouterProcess {
     child: std::process::Child,
+    log: tempfile::NamedTempFile,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
 }
@@ -311,19 +313,26 @@ impl RouterProcess {
     pub fn start(bootstrap: &str, extra: &[&str]) -> Self {
         let port = crate::control_plane::free_port().unwrap().to_string();
         let bin = crate::cluster::default_workspace_bin_dir().join("llamanet");
+        let log = tempfile::NamedTempFile::new().expect("a file for the router's log");
         let child = std::process::Command::new(bin)
             .args(["router", "--host", "127.0.0.1", "--port", &port])
             .args(["--swarm-listen", "/ip4/127.0.0.1/tcp/0"])
             .args(["--bootstrap", bootstrap])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().expect("the router's log file"))
             .spawn()
             .expect("llamanet router starts");
         RouterProcess {
             child,
+            log,
             base: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// The router's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 }
 
@@ -331,5 +340,15 @@ impl Drop for RouterProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "the router's log (last {} lines):\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }

@@ -27,6 +27,14 @@ const CHUNK_BYTES: usize = 1 << 20;
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The HTTP client model downloads use (whole files and ranges): bounded connect and read.
+pub(crate) fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .build()
+}
+
 /// Everything that can go wrong with a model file. Messages name the path (or URL) and the
 /// checksums involved, because the reader of the message is usually an operator looking at
 /// a pod log or a status condition.
@@ -379,11 +387,7 @@ async fn download(
         url: url.to_string(),
         cause,
     };
-    let client = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(READ_TIMEOUT)
-        .build()
-        .map_err(download_err)?;
+    let client = http_client().map_err(download_err)?;
     let mut response = client.get(url).send().await.map_err(download_err)?;
     if !response.status().is_success() {
         return Err(ModelError::HttpStatus {

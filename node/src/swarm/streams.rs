@@ -167,6 +167,88 @@ pub async fn serve_each<F, Fut>(
     }
 }
 
+/// Why a line of a line-framed exchange (wake, weights) could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("no line within {0:?}")]
+    Timeout(Duration),
+    /// The stream ended before the first byte of the line.
+    #[error("the stream ended before a line")]
+    Closed,
+    #[error("the stream ended mid-line")]
+    EndedMidLine,
+    #[error("no line within {0} bytes")]
+    TooLong(usize),
+    #[error("a {len} byte line is over the limit of {max}")]
+    Oversized { len: usize, max: usize },
+    #[error("a bad line: {0}")]
+    Malformed(String),
+}
+
+/// Writes `message` as one JSON line of at most `max` bytes (newline included), within
+/// `timeout`.
+pub async fn write_json_line<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    message: &impl serde::Serialize,
+    max: usize,
+    timeout: Duration,
+) -> Result<(), LineError> {
+    use futures::AsyncWriteExt;
+    let mut line = serde_json::to_vec(message).expect("protocol messages serialize");
+    line.push(b'\n');
+    if line.len() > max {
+        return Err(LineError::Oversized {
+            len: line.len(),
+            max,
+        });
+    }
+    tokio::time::timeout(timeout, async {
+        stream.write_all(&line).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| LineError::Timeout(timeout))??;
+    Ok(())
+}
+
+/// Reads one JSON line of at most `max` bytes (newline included) within `timeout` and
+/// parses it. Reads byte by byte, so nothing after the newline (a body) is consumed.
+pub async fn read_json_line<T, S>(
+    stream: &mut S,
+    max: usize,
+    timeout: Duration,
+) -> Result<T, LineError>
+where
+    T: serde::de::DeserializeOwned,
+    S: AsyncRead + Unpin,
+{
+    use futures::AsyncReadExt;
+    let line = tokio::time::timeout(timeout, async {
+        let mut line = Vec::with_capacity(128);
+        let mut byte = [0u8; 1];
+        loop {
+            if stream.read(&mut byte).await? == 0 {
+                return Err(match line.is_empty() {
+                    true => LineError::Closed,
+                    false => LineError::EndedMidLine,
+                });
+            }
+            if byte[0] == b'\n' {
+                return Ok(line);
+            }
+            line.push(byte[0]);
+            if line.len() >= max {
+                return Err(LineError::TooLong(max));
+            }
+        }
+    })
+    .await
+    .map_err(|_| LineError::Timeout(timeout))??;
+    serde_json::from_slice(&line).map_err(|err| LineError::Malformed(err.to_string()))
+}
+
 /// `message` cut to at most `max` bytes on a character boundary: room for the JSON around a
 /// message within one bounded line.
 pub fn truncate_message(mut message: String, max: usize) -> String {
@@ -183,6 +265,48 @@ pub fn truncate_message(mut message: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn lines_are_bounded_both_ways_and_leave_what_follows_unread() {
+        use futures::AsyncReadExt;
+        const T: Duration = Duration::from_secs(1);
+        let mut out = futures::io::Cursor::new(Vec::new());
+        write_json_line(&mut out, &serde_json::json!({"a": 1}), 16, T)
+            .await
+            .unwrap();
+        assert_eq!(out.get_ref().as_slice(), b"{\"a\":1}\n");
+        let long = "x".repeat(20);
+        assert!(matches!(
+            write_json_line(&mut out, &long, 16, T).await,
+            Err(LineError::Oversized { len: 23, max: 16 })
+        ));
+
+        // A line, then a body that must stay in the stream.
+        let mut input = futures::io::Cursor::new(b"{\"a\":1}\nBODY".to_vec());
+        let value: serde_json::Value = read_json_line(&mut input, 16, T).await.unwrap();
+        assert_eq!(value["a"], 1);
+        let mut rest = String::new();
+        input.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "BODY");
+
+        let read = |bytes: &[u8]| {
+            let mut input = futures::io::Cursor::new(bytes.to_vec());
+            async move { read_json_line::<serde_json::Value, _>(&mut input, 16, T).await }
+        };
+        assert!(matches!(read(b"").await, Err(LineError::Closed)));
+        assert!(matches!(
+            read(b"{\"a\"").await,
+            Err(LineError::EndedMidLine)
+        ));
+        assert!(matches!(
+            read(&[b'x'; 40]).await,
+            Err(LineError::TooLong(16))
+        ));
+        assert!(matches!(
+            read(b"{oops}\n").await,
+            Err(LineError::Malformed(_))
+        ));
+    }
 
     #[test]
     fn a_peer_is_in_use_while_a_stream_is_open_and_a_while_after() {

@@ -15,11 +15,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::AsyncWriteExt;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
 use super::heartbeat::{ColdModel, InferenceNodeRef, valid_model_id};
+use super::streams::{LineError, read_json_line, write_json_line};
 use super::{PeerStream, SwarmError, SwarmHandle};
 
 /// Wake requests: one [`WakeRequest`] line, one [`WakeAnswer`] line.
@@ -103,8 +104,9 @@ pub async fn ask(
     let exchange = async {
         let mut stream = swarm.open_stream(operator, WAKE_PROTOCOL, timeout).await?;
         write_line(&mut stream, request).await?;
-        let answer: WakeAnswer = serde_json::from_slice(&read_line(&mut stream).await?)
-            .map_err(|err| invalid(format!("the operator's answer: {err}")))?;
+        let answer: WakeAnswer = read_json_line(&mut stream, MAX_MESSAGE, IO_TIMEOUT)
+            .await
+            .map_err(|err| swarm_error(err, "the operator's answer"))?;
         let _ = stream.close().await;
         Ok(answer)
     };
@@ -139,14 +141,13 @@ where
     Fut: Future<Output = WakeAnswer>,
 {
     let peer = stream.peer();
-    let answer = match read_line(&mut stream).await {
-        Ok(line) => match serde_json::from_slice::<WakeRequest>(&line) {
-            Ok(request) if valid_model_id(&request.model) => decide(peer, request).await,
-            Ok(_) => WakeAnswer::new(WakeOutcome::Malformed, "not a valid model id"),
-            Err(err) => {
-                WakeAnswer::new(WakeOutcome::Malformed, format!("not a wake request: {err}"))
-            }
-        },
+    let answer = match read_json_line::<WakeRequest, _>(&mut stream, MAX_MESSAGE, IO_TIMEOUT).await
+    {
+        Ok(request) if valid_model_id(&request.model) => decide(peer, request).await,
+        Ok(_) => WakeAnswer::new(WakeOutcome::Malformed, "not a valid model id"),
+        Err(LineError::Malformed(err)) => {
+            WakeAnswer::new(WakeOutcome::Malformed, format!("not a wake request: {err}"))
+        }
         Err(err) => WakeAnswer::new(WakeOutcome::Malformed, err.to_string()),
     };
     write_line(&mut stream, &answer).await?;
@@ -155,46 +156,21 @@ where
 }
 
 async fn write_line(stream: &mut PeerStream, message: &impl Serialize) -> Result<(), SwarmError> {
-    let mut line = serde_json::to_vec(message).expect("wake messages serialize");
-    line.push(b'\n');
-    if line.len() > MAX_MESSAGE {
-        return Err(invalid(format!("a {} byte message", line.len())));
+    write_json_line(stream, message, MAX_MESSAGE, IO_TIMEOUT)
+        .await
+        .map_err(|err| swarm_error(err, "a wake message"))
+}
+
+/// A line's failure as the swarm's error; `what` names the line.
+fn swarm_error(err: LineError, what: &str) -> SwarmError {
+    match err {
+        LineError::Io(err) => SwarmError::Io(err),
+        LineError::Timeout(after) => SwarmError::Timeout(after),
+        other => SwarmError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{what}: {other}"),
+        )),
     }
-    tokio::time::timeout(IO_TIMEOUT, async {
-        stream.write_all(&line).await?;
-        stream.flush().await
-    })
-    .await
-    .map_err(|_| SwarmError::Timeout(IO_TIMEOUT))??;
-    Ok(())
-}
-
-/// One line of at most [`MAX_MESSAGE`] bytes, without its newline.
-async fn read_line(stream: &mut PeerStream) -> Result<Vec<u8>, SwarmError> {
-    tokio::time::timeout(IO_TIMEOUT, async {
-        let mut line = Vec::new();
-        let mut chunk = [0u8; 256];
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(invalid("the stream ended before a whole message".into()));
-            }
-            line.extend_from_slice(&chunk[..n]);
-            if let Some(end) = line.iter().position(|&b| b == b'\n') {
-                line.truncate(end);
-                return Ok(line);
-            }
-            if line.len() >= MAX_MESSAGE {
-                return Err(invalid(format!("no message within {MAX_MESSAGE} bytes")));
-            }
-        }
-    })
-    .await
-    .map_err(|_| SwarmError::Timeout(IO_TIMEOUT))?
-}
-
-fn invalid(reason: String) -> SwarmError {
-    SwarmError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, reason))
 }
 
 #[cfg(test)]

@@ -273,7 +273,8 @@ enum Pick {
 /// One manifest's worth of fetching into a partial file.
 struct Job<'a> {
     swarm: &'a SwarmHandle,
-    origin: Option<&'a str>,
+    /// The URL, and one client for all its range requests (its connections are reused).
+    origin: Option<(&'a str, reqwest::Client)>,
     dest: PathBuf,
     partial: PathBuf,
     manifest: Arc<Manifest>,
@@ -315,6 +316,16 @@ impl<'a> Job<'a> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
         let partial = dest.with_file_name(format!(".{name}.{}.partial", &manifest.sha256[..16]));
+        let origin = match origin {
+            Some(url) => Some((
+                url,
+                model::http_client().map_err(|cause| ModelError::Download {
+                    url: url.to_string(),
+                    cause,
+                })?,
+            )),
+            None => None,
+        };
         Ok(Job {
             swarm,
             origin,
@@ -374,9 +385,15 @@ impl<'a> Job<'a> {
                         waiting = true;
                         break;
                     }
-                    Pick::Origin => match self.origin {
-                        Some(url) => running.push(
-                            chunk_from_origin(url.to_owned(), self.manifest.clone(), index).boxed(),
+                    Pick::Origin => match &self.origin {
+                        Some((url, client)) => running.push(
+                            chunk_from_origin(
+                                client.clone(),
+                                url.to_string(),
+                                self.manifest.clone(),
+                                index,
+                            )
+                            .boxed(),
                         ),
                         None => {
                             return Err(JobError::Model(ModelError::Unavailable {
@@ -698,15 +715,15 @@ async fn chunk_from_peer(
     (index, Some(peer), sent, result)
 }
 
-async fn chunk_from_origin(url: String, manifest: Arc<Manifest>, index: usize) -> ChunkResult {
+async fn chunk_from_origin(
+    client: reqwest::Client,
+    url: String,
+    manifest: Arc<Manifest>,
+    index: usize,
+) -> ChunkResult {
     let (start, len) = manifest.range(index);
     let sent = Instant::now();
     let result: Result<Vec<u8>, String> = async {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|err| err.to_string())?;
         let response = client
             .get(&url)
             .header(

@@ -8,11 +8,12 @@
 
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::AsyncReadExt;
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 use crate::swarm::PeerStream;
+use crate::swarm::streams::{self, LineError};
 
 /// Model files between peers.
 pub const WEIGHTS_PROTOCOL: StreamProtocol = StreamProtocol::new("/llamanet/weights/1");
@@ -86,54 +87,30 @@ pub enum WireError {
     Unanswered(Box<WireError>),
 }
 
+impl From<LineError> for WireError {
+    fn from(err: LineError) -> Self {
+        match err {
+            LineError::Io(err) => WireError::Io(err),
+            LineError::Timeout(after) => WireError::Timeout(after),
+            LineError::Closed => WireError::Closed,
+            other => WireError::Protocol(other.to_string()),
+        }
+    }
+}
+
 /// Writes one JSON line.
 pub async fn write_line(
     stream: &mut PeerStream,
     message: &impl Serialize,
 ) -> Result<(), WireError> {
-    let mut line = serde_json::to_vec(message).expect("weights messages serialize");
-    line.push(b'\n');
-    if line.len() > MAX_LINE {
-        return Err(WireError::Protocol(format!("a {} byte line", line.len())));
-    }
-    tokio::time::timeout(LINE_TIMEOUT, async {
-        stream.write_all(&line).await?;
-        stream.flush().await
-    })
-    .await
-    .map_err(|_| WireError::Timeout(LINE_TIMEOUT))??;
-    Ok(())
+    Ok(streams::write_json_line(stream, message, MAX_LINE, LINE_TIMEOUT).await?)
 }
 
-/// Reads one line of at most [`MAX_LINE`] bytes and parses it. Reads byte by byte so that
-/// nothing after the newline (a body) is consumed.
+/// Reads one line and parses it, leaving the body after it in the stream.
 pub async fn read_line<T: for<'de> Deserialize<'de>>(
     stream: &mut PeerStream,
 ) -> Result<T, WireError> {
-    let line = tokio::time::timeout(LINE_TIMEOUT, async {
-        let mut line = Vec::with_capacity(128);
-        let mut byte = [0u8; 1];
-        loop {
-            if stream.read(&mut byte).await? == 0 {
-                return Err(match line.is_empty() {
-                    true => WireError::Closed,
-                    false => WireError::Protocol("the stream ended mid-line".into()),
-                });
-            }
-            if byte[0] == b'\n' {
-                return Ok(line);
-            }
-            line.push(byte[0]);
-            if line.len() >= MAX_LINE {
-                return Err(WireError::Protocol(format!(
-                    "no line within {MAX_LINE} bytes"
-                )));
-            }
-        }
-    })
-    .await
-    .map_err(|_| WireError::Timeout(LINE_TIMEOUT))??;
-    serde_json::from_slice(&line).map_err(|err| WireError::Protocol(format!("a bad line: {err}")))
+    Ok(streams::read_json_line(stream, MAX_LINE, LINE_TIMEOUT).await?)
 }
 
 /// Sends `request` to the peer at the other end of `stream` and reads the body it answers

@@ -21,6 +21,8 @@ pub mod metrics;
 pub mod model;
 pub mod route;
 pub mod sidecar;
-pub mod swarm;
+/// The swarm lives in its own crate (`llamanet-swarm`) so that the operator can use it
+/// without the node's HTTP server and engine; `crate::swarm` keeps naming it here.
+pub use llamanet_swarm as swarm;
 pub mod tools;
 pub mod weights;

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use k8s_openapi::ByteString;
-use llamanet_node::swarm::{Keypair, PeerId};
+use llamanet_swarm::{Keypair, PeerId};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;

@@ -41,8 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
 
-use llamanet_node::swarm::SwarmHandle;
-use llamanet_node::swarm::discovery::Discovery;
+use llamanet_swarm::SwarmHandle;
+use llamanet_swarm::discovery::Discovery;
 
 use crate::config::{LeaderElection, RunConfig};
 use crate::heartbeat::HeartbeatTable;

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 use kube::{Client, CustomResourceExt};
-use llamanet_node::swarm;
 use llamanet_operator::config::{self, LeaderElection, OperatorConfig, RunConfig};
 use llamanet_operator::crd::InferenceNode;
 use llamanet_operator::heartbeat::HeartbeatTable;
 use llamanet_operator::swarm_peer::{self, SwarmPeerConfig};
+use llamanet_swarm as swarm;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]

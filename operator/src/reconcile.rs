@@ -31,7 +31,7 @@ use kube::runtime::events::{Event, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use llamanet_node::swarm::discovery::Discovery;
+use llamanet_swarm::discovery::Discovery;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;

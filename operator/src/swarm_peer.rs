@@ -5,14 +5,14 @@
 //! then wakes that resource's reconciler). Refusals are counted there and logged here at
 //! most once per signer a minute, so a flood of false claims costs no log volume.
 //!
-//! The swarm itself (transport, signatures, peer table) is `llamanet_node::swarm`, built
+//! The swarm itself (transport, signatures, peer table) is `llamanet_swarm`, built
 //! without the llama.cpp engine.
 
 use std::path::PathBuf;
 
 use k8s_openapi::jiff::Timestamp;
-use llamanet_node::swarm::log_limit::LogLimit;
-use llamanet_node::swarm::{self, PeerEvent, SwarmConfig, SwarmHandle};
+use llamanet_swarm::log_limit::LogLimit;
+use llamanet_swarm::{self as swarm, PeerEvent, SwarmConfig, SwarmHandle};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::heartbeat::HeartbeatTable;

@@ -5,7 +5,7 @@
 //! waking) is *cold*. The leading operator lists its cold models in its swarm heartbeats
 //! ([`Waker::set`]), so every node of the swarm, in any cluster, knows that the model exists
 //! and whom to ask. A node holding a request for one sends a wake request
-//! (`llamanet_node::swarm::wake`) on an authenticated stream to this operator's peer id;
+//! (`llamanet_swarm::wake`) on an authenticated stream to this operator's peer id;
 //! [`answer`] scales the resource from zero to one replica through the scale subresource,
 //! starts the autoscaler's scale-down window over (so the replica is not removed as soon as
 //! the held requests are served), and records an Event naming the peer that asked.
@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
-use llamanet_node::swarm::wake::{self, WakeAnswer, WakeOutcome, WakeRequest};
-use llamanet_node::swarm::{ColdModel, InferenceNodeRef, PeerId, SwarmHandle};
+use llamanet_swarm::wake::{self, WakeAnswer, WakeOutcome, WakeRequest};
+use llamanet_swarm::{ColdModel, InferenceNodeRef, PeerId, SwarmHandle};
 use serde_json::json;
 
 use crate::crd::InferenceNode;
@@ -92,7 +92,7 @@ impl Waker {
         self.lock()
             .cold
             .iter()
-            .take(llamanet_node::swarm::heartbeat::MAX_MODELS)
+            .take(llamanet_swarm::heartbeat::MAX_MODELS)
             .map(|((namespace, name), model)| ColdModel {
                 id: model.clone(),
                 inference_node: InferenceNodeRef {
@@ -253,9 +253,9 @@ mod tests {
 
     #[tokio::test]
     async fn only_what_is_advertised_can_be_woken_and_repeats_cost_nothing() {
-        let swarm = llamanet_node::swarm::start(
-            llamanet_node::swarm::Keypair::generate_ed25519(),
-            llamanet_node::swarm::SwarmConfig::light(Vec::new()),
+        let swarm = llamanet_swarm::start(
+            llamanet_swarm::Keypair::generate_ed25519(),
+            llamanet_swarm::SwarmConfig::light(Vec::new()),
         )
         .await
         .unwrap();

@@ -20,9 +20,9 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use kube::{Api, Client};
 use llamanet_cluster::testing::{RouterProcess, default_model, eventually, get_json};
 use llamanet_cluster::{Cluster, ClusterConfig};
-use llamanet_node::swarm::wake::{self, WAKE_PROTOCOL, WakeAnswer, WakeOutcome, WakeRequest};
-use llamanet_node::swarm::{self, InferenceNodeRef, PeerId, SwarmConfig, SwarmHandle};
 use llamanet_operator::crd::{ConditionStatus, ConditionType, InferenceNode, Phase};
+use llamanet_swarm::wake::{self, WAKE_PROTOCOL, WakeAnswer, WakeOutcome, WakeRequest};
+use llamanet_swarm::{self as swarm, InferenceNodeRef, PeerId, SwarmConfig, SwarmHandle};
 
 mod common;
 use common::Operator;

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
-use llamanet_node::swarm::{self, InferenceNodeRef, NodeStatus, SwarmConfig};
 use llamanet_operator::heartbeat::{HeartbeatTable, Rejection};
 use llamanet_operator::swarm_peer::{self, SwarmPeerConfig};
+use llamanet_swarm::{self as swarm, InferenceNodeRef, NodeStatus, SwarmConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_of_replicas_reach_the_table() {

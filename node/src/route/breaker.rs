@@ -144,7 +144,7 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::swarm::heartbeat::tests::sample;
+    use crate::swarm::heartbeat::samples::sample;
 
     fn beat(peer: PeerId, started: u64, seq: u64, healthy: bool) -> Heartbeat {
         let mut heartbeat = sample(peer, seq);

@@ -73,7 +73,7 @@ impl Drop for InFlightGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::swarm::heartbeat::tests::sample;
+    use crate::swarm::heartbeat::samples::sample;
 
     #[test]
     fn guards_count_per_peer_and_adjust_the_announced_queue() {

@@ -39,23 +39,15 @@ pub use check::{CheckOptions, CheckOutcome, CheckReport, check, evaluate};
 pub use monitor::{MonitorOptions, monitor};
 pub use source::{PeerView, SwarmSource, SwarmView};
 
-/// Parses `2s`, `500ms`, `1m` or a bare number of seconds.
+/// Parses a duration in any unit humantime knows (`2s`, `500ms`, `1m`, `1h30m`), or a bare
+/// number of seconds (`1.5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {text:?} (e.g. 2s, 500ms)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("unknown unit in {text:?} (ms, s, m)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|err| format!("not a duration: {text:?} ({err}; e.g. 2s, 500ms, 1m)"))
 }
 
 #[cfg(test)]
@@ -119,6 +111,12 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("2h").is_err() && parse_duration("fast").is_err());
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration(" 250us "), Ok(Duration::from_micros(250)));
+        for bad in ["fast", "", "-1", "2 parsecs", "1e400"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains(bad.trim()), "{bad:?}: {err}");
+        }
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use llamanet_node::swarm::{self, ModelInfo, NodeStatus, SwarmConfig};
+//! use llamanet_swarm::{self as swarm, ModelInfo, NodeStatus, SwarmConfig};
 //! let (key, _) = swarm::identity::load_or_create("/var/lib/llamanet/identity.key".as_ref())?;
 //! let config = SwarmConfig {
 //!     bootstrap: vec!["/dns4/llamanet-operator.llamanet/tcp/4001".parse()?],

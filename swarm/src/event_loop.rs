@@ -76,7 +76,7 @@ pub(crate) struct EventLoop {
     bootstrap_dials: HashMap<ConnectionId, usize>,
     /// Provider keys this node announces, by unsharded prefix.
     provided: HashMap<String, kad::RecordKey>,
-    /// SHA-256s of the model files this node shares (`crate::weights`).
+    /// SHA-256s of the model files this node shares (`llamanet_node::weights`).
     weights: HashSet<String>,
     lookups: HashMap<u64, ProviderLookup>,
     lookup_queries: HashMap<QueryId, ShardQuery>,

@@ -3,7 +3,7 @@
 //! A stream rides the connection the swarm already has to a peer: Noise-encrypted and bound
 //! to the peer id that signs the peer's heartbeats, so whoever opens one knows exactly who
 //! answers, and whoever accepts one knows exactly who asked. Routing carries forwarded
-//! requests on them (HTTP/1.1 over [`HTTP_PROTOCOL`], see `crate::route::transport`).
+//! requests on them (HTTP/1.1 over [`HTTP_PROTOCOL`], see `llamanet_node::route::transport`).
 //!
 //! Every stream, either way, is counted per peer while it is open ([`InUse`]): the
 //! connection budget never closes a connection that carries one, and keeps a peer it used a

@@ -52,7 +52,7 @@ pub struct ModelInfo {
     /// Quantization label, e.g. `Q4_K_M`; empty when unknown.
     #[serde(default)]
     pub quantization: String,
-    /// The model file's fingerprint (`crate::model::fingerprint`); empty when unknown (an
+    /// The model file's fingerprint (`llamanet_node::model::fingerprint`); empty when unknown (an
     /// engine behind a sidecar). Streams continue only between equal fingerprints.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub fingerprint: String,
@@ -68,7 +68,7 @@ pub struct InferenceNodeRef {
 /// A model nobody serves right now that its operator starts on request: an InferenceNode
 /// scaled to zero (or waking). The operator that owns the resource advertises it in its own
 /// heartbeats; a node that gets a request for it asks that operator to wake it (see
-/// [`crate::swarm::wake`]) and holds the request meanwhile.
+/// [`crate::wake`]) and holds the request meanwhile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ColdModel {
     /// The model id clients ask for.
@@ -378,11 +378,13 @@ mod peer_id_string {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+#[cfg(any(test, feature = "testing"))]
+/// Heartbeats for tests: this crate's, and other crates' with the `testing` feature.
+pub mod samples {
     use super::*;
 
-    pub(crate) fn sample(peer_id: PeerId, seq: u64) -> Heartbeat {
+    /// A heartbeat of `peer_id` with sequence number `seq`: one model, one of four slots busy.
+    pub fn sample(peer_id: PeerId, seq: u64) -> Heartbeat {
         Heartbeat {
             peer_id,
             seq,
@@ -416,6 +418,12 @@ pub(crate) mod tests {
             },
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::sample;
+    use super::*;
 
     #[test]
     fn signed_heartbeat_round_trips() {

@@ -2,7 +2,7 @@
 //!
 //! Two kinds of things are provided: models a node serves (`/llamanet/model/<id>`) and
 //! verified model files a node shares by their SHA-256 (`/llamanet/weights/<sha256>`, see
-//! `crate::weights`). A node that provides prefix `p` announces itself under `p/<s>` where
+//! `llamanet_node::weights`). A node that provides prefix `p` announces itself under `p/<s>` where
 //! `s = hash(own peer id) % shards`; a lookup queries all `shards` keys and merges.
 //!
 //! Why shards: libp2p's Kademlia `MemoryStore` keeps at most `max_providers_per_key`

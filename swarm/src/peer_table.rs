@@ -367,8 +367,8 @@ pub struct PeerSnapshot {
 
 #[cfg(test)]
 mod tests {
-    use super::super::heartbeat::tests::sample;
     use super::*;
+    use crate::heartbeat::samples::sample;
 
     fn table() -> (PeerTable, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new());

@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn candidates_from_heartbeats_carry_load_and_models() {
-        let hb = super::super::heartbeat::tests::sample(PeerId::random(), 1);
+        let hb = crate::heartbeat::samples::sample(PeerId::random(), 1);
         let c = Candidate::from_heartbeat(&hb).unwrap();
         assert_eq!(c.endpoint, "http://127.0.0.1:8080");
         assert_eq!(c.load, Some(0.25));

@@ -64,6 +64,10 @@ fn by_url(url: &str) -> CheckOptions {
     }
 }
 
+/// A check gives up after its timeout (2 s by default); one that answers within this did
+/// not hang. Generous on purpose: how fast a check answers is not what these tests measure.
+const GAVE_UP_WITHIN: Duration = Duration::from_secs(10);
+
 /// Runs a check, prints its report (shown on failure) and times it.
 async fn timed_check(options: &CheckOptions) -> (CheckOutcome, String, Duration) {
     let start = Instant::now();
@@ -86,7 +90,7 @@ async fn check_over_http_answers_each_exit_code() {
         assert_eq!(outcome.exit_code(), 0, "{text}");
         assert!(text.starts_with("PEER"), "{text}");
         assert!(text.contains("qwen") && text.contains("(router)"), "{text}");
-        assert!(elapsed < Duration::from_secs(3));
+        assert!(elapsed < GAVE_UP_WITHIN);
 
         let wants_llama = CheckOptions {
             model: Some("llama".into()),
@@ -121,7 +125,7 @@ async fn check_over_http_answers_each_exit_code() {
         drop(dead);
         let (outcome, text, elapsed) = timed_check(&by_url(&dead_url)).await;
         assert_eq!(outcome.exit_code(), 2, "{text}");
-        assert!(elapsed < Duration::from_secs(3));
+        assert!(elapsed < GAVE_UP_WITHIN);
 
         // Something that is not a LlamaNet node.
         let not_a_node = fake_node_without_swarm().await;
@@ -197,7 +201,7 @@ async fn check_and_monitor_through_a_real_swarm_via_bootstrap() {
 
         let (outcome, text, elapsed) = timed_check(&via_seed(Some("model-0"), 2)).await;
         assert_eq!(outcome, CheckOutcome::Healthy, "{text}");
-        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+        assert!(elapsed < GAVE_UP_WITHIN, "{elapsed:?}");
         assert_eq!(
             text.lines()
                 .filter(|l| l.starts_with('…') && l.contains("model-0"))
@@ -208,7 +212,7 @@ async fn check_and_monitor_through_a_real_swarm_via_bootstrap() {
 
         let (outcome, _, elapsed) = timed_check(&via_seed(Some("absent"), 1)).await;
         assert_eq!(outcome.exit_code(), 1);
-        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+        assert!(elapsed < GAVE_UP_WITHIN, "{elapsed:?}");
 
         let (outcome, text, elapsed) = timed_check(&via_seed(None, 3)).await;
         assert_eq!(outcome.exit_code(), 1);
@@ -216,7 +220,7 @@ async fn check_and_monitor_through_a_real_swarm_via_bootstrap() {
             text.contains("2 healthy nodes, fewer than the 3 required"),
             "{text}"
         );
-        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+        assert!(elapsed < GAVE_UP_WITHIN, "{elapsed:?}");
 
         // monitor --once --json through the same kind of light peer.
         let source = SwarmSource::open(
@@ -268,7 +272,7 @@ async fn check_via_a_bootstrap_address_nobody_answers_is_unreachable() {
         let (outcome, text, elapsed) = timed_check(&options).await;
         assert_eq!(outcome.exit_code(), 2, "{text}");
         assert!(text.contains("no swarm peer answered"), "{text}");
-        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+        assert!(elapsed < GAVE_UP_WITHIN, "{elapsed:?}");
     })
     .await;
 }

@@ -496,9 +496,10 @@ async fn operator_runs_real_node_pods() {
         "identity kept across restarts"
     );
 
-    // The operator dies in the middle of a reconcile (right after a spec change) and a new
-    // one takes over: no duplicate children, and the status converges on real heartbeats
-    // again (the pods find the new operator through their bootstrap address).
+    // The operator is killed right after a spec change, whether or not it has reconciled
+    // it yet (150 ms: the test does not control which), and a new one takes over: no
+    // duplicate children, the change is carried out, and the status converges on real
+    // heartbeats again (the pods find the new operator through their bootstrap address).
     cluster.kubectl_ok(&["scale", "inferencenode", NAME, "--replicas=1"], None);
     tokio::time::sleep(Duration::from_millis(150)).await;
     operator.kill();

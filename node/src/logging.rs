@@ -19,7 +19,7 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber. `filter` uses `EnvFilter` syntax, e.g.
-/// `info,llamanet_node=debug`.
+/// `info,llamanet_swarm=debug`.
 pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(filter)
         .map_err(|err| anyhow::anyhow!("invalid log filter '{filter}': {err}"))?;

@@ -30,7 +30,7 @@ struct Cli {
     )]
     log_format: LogFormat,
 
-    /// Log filter in tracing's EnvFilter syntax (e.g. `info,llamanet_node=debug`).
+    /// Log filter in tracing's EnvFilter syntax (e.g. `info,llamanet_swarm=debug`).
     #[arg(long, global = true, env = "LLAMANET_LOG", default_value = logging::DEFAULT_FILTER)]
     log: String,
 

@@ -21,7 +21,7 @@ fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
         let sink = logs.clone();
         tracing_subscriber::fmt()
             .with_ansi(false)
-            .with_env_filter("llamanet_node=debug")
+            .with_env_filter("llamanet_node=debug,llamanet_swarm=debug")
             .with_writer(move || LogSink(sink.clone()))
             .init();
         logs

@@ -18,7 +18,7 @@ pub fn init_logs() {
         .with_test_writer()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "llamanet_node=info".into()),
+                .unwrap_or_else(|_| "llamanet_node=info,llamanet_swarm=info".into()),
         )
         .try_init();
 }

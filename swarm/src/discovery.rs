@@ -11,8 +11,8 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use llamanet_node::swarm::{self, SwarmConfig};
-//! use llamanet_node::swarm::discovery::{wait_for_nodes, Filter, Selector, Strategy};
+//! use llamanet_swarm::{self as swarm, SwarmConfig};
+//! use llamanet_swarm::discovery::{wait_for_nodes, Filter, Selector, Strategy};
 //!
 //! // A light peer: joins through one node, listens to heartbeats, serves nothing.
 //! let bootstrap = vec!["/dns4/llamanet.example.org/tcp/4001".parse()?];

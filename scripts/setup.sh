@@ -46,5 +46,10 @@ for out in "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out; do
     break
   fi
 done
+# The router and sidecar binary without llama.cpp (what their image ships), first: the
+# workspace build below puts the full `llamanet` back in release/.
+cargo build --release -p llamanet-node --no-default-features --bin llamanet
+mkdir -p "$CARGO_TARGET_DIR/light"
+cp "$CARGO_TARGET_DIR/release/llamanet" "$CARGO_TARGET_DIR/light/llamanet"
 cargo build --release --workspace --bins
-info "binaries in $CARGO_TARGET_DIR/release"
+info "binaries in $CARGO_TARGET_DIR/release (without llama.cpp: $CARGO_TARGET_DIR/light/llamanet)"

@@ -17,6 +17,8 @@ trap 'rm -f "$results"' EXIT
 timed "setup (packages, Go tools, model)" "$ROOT/scripts/setup.sh"
 # The sidecar tests run llama.cpp's own llama-server (cached after the first build).
 timed "llama-server (llama.cpp)" "$ROOT/scripts/build-llama-cpp.sh"
+# The router image from deploy/docker (podman storage; rebuilt only when its inputs change).
+timed "images (mmdebstrap, buildah)" "$ROOT/scripts/build-images.sh"
 cd "$ROOT"
 
 step "cargo fmt --check"
@@ -33,7 +35,17 @@ run_cargo_tests() {
   cargo test --release --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee -a "$results"
   return "${PIPESTATUS[0]}"
 }
+# The node without the engine (the router and sidecar binary) first: its build puts the
+# engine-less `llamanet` in release/, and the workspace's tests and build put the full one
+# back before pytest runs it.
+run_light_tests() {
+  cargo test --release -p llamanet-node --no-default-features --lib --test http_limits 2>&1 \
+    | tee -a "$results"
+  return "${PIPESTATUS[0]}"
+}
+timed "cargo test (node without engine)" run_light_tests
 timed "cargo test" run_cargo_tests
+cargo build --release --workspace --bins
 
 if [ -d "$ROOT/tests/e2e" ]; then
   step "end-to-end tests with the official openai client (pytest)"
@@ -42,6 +54,7 @@ if [ -d "$ROOT/tests/e2e" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/e2e/requirements.txt"
   run_pytest() {
     LLAMANET_BIN="$CARGO_TARGET_DIR/release/llamanet" LLAMANET_MODEL="$DEFAULT_MODEL" \
+      LLAMANET_LIGHT_BIN="$CARGO_TARGET_DIR/light/llamanet" \
       LLAMA_SERVER="$LLAMA_SERVER_DIR/llama-server" \
       "$venv/bin/python" -m pytest -q "$ROOT/tests/e2e" 2>&1 | tee -a "$results"
     return "${PIPESTATUS[0]}"

@@ -1,5 +1,6 @@
-//! Flags of `llamanet serve`, `fetch` and `generate`, as library types: the binary parses
-//! them, and the operator checks every container command it generates against them, so
+//! The `llamanet` command line ([`Cli`]) and its subcommands' flags, as library types: the
+//! binary parses them, and the operator checks every container command it generates against
+//! them ([`Command::parse_args`]), so
 //! that a pod never gets a flag the node does not know (see `operator/src/children.rs`).
 //! Every flag can also come from its `LLAMANET_*` environment variable.
 
@@ -7,38 +8,14 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::engine::settings::{
+    DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_SIZE, DEFAULT_PARALLEL, DEFAULT_QUEUE,
+    DEFAULT_SERVE_BATCH_SIZE, DEFAULT_SERVE_CONTEXT_SIZE, FlashAttention,
+};
+use crate::logging::LogFormat;
 use crate::swarm::membership::MembershipArgs;
-
-/// Context size used when none is given: room for a long chat while keeping the KV cache
-/// of small models in the tens of megabytes. Clamped to what the model was trained for.
-pub const DEFAULT_CONTEXT_SIZE: u32 = 4096;
-
-/// Tokens handed to one `llama_decode` call at most (llama.cpp's own default).
-pub const DEFAULT_BATCH_SIZE: u32 = 2048;
-
-/// Sequence slots served at once when none is given.
-pub const DEFAULT_PARALLEL: u32 = 4;
-
-/// Requests that may wait for a free slot when none is given; more get "queue full".
-pub const DEFAULT_QUEUE: usize = 64;
-
-/// Total context of `llamanet serve` when none is given (split between the slots).
-pub const DEFAULT_SERVE_CONTEXT_SIZE: u32 = 8192;
-
-/// Tokens per decode step of `llamanet serve` when none is given.
-pub const DEFAULT_SERVE_BATCH_SIZE: u32 = 512;
-
-/// Whether llama.cpp uses flash attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum FlashAttention {
-    /// llama.cpp decides per model and backend.
-    #[default]
-    Auto,
-    On,
-    Off,
-}
 
 /// `llamanet serve`.
 #[derive(Debug, Args)]
@@ -134,6 +111,16 @@ pub struct HttpArgs {
     /// Longest a generation request may take in seconds, queueing included.
     #[arg(long, env = "LLAMANET_REQUEST_TIMEOUT", default_value_t = 600)]
     pub request_timeout: u64,
+
+    /// Seconds a client may pause while sending a request body; then 408.
+    #[arg(long, env = "LLAMANET_BODY_TIMEOUT", default_value_t = 30)]
+    pub body_timeout: u64,
+
+    /// `/v1` requests read and prepared at once (until their answer starts); more get 503
+    /// `overloaded` with Retry-After. Bounds the memory request bodies can take to this
+    /// many times `--body-limit`. `/health` and `/metrics` are not counted.
+    #[arg(long, env = "LLAMANET_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    pub max_concurrent_requests: usize,
 
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LLAMANET_SHUTDOWN_GRACE", default_value_t = 30)]
@@ -309,43 +296,70 @@ const fn non_zero(n: u32) -> NonZeroU32 {
     }
 }
 
-/// A command line of one subcommand, as a container would run it (`argv[1..]`, starting
-/// with the subcommand's name), parsed the way the `llamanet` binary parses it.
-#[derive(Debug)]
-pub enum Invocation {
-    Serve(Box<ServeArgs>),
-    Router(Box<RouterArgs>),
-    Sidecar(Box<SidecarArgs>),
-    Fetch(FetchArgs),
-    Generate(GenerateArgs),
-}
-
+/// The `llamanet` command line: logging flags for every subcommand, and the subcommand.
 #[derive(Debug, Parser)]
 // Flags may repeat and the last one wins, so that extra arguments appended to a generated
 // command line (an InferenceNode's `extraArgs`) override what comes before them.
-#[command(name = "llamanet", no_binary_name = true, args_override_self = true)]
-enum InvocationParser {
-    Serve(Box<ServeArgs>),
-    Router(Box<RouterArgs>),
-    Sidecar(Box<SidecarArgs>),
-    Fetch(FetchArgs),
-    Generate(GenerateArgs),
+#[command(
+    name = "llamanet",
+    version,
+    about = "LlamaNet inference node",
+    args_override_self = true
+)]
+pub struct Cli {
+    /// Log line format on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "LLAMANET_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter in tracing's EnvFilter syntax (e.g. `info,llamanet_swarm=debug`).
+    #[arg(long, global = true, env = "LLAMANET_LOG", default_value = crate::logging::DEFAULT_FILTER)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-impl Invocation {
-    /// Parses `args` (subcommand first) with the binary's own flag definitions.
-    pub fn parse<I, T>(args: I) -> Result<Invocation, clap::Error>
+/// The subcommands. `serve` and `generate` need the engine (cargo feature `engine`): a build
+/// without llama.cpp hides them and refuses them with a message saying so.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Put a model with a known SHA-256 at a path, from a URL or a local file; a valid
+    /// file already there is reused.
+    Fetch(FetchArgs),
+    /// Generate text from a prompt once (greedy) and print tokens/s.
+    #[cfg_attr(not(feature = "engine"), command(hide = true))]
+    Generate(GenerateArgs),
+    /// Serve the OpenAI-compatible API, `/health` and `/metrics` for one model.
+    #[cfg_attr(not(feature = "engine"), command(hide = true))]
+    Serve(Box<ServeArgs>),
+    /// Join the swarm without a model and route every request to a peer that serves it.
+    Router(Box<RouterArgs>),
+    /// Put an OpenAI-compatible engine running beside this process (llama-server, vLLM)
+    /// into the swarm.
+    Sidecar(Box<SidecarArgs>),
+    /// A live view of the swarm (`--once --json` prints one snapshot for scripts).
+    Monitor(crate::tools::MonitorOptions),
+    /// A quick health check of the swarm: exit 0 healthy, 1 unhealthy, 2 unreachable.
+    Check(crate::tools::CheckOptions),
+}
+
+impl Command {
+    /// Parses a command line as a container runs it (`argv[1..]`, subcommand first) the way
+    /// the `llamanet` binary parses it.
+    pub fn parse_args<I, T>(args: I) -> Result<Command, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Ok(match InvocationParser::try_parse_from(args)? {
-            InvocationParser::Serve(args) => Invocation::Serve(args),
-            InvocationParser::Router(args) => Invocation::Router(args),
-            InvocationParser::Sidecar(args) => Invocation::Sidecar(args),
-            InvocationParser::Fetch(args) => Invocation::Fetch(args),
-            InvocationParser::Generate(args) => Invocation::Generate(args),
-        })
+        let argv = std::iter::once(std::ffi::OsString::from("llamanet"))
+            .chain(args.into_iter().map(Into::into));
+        Ok(Cli::try_parse_from(argv)?.command)
     }
 }
 
@@ -355,7 +369,7 @@ mod tests {
 
     #[test]
     fn serve_flags_parse_and_unknown_ones_are_refused() {
-        let Invocation::Serve(args) = Invocation::parse([
+        let Command::Serve(args) = Command::parse_args([
             "serve",
             "--model",
             "/m.gguf",
@@ -369,10 +383,10 @@ mod tests {
         };
         assert_eq!(args.parallel.get(), 2);
         assert_eq!(args.flash_attention, FlashAttention::Off);
-        let err = Invocation::parse(["serve", "--model", "/m.gguf", "--model-name", "x"])
+        let err = Command::parse_args(["serve", "--model", "/m.gguf", "--model-name", "x"])
             .expect_err("unknown flag");
         assert!(err.to_string().contains("--model-name"), "{err}");
-        let err = Invocation::parse(["serve", "--model", "/m.gguf", "--parallel", "0"])
+        let err = Command::parse_args(["serve", "--model", "/m.gguf", "--parallel", "0"])
             .expect_err("zero slots");
         assert!(err.to_string().contains("--parallel"), "{err}");
     }
@@ -392,7 +406,7 @@ mod tests {
             if let Some(pod) = pod {
                 args.extend(["--pod", pod]);
             }
-            let Invocation::Fetch(fetch) = Invocation::parse(args).unwrap() else {
+            let Command::Fetch(fetch) = Command::parse_args(args).unwrap() else {
                 panic!("not fetch")
             };
             fetch.find_peers_for().as_secs()

@@ -1,20 +1,18 @@
 //! LlamaNet inference node.
 //!
 //! A node verifies and fetches its GGUF model ([`model`]), loads it into llama.cpp and
-//! generates tokens ([`engine`], behind the default `engine` feature so that light users of
-//! this library, such as the operator, build without a C++ toolchain), and logs through
-//! `tracing` ([`logging`]). Requests reach the engine through the OpenAI-compatible HTTP
-//! API ([`api`], also behind `engine`), and every Prometheus metric lives in one registry
+//! generates tokens ([`engine`], behind the default `engine` feature: without it the
+//! `llamanet` binary links no llama.cpp and runs as a router, a sidecar, `monitor` or
+//! `check`), and logs through `tracing` ([`logging`]). Requests reach the engine through
+//! the OpenAI-compatible HTTP API ([`api`]), and every Prometheus metric lives in one registry
 //! ([`metrics`]). Nodes find each other and their load through the [`swarm`]; [`route`]
 //! serves each request here or forwards it to a peer; [`sidecar`] puts an engine running
 //! beside the node (llama-server, vLLM) into the swarm; [`tools`] holds the `monitor` and
 //! `check` commands. The `llamanet` binary in `main.rs` only parses the command line
 //! and calls into these modules.
 
-#[cfg(feature = "engine")]
 pub mod api;
 pub mod cli;
-#[cfg(feature = "engine")]
 pub mod engine;
 pub mod logging;
 pub mod metrics;

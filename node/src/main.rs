@@ -4,63 +4,12 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use llamanet_node::cli::FetchArgs;
+use clap::Parser;
+use llamanet_node::cli::{Cli, Command, FetchArgs, HttpArgs, RouterArgs, SidecarArgs};
 #[cfg(feature = "engine")]
-use llamanet_node::cli::{GenerateArgs, HttpArgs, RouterArgs, ServeArgs, SidecarArgs};
-use llamanet_node::logging::{self, LogFormat};
+use llamanet_node::cli::{GenerateArgs, ServeArgs};
+use llamanet_node::logging;
 use llamanet_node::model;
-
-#[derive(Debug, Parser)]
-// The last of a repeated flag wins (see `llamanet_node::cli::Invocation`).
-#[command(
-    name = "llamanet",
-    version,
-    about = "LlamaNet inference node",
-    args_override_self = true
-)]
-struct Cli {
-    /// Log line format on stderr.
-    #[arg(
-        long,
-        global = true,
-        env = "LLAMANET_LOG_FORMAT",
-        value_enum,
-        default_value_t
-    )]
-    log_format: LogFormat,
-
-    /// Log filter in tracing's EnvFilter syntax (e.g. `info,llamanet_swarm=debug`).
-    #[arg(long, global = true, env = "LLAMANET_LOG", default_value = logging::DEFAULT_FILTER)]
-    log: String,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Put a model with a known SHA-256 at a path, from a URL or a local file; a valid
-    /// file already there is reused.
-    Fetch(FetchArgs),
-    /// Generate text from a prompt once (greedy) and print tokens/s.
-    #[cfg(feature = "engine")]
-    Generate(GenerateArgs),
-    /// Serve the OpenAI-compatible API, `/health` and `/metrics` for one model.
-    #[cfg(feature = "engine")]
-    Serve(Box<ServeArgs>),
-    /// Join the swarm without a model and route every request to a peer that serves it.
-    #[cfg(feature = "engine")]
-    Router(Box<RouterArgs>),
-    /// Put an OpenAI-compatible engine running beside this process (llama-server, vLLM)
-    /// into the swarm.
-    #[cfg(feature = "engine")]
-    Sidecar(Box<SidecarArgs>),
-    /// A live view of the swarm (`--once --json` prints one snapshot for scripts).
-    Monitor(llamanet_node::tools::MonitorOptions),
-    /// A quick health check of the swarm: exit 0 healthy, 1 unhealthy, 2 unreachable.
-    Check(llamanet_node::tools::CheckOptions),
-}
 
 /// `llamanet fetch` exits with this when the model's checksum is wrong, so the operator can
 /// tell ChecksumMismatch from other failures by the init container's exit code alone.
@@ -111,9 +60,12 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(args),
         #[cfg(feature = "engine")]
         Command::Serve(args) => serve(*args),
-        #[cfg(feature = "engine")]
+        #[cfg(not(feature = "engine"))]
+        Command::Generate(_) | Command::Serve(_) => Err(anyhow::anyhow!(
+            "this llamanet was built without the engine (the router and sidecar image): \
+             `serve` and `generate` need the node image"
+        )),
         Command::Router(args) => router(*args),
-        #[cfg(feature = "engine")]
         Command::Sidecar(args) => sidecar(*args),
     };
     match result {
@@ -150,9 +102,7 @@ fn fetch(args: FetchArgs) -> anyhow::Result<()> {
             let addrs = args
                 .bootstrap
                 .iter()
-                .map(|a| {
-                    bootstrap::parse_addr(a).map_err(|e| anyhow::anyhow!("--bootstrap {a:?}: {e}"))
-                })
+                .map(|a| bootstrap::parse_addr(a).map_err(|e| anyhow::anyhow!("--bootstrap: {e}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let mut config = SwarmConfig::light(addrs);
             if let Some(path) = &args.swarm_key {
@@ -226,14 +176,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     run_server(args.http, args.swarm, backend, model_id)
 }
 
-#[cfg(feature = "engine")]
 fn router(args: RouterArgs) -> anyhow::Result<()> {
     use llamanet_node::api::Backend;
 
     run_server(args.http, args.swarm, Backend::Router, String::new())
 }
 
-#[cfg(feature = "engine")]
 fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
     use std::time::Duration;
 
@@ -251,7 +199,7 @@ fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
         );
     }
     // Every half heartbeat interval: a dead engine shows in the next heartbeat.
-    let check_every = args.swarm.interval().map_err(anyhow::Error::msg)? / 2;
+    let check_every = args.swarm.interval()? / 2;
     let backend = Backend::Upstream(UpstreamConfig {
         base: args.upstream,
         kind: args.engine,
@@ -265,7 +213,6 @@ fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
     run_server(args.http, args.swarm, backend, String::new())
 }
 
-#[cfg(feature = "engine")]
 fn run_server(
     http: HttpArgs,
     swarm: llamanet_node::swarm::membership::MembershipArgs,
@@ -284,6 +231,8 @@ fn run_server(
             api_key: http.api_key.filter(|key| !key.is_empty()),
             body_limit: http.body_limit,
             request_timeout: Duration::from_secs(http.request_timeout.max(1)),
+            body_timeout: Duration::from_secs(http.body_timeout.max(1)),
+            max_concurrent_requests: http.max_concurrent_requests.max(1),
             started_unix: api::unix_now(),
             hold: llamanet_node::route::HoldPolicy {
                 timeout: Duration::from_secs(http.wake_hold_timeout.max(1)),

@@ -73,7 +73,7 @@ pub enum ModelError {
     #[error("model source '{source_name}' is neither an http(s) URL nor a local path")]
     UnsupportedSource { source_name: String },
 
-    #[error("download of {url} failed: {}", error_chain(cause))]
+    #[error("download of {url} failed: {}", crate::swarm::error_text::chain(cause))]
     Download { url: String, cause: reqwest::Error },
 
     #[error("download of {url} failed: server answered {status}")]
@@ -91,24 +91,6 @@ pub enum ModelError {
         path: PathBuf,
         cause: io::Error,
     },
-}
-
-/// An error and its causes on one line, `outer: inner: innermost`. Error messages in this
-/// crate carry their causes in the text (and do not also expose them as `source()`), so the
-/// text alone is complete wherever it ends up: a pod log, a status condition, an HTTP body.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(inner) = cause {
-        let inner_text = inner.to_string();
-        // Some libraries repeat their cause in their own message; do not print it twice.
-        if !text.ends_with(&inner_text) {
-            text.push_str(": ");
-            text.push_str(&inner_text);
-        }
-        cause = inner.source();
-    }
-    text
 }
 
 impl ModelError {

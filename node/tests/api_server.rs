@@ -87,6 +87,8 @@ async fn openai_api_over_loopback() {
         api_key: Some(KEY.into()),
         body_limit: 64 * 1024,
         request_timeout: Duration::from_secs(120),
+        body_timeout: Duration::from_secs(30),
+        max_concurrent_requests: 64,
         started_unix: api::unix_now(),
         hold: Default::default(),
     });

@@ -5,8 +5,6 @@
 //! stall, refuse, or continue annotated streams the way the real engine does. Every test
 //! runs under a time limit.
 
-mod swarm_support;
-
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,7 +28,7 @@ use llamanet_node::route::{
     route_or_serve,
 };
 use llamanet_node::swarm::SwarmHandle;
-use swarm_support::{addr_of, bounded, init_logs, start_node, wait_until};
+use llamanet_swarm::testing::{addr_of, bounded, init_logs, start_node, wait_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -144,6 +142,7 @@ async fn node_via(
         router: router.clone(),
         local: Arc::new(move |model: &str| (serves && model == MODEL, load)),
         body_limit: 1 << 20,
+        body_timeout: Duration::from_secs(30),
     };
     let engine = Engine {
         name,

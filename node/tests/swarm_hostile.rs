@@ -11,8 +11,6 @@
 //!
 //! Every test runs under a time limit; every peer listens on 127.0.0.1 only.
 
-mod swarm_support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +21,7 @@ use llamanet_node::swarm::{
     self, ExpiryPolicy, Heartbeat, ModelInfo, NodeStatus, RejectReason, SignedHeartbeat,
     SwarmConfig, SwarmHandle,
 };
-use swarm_support::*;
+use llamanet_swarm::testing::*;
 
 /// A peer with a key the test holds, so it can sign whatever it likes as itself.
 async fn hostile(bootstrap: &SwarmHandle, status: NodeStatus) -> (SwarmHandle, Keypair) {

@@ -2,8 +2,6 @@
 //! two-node swarm on loopback (light peer via `--bootstrap`): exit codes, the printed table,
 //! and that each answer comes in under three seconds.
 
-mod swarm_support;
-
 use std::time::{Duration, Instant};
 
 use axum::Router as App;
@@ -13,13 +11,13 @@ use libp2p::{Multiaddr, PeerId};
 use llamanet_node::swarm::{Heartbeat, ModelInfo, NodeStatus};
 use llamanet_node::tools::monitor::{self, render_once};
 use llamanet_node::tools::{
-    self, CheckOptions, CheckOutcome, MonitorOptions, PeerView, SwarmSource, SwarmView,
+    self, CheckOptions, CheckOutcome, MonitorOptions, PeerSnapshot, PeerTableSnapshot, SwarmSource,
 };
-use swarm_support::*;
+use llamanet_swarm::testing::*;
 
 /// A peer as `/v1/swarm` would list it.
-fn listed(model: Option<&str>, healthy: bool) -> PeerView {
-    PeerView {
+fn listed(model: Option<&str>, healthy: bool) -> PeerSnapshot {
+    PeerSnapshot {
         heartbeat: Heartbeat {
             peer_id: PeerId::random(),
             seq: 1,
@@ -47,7 +45,7 @@ fn listed(model: Option<&str>, healthy: bool) -> PeerView {
 }
 
 /// A fake node answering `/v1/swarm` with `view` and `/health` with `health`.
-async fn fake_node(view: SwarmView, health: StatusCode) -> String {
+async fn fake_node(view: PeerTableSnapshot, health: StatusCode) -> String {
     let app = App::new()
         .route("/v1/swarm", get(move || async move { axum::Json(view) }))
         .route("/health", get(move || async move { health }));
@@ -81,7 +79,7 @@ async fn timed_check(options: &CheckOptions) -> (CheckOutcome, String, Duration)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_over_http_answers_each_exit_code() {
     bounded(Duration::from_secs(30), async {
-        let view = SwarmView {
+        let view = PeerTableSnapshot {
             peers: vec![listed(Some("qwen"), true), listed(None, true)],
         };
         let url = fake_node(view.clone(), StatusCode::OK).await;
@@ -106,7 +104,7 @@ async fn check_over_http_answers_each_exit_code() {
         };
         assert_eq!(timed_check(&wants_three).await.0.exit_code(), 1);
 
-        let all_sick = SwarmView {
+        let all_sick = PeerTableSnapshot {
             peers: vec![listed(Some("qwen"), false)],
         };
         let sick_url = fake_node(all_sick, StatusCode::OK).await;
@@ -144,7 +142,7 @@ async fn fake_node_without_swarm() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_once_json_over_http_prints_the_peer_table() {
     bounded(Duration::from_secs(30), async {
-        let view = SwarmView {
+        let view = PeerTableSnapshot {
             peers: vec![listed(Some("qwen"), true)],
         };
         let url = fake_node(view.clone(), StatusCode::OK).await;
@@ -155,7 +153,7 @@ async fn monitor_once_json_over_http_prints_the_peer_table() {
             .await
             .unwrap();
         assert_eq!(seen, view);
-        let json: SwarmView = serde_json::from_str(&render_once(&seen, true)).unwrap();
+        let json: PeerTableSnapshot = serde_json::from_str(&render_once(&seen, true)).unwrap();
         assert_eq!(json, view);
         // The whole command path, which prints to stdout and needs no terminal.
         tools::monitor(MonitorOptions {

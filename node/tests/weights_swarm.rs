@@ -4,8 +4,6 @@
 //! answer the protocol themselves with a forged manifest. Every test runs under a time
 //! limit.
 
-mod swarm_support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +17,8 @@ use llamanet_node::weights::wire::{self, Answer, Request};
 use llamanet_node::weights::{
     self, CHUNK_BYTES, FetchOptions, Manifest, SeedPolicy, Seeder, WEIGHTS_PROTOCOL,
 };
+use llamanet_swarm::testing::{addr_of, bounded, init_logs, node_config};
 use sha2::{Digest, Sha256};
-use swarm_support::{addr_of, bounded, init_logs, node_config};
 
 const PSK: [u8; 32] = [42; 32];
 

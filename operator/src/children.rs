@@ -219,7 +219,10 @@ fn pod_template(
     let image = spec
         .image
         .clone()
-        .unwrap_or_else(|| config.default_image.clone());
+        .unwrap_or_else(|| match spec.engine.external {
+            None => config.default_image.clone(),
+            Some(_) => config.router_image.clone(),
+        });
     let model = ModelPlan::new(&spec.model);
 
     let mut volumes = vec![
@@ -1208,14 +1211,14 @@ mod tests {
 
     #[test]
     fn an_external_engine_runs_beside_the_sidecar_with_the_gpus_and_the_model() {
-        use llamanet_node::cli::Invocation;
+        use llamanet_node::cli::Command;
 
         let children = build(&external_node());
         let spec = pod_spec(&children);
         let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, [SERVER_CONTAINER, ENGINE_CONTAINER]);
 
-        let Ok(Invocation::Sidecar(sidecar)) = Invocation::parse(expanded_args(server(&children)))
+        let Ok(Command::Sidecar(sidecar)) = Command::parse_args(expanded_args(server(&children)))
         else {
             panic!("the node container does not run the sidecar");
         };
@@ -1279,7 +1282,7 @@ mod tests {
     /// where a renamed flag on either side shows).
     #[test]
     fn every_generated_command_line_parses_as_the_node_parses_it() {
-        use llamanet_node::cli::{FlashAttention, Invocation};
+        use llamanet_node::cli::{Command, FlashAttention};
 
         let full = InferenceNode::test()
             .with_engine(EngineSettings {
@@ -1312,7 +1315,7 @@ mod tests {
                 .filter(|c| c.command.as_deref() == Some(&[NODE_COMMAND.to_string()]))
             {
                 let args = expanded_args(c);
-                if let Err(err) = Invocation::parse(&args) {
+                if let Err(err) = Command::parse_args(&args) {
                     panic!(
                         "container {} runs `llamanet {}`:\n{err}",
                         c.name,
@@ -1322,7 +1325,7 @@ mod tests {
             }
         }
 
-        let Ok(Invocation::Serve(serve)) = Invocation::parse(expanded_args(server(&build(&full))))
+        let Ok(Command::Serve(serve)) = Command::parse_args(expanded_args(server(&build(&full))))
         else {
             panic!("the server container does not run serve");
         };
@@ -1688,6 +1691,22 @@ mod tests {
         assert_eq!(
             server(&children).image.as_deref(),
             Some("ghcr.io/llamanet/llamanet-node:0.1.0-cuda")
+        );
+        // Beside an external engine the sidecar runs the image without llama.cpp, unless the
+        // resource names its own.
+        let external = external_node();
+        let children = desired(&external, &config).unwrap();
+        assert_eq!(
+            server(&children).image.as_deref(),
+            Some(crate::config::DEFAULT_ROUTER_IMAGE)
+        );
+        assert!(crate::config::DEFAULT_ROUTER_IMAGE.contains("/llamanet-router:"));
+        let mut pinned = external;
+        pinned.spec.image = Some("registry.local/llamanet-node:dev".into());
+        let children = desired(&pinned, &config).unwrap();
+        assert_eq!(
+            server(&children).image.as_deref(),
+            Some("registry.local/llamanet-node:dev")
         );
     }
 

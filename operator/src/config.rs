@@ -11,6 +11,13 @@ use std::time::Duration;
 pub const DEFAULT_NODE_IMAGE: &str =
     concat!("ghcr.io/llamanet/llamanet-node:", env!("CARGO_PKG_VERSION"));
 
+/// Image of the LlamaNet container beside an external engine (`llamanet sidecar`): the same
+/// binary built without the engine, so it carries no llama.cpp.
+pub const DEFAULT_ROUTER_IMAGE: &str = concat!(
+    "ghcr.io/llamanet/llamanet-router:",
+    env!("CARGO_PKG_VERSION")
+);
+
 /// How often nodes send heartbeats unless configured otherwise: three missed ones (6 s) plus a
 /// status patch stay within the 10 s the operator promises for noticing a lost replica.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -19,6 +26,8 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 pub struct OperatorConfig {
     /// Node image for resources without `spec.image`.
     pub default_image: String,
+    /// Image of the sidecar beside an external engine, for resources without `spec.image`.
+    pub router_image: String,
     /// Multiaddrs every node bootstraps from besides `spec.swarm.bootstrapPeers`: the
     /// operator's own swarm Service, so all nodes of a cluster meet through it.
     pub bootstrap_peers: Vec<String>,
@@ -34,6 +43,7 @@ impl Default for OperatorConfig {
     fn default() -> Self {
         Self {
             default_image: DEFAULT_NODE_IMAGE.to_owned(),
+            router_image: DEFAULT_ROUTER_IMAGE.to_owned(),
             bootstrap_peers: Vec::new(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             swarm_key: None,

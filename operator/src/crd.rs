@@ -88,7 +88,8 @@ pub struct InferenceNodeSpec {
     #[serde(default, skip_serializing_if = "is_default")]
     pub engine: EngineSettings,
 
-    /// Container image of the LlamaNet node; defaults to the operator's configured image.
+    /// Container image of the LlamaNet node; defaults to the operator's configured node image,
+    /// or beside an external engine to its router image (the sidecar needs no llama.cpp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,

@@ -1,7 +1,7 @@
 //! Swarm identities of the replicas: one Ed25519 key per pod name, kept in the Secret
 //! `<name>-identity` that the pods mount (see `children.rs` for why per pod name).
 //!
-//! Keys are stored in libp2p's protobuf encoding of a private key (what
+//! Keys are made by libp2p and stored in its protobuf encoding of a private key (what
 //! `libp2p::identity::Keypair::from_protobuf_encoding` reads), so the node loads them without
 //! knowing who made them. Existing keys are never replaced: a replica's peer id is stable for
 //! the life of its InferenceNode, scaled away and back included.
@@ -9,25 +9,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{Ed25519KeyPair, KeyPair};
 
 use crate::children::pod_name;
 
-/// A new Ed25519 key in libp2p's protobuf encoding: field 1 (key type) = 1 (Ed25519), field 2
-/// (data) = the 32-byte secret followed by the 32-byte public key.
+/// A new Ed25519 key in libp2p's protobuf encoding, made by libp2p itself.
 pub fn new_key() -> Vec<u8> {
-    let mut secret = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut secret)
-        .expect("the operating system's random number generator works");
-    let pair = Ed25519KeyPair::from_seed_unchecked(&secret)
-        .expect("any 32 bytes are an Ed25519 secret key");
-    let mut encoded = Vec::with_capacity(68);
-    encoded.extend_from_slice(&[0x08, 0x01, 0x12, 0x40]);
-    encoded.extend_from_slice(&secret);
-    encoded.extend_from_slice(pair.public_key().as_ref());
-    encoded
+    llamanet_swarm::Keypair::generate_ed25519()
+        .to_protobuf_encoding()
+        .expect("ed25519 key pairs always encode")
 }
 
 /// The identity Secret's data for `replicas` replicas: the existing keys, plus a new key for
@@ -56,13 +45,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_use_the_libp2p_protobuf_encoding() {
+    fn keys_are_libp2p_ed25519_keys_in_the_format_secrets_already_hold() {
+        use llamanet_swarm::Keypair;
+        use llamanet_swarm::libp2p::identity::ed25519;
+
         let key = new_key();
+        let pair = Keypair::from_protobuf_encoding(&key).expect("libp2p reads it");
+        assert!(pair.clone().try_into_ed25519().is_ok(), "an Ed25519 key");
+        assert_ne!(new_key(), key, "every key is new");
+        // Secrets written before this encoding came from libp2p hold field 1 (key type) = 1
+        // (Ed25519) and field 2 = the 32-byte secret then the 32-byte public key: the same
+        // 68 bytes, so those identities (and their peer ids) load unchanged.
         assert_eq!(key.len(), 68);
         assert_eq!(&key[..4], &[0x08, 0x01, 0x12, 0x40]);
-        let pair = Ed25519KeyPair::from_seed_and_public_key(&key[4..36], &key[36..]);
-        assert!(pair.is_ok(), "public key must belong to the secret");
-        assert_ne!(new_key(), key, "every key is new");
+        let seed = [7u8; 32];
+        let secret = ed25519::SecretKey::try_from_bytes(seed).unwrap();
+        let public = ed25519::Keypair::from(secret).public().to_bytes();
+        let mut old = vec![0x08, 0x01, 0x12, 0x40];
+        old.extend_from_slice(&seed);
+        old.extend_from_slice(&public);
+        let loaded = Keypair::from_protobuf_encoding(&old).expect("an old secret loads");
+        assert_eq!(loaded.to_protobuf_encoding().unwrap(), old);
     }
 
     #[test]

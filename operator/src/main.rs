@@ -34,6 +34,11 @@ struct Cli {
     #[arg(long, env = "LLAMANET_NODE_IMAGE", default_value = config::DEFAULT_NODE_IMAGE)]
     node_image: String,
 
+    /// Image of the sidecar beside an external engine (the node binary without llama.cpp)
+    /// for InferenceNodes that name no image.
+    #[arg(long, env = "LLAMANET_ROUTER_IMAGE", default_value = config::DEFAULT_ROUTER_IMAGE)]
+    router_image: String,
+
     /// Multiaddr every node bootstraps from (the operator's swarm Service); repeatable.
     #[arg(
         long = "bootstrap-peer",
@@ -151,6 +156,7 @@ async fn main() -> ExitCode {
     let config = RunConfig {
         operator: OperatorConfig {
             default_image: cli.node_image,
+            router_image: cli.router_image,
             bootstrap_peers: cli.bootstrap_peers,
             heartbeat_interval,
             swarm_key,

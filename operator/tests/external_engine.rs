@@ -103,6 +103,20 @@ async fn an_external_llama_server_joins_the_swarm_through_its_sidecar() {
         .map(|c| c.name.clone())
         .collect();
     assert_eq!(containers, ["llamanet", "engine"]);
+    // The sidecar runs the image without llama.cpp (the engine-less build of `llamanet`).
+    let sidecar_image = pod.spec.as_ref().unwrap().containers[0].image.clone();
+    assert_eq!(
+        sidecar_image.as_deref(),
+        Some(llamanet_operator::config::DEFAULT_ROUTER_IMAGE)
+    );
+    let sidecars = processes_with(&format!("--inference-node {NAMESPACE}/{NAME}"));
+    assert_eq!(sidecars.len(), 1, "one sidecar process");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", sidecars[0].0)).unwrap();
+    assert!(
+        exe.ends_with("llamanet-router/llamanet"),
+        "the sidecar runs {}",
+        exe.display()
+    );
     assert_eq!(
         processes_with("--alias gemma-3-270m").len(),
         1,

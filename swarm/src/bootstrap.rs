@@ -164,12 +164,24 @@ pub fn split_peer_id(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
     }
 }
 
-/// Parses a bootstrap address, with a message fit for a command-line error.
-pub fn parse_addr(text: &str) -> Result<Multiaddr, String> {
+/// A bootstrap address that cannot be used, with a message fit for a command-line error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAddress {
+    #[error("bad bootstrap address {text:?}: {reason}")]
+    Unparsable { text: String, reason: String },
+    #[error("bad bootstrap address {0:?}: must start with /ip4, /ip6, /dns4, /dns6 or /dns")]
+    NotDialable(String),
+}
+
+/// Parses a bootstrap address.
+pub fn parse_addr(text: &str) -> Result<Multiaddr, BadAddress> {
     let addr: Multiaddr = text
         .trim()
         .parse()
-        .map_err(|err| format!("bad bootstrap address {text:?}: {err}"))?;
+        .map_err(|err: libp2p::multiaddr::Error| BadAddress::Unparsable {
+            text: text.into(),
+            reason: err.to_string(),
+        })?;
     let reachable = addr.iter().next().is_some_and(|p| {
         matches!(
             p,
@@ -182,9 +194,7 @@ pub fn parse_addr(text: &str) -> Result<Multiaddr, String> {
         )
     });
     if !reachable {
-        return Err(format!(
-            "bad bootstrap address {text:?}: must start with /ip4, /ip6, /dns4, /dns6 or /dns"
-        ));
+        return Err(BadAddress::NotDialable(text.into()));
     }
     Ok(addr)
 }
@@ -284,7 +294,7 @@ mod tests {
         ] {
             assert!(parse_addr(ok).is_ok(), "{ok}");
         }
-        let err = parse_addr("10.0.0.1:4001").unwrap_err();
+        let err = parse_addr("10.0.0.1:4001").unwrap_err().to_string();
         assert!(err.contains("10.0.0.1:4001"), "{err}");
         assert!(parse_addr("/tcp/4001").is_err());
     }

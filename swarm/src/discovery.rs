@@ -32,6 +32,7 @@ use rand::Rng;
 
 use super::SwarmHandle;
 use super::heartbeat::Heartbeat;
+use super::peer_table::PeerTableSnapshot;
 
 /// A node a client could send a request to.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,16 +116,29 @@ impl Discovery for SwarmHandle {
     fn nodes(&self, model: Option<&str>) -> Vec<Candidate> {
         let table = self.peer_table();
         let table = super::read(&table);
-        let mut nodes: Vec<Candidate> = table
-            .live()
-            .filter(|e| e.heartbeat.status.healthy)
-            .filter(|e| model.is_none_or(|m| e.heartbeat.status.serves(m)))
-            .filter_map(|e| Candidate::from_heartbeat(&e.heartbeat))
-            .collect();
-        // Stable order so round robin walks the same sequence on every call.
-        nodes.sort_by_key(|c| c.peer_id);
-        nodes
+        healthy_nodes(table.live().map(|e| &e.heartbeat), model)
     }
+}
+
+/// A snapshot (a node's `GET /v1/swarm`) discovers like a live peer table.
+impl Discovery for PeerTableSnapshot {
+    fn nodes(&self, model: Option<&str>) -> Vec<Candidate> {
+        healthy_nodes(self.peers.iter().map(|p| &p.heartbeat), model)
+    }
+}
+
+/// The healthy peers serving `model` (any model: `None`) that have an endpoint, in peer id
+/// order so that round robin walks the same sequence on every call.
+fn healthy_nodes<'a>(
+    heartbeats: impl Iterator<Item = &'a Heartbeat>,
+    model: Option<&str>,
+) -> Vec<Candidate> {
+    let mut nodes: Vec<Candidate> = heartbeats
+        .filter(|h| h.status.healthy && model.is_none_or(|m| h.status.serves(m)))
+        .filter_map(Candidate::from_heartbeat)
+        .collect();
+    nodes.sort_by_key(|c| c.peer_id);
+    nodes
 }
 
 /// Why discovery gave up.
@@ -253,16 +267,35 @@ impl Selector {
         let index = match self.strategy {
             Strategy::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
             Strategy::Random => rng.gen_range(0..n),
-            Strategy::LeastLoaded if n == 1 => 0,
             Strategy::LeastLoaded => {
-                let a = rng.gen_range(0..n);
-                // A second, different index: draw from n-1 and skip over `a`.
-                let b = (a + 1 + rng.gen_range(0..n - 1)) % n;
-                let load = |i: usize| candidates[i].load.unwrap_or(f64::MAX);
-                if load(b) < load(a) { b } else { a }
+                less_loaded_of_two(candidates, |c| c.load.unwrap_or(f64::MAX), rng)?
             }
         };
         Some(&candidates[index])
+    }
+}
+
+/// Power of two choices: the index of the less loaded of two different items picked at
+/// random (the first on a tie; the only one of one; `None` of none). Clients picking a node
+/// and the in-node router picking a peer both use it.
+pub fn less_loaded_of_two<T>(
+    items: &[T],
+    load: impl Fn(&T) -> f64,
+    rng: &mut impl Rng,
+) -> Option<usize> {
+    match items.len() {
+        0 => None,
+        1 => Some(0),
+        n => {
+            let a = rng.gen_range(0..n);
+            // A second, different index: draw from n-1 and skip over `a`.
+            let b = (a + 1 + rng.gen_range(0..n - 1)) % n;
+            Some(if load(&items[b]) < load(&items[a]) {
+                b
+            } else {
+                a
+            })
+        }
     }
 }
 
@@ -279,6 +312,21 @@ mod tests {
             tokens_per_second: Some(10.0 / (load + 0.1)),
             ..Candidate::from_endpoint(name)
         }
+    }
+
+    #[test]
+    fn two_choices_never_take_the_busiest_and_reach_the_rest() {
+        let loads = [0.0, 0.5, 1.0];
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut seen = [0; 3];
+        for _ in 0..300 {
+            seen[less_loaded_of_two(&loads, |l| *l, &mut rng).unwrap()] += 1;
+        }
+        assert_eq!(seen[2], 0, "the busiest loses every pair it is in");
+        // The idlest wins both pairs it is in (2 of 3), the middle one the third.
+        assert!(seen[0] > seen[1] && seen[1] > 0, "{seen:?}");
+        assert_eq!(less_loaded_of_two(&[5.0], |l| *l, &mut rng), Some(0));
+        assert_eq!(less_loaded_of_two(&[] as &[f64], |l| *l, &mut rng), None);
     }
 
     #[test]

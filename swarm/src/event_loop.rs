@@ -941,23 +941,9 @@ fn describe_dial_error(error: &DialError) -> String {
     match error {
         DialError::Transport(attempts) => attempts
             .iter()
-            .map(|(addr, err)| format!("{addr}: {}", root_cause(err)))
+            .map(|(addr, err)| format!("{addr}: {}", crate::error_text::root_cause(err)))
             .collect::<Vec<_>>()
             .join("; "),
-        other => root_cause(other),
-    }
-}
-
-fn root_cause(error: &dyn std::error::Error) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    let text = cause.to_string();
-    // Some wrappers have an empty message of their own; fall back to the outer text.
-    if text.trim().is_empty() {
-        error.to_string()
-    } else {
-        text.split_whitespace().collect::<Vec<_>>().join(" ")
+        other => crate::error_text::root_cause(other),
     }
 }

@@ -37,6 +37,7 @@ pub mod behaviour;
 pub mod bootstrap;
 mod connections;
 pub mod discovery;
+pub mod error_text;
 mod event_loop;
 pub mod heartbeat;
 pub mod identity;
@@ -46,6 +47,8 @@ pub mod metrics;
 pub mod peer_table;
 pub mod providers;
 pub mod streams;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wake;
 
 use std::collections::BTreeMap;
@@ -53,6 +56,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+/// The libp2p this crate is built on, for users that need more of its types.
+pub use libp2p;
 pub use libp2p::identity::Keypair;
 use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
@@ -65,7 +70,9 @@ pub use heartbeat::{
     ColdModel, Heartbeat, InferenceNodeRef, ModelInfo, NodeStatus, RejectReason, SignedHeartbeat,
 };
 pub use metrics::{SwarmMetrics, SwarmMetricsSnapshot};
-pub use peer_table::{ExpiryPolicy, ModelSummary, PeerTable, PeerTableSnapshot, SharedPeerTable};
+pub use peer_table::{
+    ExpiryPolicy, ModelSummary, PeerSnapshot, PeerTable, PeerTableSnapshot, SharedPeerTable,
+};
 pub use streams::{HTTP_PROTOCOL, InUse, PeerStream};
 
 /// Default heartbeat interval; with the default expiry of three intervals a dead node leaves

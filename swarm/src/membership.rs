@@ -91,22 +91,40 @@ pub struct Advertised {
     pub slots_total: u32,
 }
 
+/// A swarm flag with a value that cannot be used; the message names the flag and value.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    #[error("--heartbeat-interval must be a positive number of seconds, got {0}")]
+    HeartbeatInterval(f64),
+    #[error("{flag} {value:?}: {reason}")]
+    Address {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("--bootstrap: {0}")]
+    Bootstrap(bootstrap::BadAddress),
+    #[error("--host {0:?} is not an IP address: pass --swarm-listen")]
+    Host(String),
+    #[error("--inference-node must be namespace/name, got {0:?}")]
+    InferenceNode(String),
+    #[error("--swarm-key: {0}")]
+    SwarmKey(std::io::Error),
+    #[error("--trusted-peer {value:?} is not a peer id: {reason}")]
+    TrustedPeer { value: String, reason: String },
+}
+
 impl MembershipArgs {
-    /// `--heartbeat-interval` as a duration; the error names the flag and value.
-    pub fn interval(&self) -> Result<Duration, String> {
+    /// `--heartbeat-interval` as a duration.
+    pub fn interval(&self) -> Result<Duration, FlagError> {
         Duration::try_from_secs_f64(self.heartbeat_interval)
             .ok()
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                format!(
-                    "--heartbeat-interval must be a positive number of seconds, got {}",
-                    self.heartbeat_interval
-                )
-            })
+            .ok_or(FlagError::HeartbeatInterval(self.heartbeat_interval))
     }
 
-    /// The swarm configuration these flags describe; errors name the flag and value.
-    pub fn config(&self, advertised: &Advertised) -> Result<SwarmConfig, String> {
+    /// The swarm configuration these flags describe.
+    pub fn config(&self, advertised: &Advertised) -> Result<SwarmConfig, FlagError> {
         let interval = self.interval()?;
         let listen = if self.swarm_listen.is_empty() {
             vec![default_listen(&advertised.http_host, self.swarm_port)?]
@@ -116,7 +134,7 @@ impl MembershipArgs {
         let bootstrap = self
             .bootstrap
             .iter()
-            .map(|a| bootstrap::parse_addr(a).map_err(|e| format!("--bootstrap {a:?}: {e}")))
+            .map(|a| bootstrap::parse_addr(a).map_err(FlagError::Bootstrap))
             .collect::<Result<Vec<_>, _>>()?;
         let inference_node = match &self.inference_node {
             None => None,
@@ -124,9 +142,7 @@ impl MembershipArgs {
                 let (namespace, name) = text
                     .split_once('/')
                     .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
-                    .ok_or_else(|| {
-                        format!("--inference-node must be namespace/name, got {text:?}")
-                    })?;
+                    .ok_or_else(|| FlagError::InferenceNode(text.clone()))?;
                 Some(InferenceNodeRef {
                     namespace: namespace.into(),
                     name: name.into(),
@@ -135,7 +151,7 @@ impl MembershipArgs {
         };
         let psk = match &self.swarm_key {
             None => None,
-            Some(path) => Some(load_psk(path).map_err(|e| format!("--swarm-key: {e}"))?),
+            Some(path) => Some(load_psk(path).map_err(FlagError::SwarmKey)?),
         };
         let endpoint = self.advertise_url.clone().unwrap_or_else(|| {
             format!(
@@ -165,13 +181,16 @@ impl MembershipArgs {
         })
     }
 
-    /// `--trusted-peer` as peer ids; the error names the bad value.
-    pub fn trusted_peers(&self) -> Result<Vec<super::PeerId>, String> {
+    /// `--trusted-peer` as peer ids.
+    pub fn trusted_peers(&self) -> Result<Vec<super::PeerId>, FlagError> {
         self.trusted_peers
             .iter()
             .map(|p| {
                 p.parse()
-                    .map_err(|err| format!("--trusted-peer {p:?} is not a peer id: {err}"))
+                    .map_err(|err: libp2p::identity::ParseError| FlagError::TrustedPeer {
+                        value: p.clone(),
+                        reason: err.to_string(),
+                    })
             })
             .collect()
     }
@@ -181,8 +200,8 @@ impl MembershipArgs {
         if self.no_swarm {
             return Ok(None);
         }
-        let config = self.config(advertised).map_err(anyhow::Error::msg)?;
-        self.trusted_peers().map_err(anyhow::Error::msg)?;
+        let config = self.config(advertised)?;
+        self.trusted_peers()?;
         let key = match &self.identity {
             Some(path) => identity::load_or_create(path)?.0,
             None => super::Keypair::generate_ed25519(),
@@ -193,10 +212,17 @@ impl MembershipArgs {
     }
 }
 
-fn parse_all(flag: &str, addrs: &[String]) -> Result<Vec<Multiaddr>, String> {
+fn parse_all(flag: &'static str, addrs: &[String]) -> Result<Vec<Multiaddr>, FlagError> {
     addrs
         .iter()
-        .map(|a| a.parse().map_err(|e| format!("{flag} {a:?}: {e}")))
+        .map(|a| {
+            a.parse()
+                .map_err(|err: libp2p::multiaddr::Error| FlagError::Address {
+                    flag,
+                    value: a.clone(),
+                    reason: err.to_string(),
+                })
+        })
         .collect()
 }
 
@@ -204,18 +230,22 @@ fn parse_all(flag: &str, addrs: &[String]) -> Result<Vec<Multiaddr>, String> {
 pub const DEFAULT_SWARM_PORT: u16 = 4001;
 
 /// TCP `port` on the HTTP bind address (its pod IP in Kubernetes).
-fn default_listen(host: &str, port: u16) -> Result<Multiaddr, String> {
+fn default_listen(host: &str, port: u16) -> Result<Multiaddr, FlagError> {
     let ip: std::net::IpAddr = match host {
         "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
         h => h
             .trim_matches(['[', ']'])
             .parse()
-            .map_err(|_| format!("--host {h:?} is not an IP address: pass --swarm-listen"))?,
+            .map_err(|_| FlagError::Host(h.into()))?,
     };
     let proto = if ip.is_ipv4() { "ip4" } else { "ip6" };
-    format!("/{proto}/{ip}/tcp/{port}")
-        .parse()
-        .map_err(|e| format!("{e}"))
+    let text = format!("/{proto}/{ip}/tcp/{port}");
+    text.parse()
+        .map_err(|err: libp2p::multiaddr::Error| FlagError::Address {
+            flag: "--host",
+            value: text.clone(),
+            reason: err.to_string(),
+        })
 }
 
 fn host_for_url(host: &str) -> String {
@@ -254,7 +284,9 @@ mod tests {
 
     fn config(args: &[&str]) -> Result<SwarmConfig, String> {
         let cli = Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).unwrap();
-        cli.swarm.config(&advertised())
+        cli.swarm
+            .config(&advertised())
+            .map_err(|err| err.to_string())
     }
 
     #[test]
@@ -298,7 +330,7 @@ mod tests {
         let err = config(&["--bootstrap", "not-a-multiaddr"]).unwrap_err();
         assert!(err.contains("--bootstrap"), "{err}");
         let cli = Cli::try_parse_from(["x", "--trusted-peer", "nope"]).unwrap();
-        let err = cli.swarm.trusted_peers().unwrap_err();
+        let err = cli.swarm.trusted_peers().unwrap_err().to_string();
         assert!(err.contains("--trusted-peer \"nope\""), "{err}");
     }
 }

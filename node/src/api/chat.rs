@@ -21,20 +21,6 @@ const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
 /// Chat completions: messages through the model's chat template, with tools, JSON output,
 /// several choices and log-probabilities.
-#[utoipa::path(
-    post,
-    path = "/v1/chat/completions",
-    tag = "OpenAI",
-    request_body = ChatCompletionRequest,
-    responses(
-        (status = 200, description = "The answer; with `stream: true`, Server-Sent Events of `chat.completion.chunk` objects, then `data: [DONE]`", content(
-            (super::openapi::ChatCompletion = "application/json"),
-            (super::openapi::StreamEvent = "text/event-stream"),
-        )),
-        super::openapi::GenerationErrors,
-    ),
-    security((), ("api_key" = []))
-)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -89,7 +75,7 @@ pub async fn create(
             let prompt_text = loaded
                 .template
                 .render_with_tools(&messages, tool_values.as_deref(), true)
-                .map_err(|message| ApiError::invalid_param("messages", message))?;
+                .map_err(|err| ApiError::invalid_param("messages", err.to_string()))?;
             // A template that writes the BOS token itself must not get a second one.
             let bos = loaded.template.bos_token();
             let add_bos = bos.is_empty() || !prompt_text.starts_with(bos);
@@ -228,7 +214,7 @@ fn template_messages(
 mod tests {
     use super::*;
     use crate::api::template::GEMMA_TEMPLATE;
-    use crate::api::tools::ToolField;
+    use crate::api::types::ToolField;
 
     fn history(value: serde_json::Value) -> Vec<ChatMessage> {
         serde_json::from_value(value).unwrap()

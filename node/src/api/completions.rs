@@ -16,20 +16,6 @@ use super::{AppState, OpenAiJson};
 const MAX_PROMPTS: usize = 64;
 
 /// Text completions: prompts as they are, without a chat template.
-#[utoipa::path(
-    post,
-    path = "/v1/completions",
-    tag = "OpenAI",
-    request_body = CompletionRequest,
-    responses(
-        (status = 200, description = "The answer; with `stream: true`, Server-Sent Events of `text_completion` objects, then `data: [DONE]`", content(
-            (super::openapi::Completion = "application/json"),
-            (super::openapi::StreamEvent = "text/event-stream"),
-        )),
-        super::openapi::GenerationErrors,
-    ),
-    security((), ("api_key" = []))
-)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,

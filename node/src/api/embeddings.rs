@@ -15,17 +15,6 @@ use super::{AppState, OpenAiJson};
 pub const MAX_INPUTS: usize = 256;
 
 /// Embeddings (a node started with `--embeddings`): mean-pooled, L2-normalised.
-#[utoipa::path(
-    post,
-    path = "/v1/embeddings",
-    tag = "OpenAI",
-    request_body = EmbeddingRequest,
-    responses(
-        (status = 200, description = "One vector per input, in order", body = super::openapi::EmbeddingList),
-        super::openapi::GenerationErrors,
-    ),
-    security((), ("api_key" = []))
-)]
 pub async fn create(
     State(state): State<AppState>,
     OpenAiJson(request): OpenAiJson<EmbeddingRequest>,

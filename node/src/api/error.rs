@@ -3,6 +3,7 @@
 //! `Retry-After` where trying again later helps (loading, queue full, shutting down).
 
 use super::openapi::{ErrorBody, ErrorObject};
+#[cfg(feature = "engine")]
 use crate::engine::SubmitError;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -100,6 +101,33 @@ impl ApiError {
         )
     }
 
+    /// 408: the client paused longer than the body timeout while sending its body.
+    pub fn body_timeout(seconds: u64) -> Self {
+        ApiError {
+            code: Some("body_timeout"),
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                format!("the request body stopped arriving for {seconds} s (the body timeout)"),
+            )
+        }
+    }
+
+    /// 503: as many requests as the node reads and prepares at once are in; retry soon.
+    pub fn overloaded(limit: usize) -> Self {
+        ApiError {
+            code: Some("overloaded"),
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!(
+                    "the node is taking in its limit of {limit} requests at once; try again shortly"
+                ),
+            )
+        }
+    }
+
     /// 503 while the model loads.
     pub fn loading() -> Self {
         ApiError {
@@ -184,6 +212,7 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+#[cfg(feature = "engine")]
 impl From<SubmitError> for ApiError {
     fn from(err: SubmitError) -> Self {
         match err {
@@ -240,6 +269,7 @@ mod tests {
         assert!(body["error"]["code"].is_null());
     }
 
+    #[cfg(feature = "engine")]
     #[test]
     fn queue_full_is_503_with_retry_after() {
         let err = ApiError::from(SubmitError::QueueFull { slots: 2, queue: 3 });

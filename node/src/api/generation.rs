@@ -21,8 +21,8 @@ use tokio::time::Instant as TokioInstant;
 
 use super::AppState;
 use super::error::ApiError;
+use super::options::GenerationOptions;
 use super::tools::{CallStream, Delta, Tools};
-use super::types::GenerationOptions;
 use crate::engine::{
     Arriving, Engine, FinishReason, GenerationEvent, GenerationRequest, TokenLogprob, Usage,
 };

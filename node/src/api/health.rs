@@ -42,13 +42,14 @@ pub async fn health(State(state): State<AppState>) -> Response {
             .into_response();
     }
     match &state.local {
-        Local::Engine => {}
+        #[cfg(feature = "engine")]
+        Local::Engine(loaded) => engine_health(&state, loaded.get()),
         Local::Router => {
             let peers = state
                 .swarm
                 .get()
                 .map_or(0, |swarm| swarm.snapshot().peers.len());
-            return Json(json!({"status": "ok", "role": "router", "peers": peers})).into_response();
+            Json(json!({"status": "ok", "role": "router", "peers": peers})).into_response()
         }
         Local::Upstream(upstream) => {
             let seen = upstream.snapshot();
@@ -76,10 +77,14 @@ pub async fn health(State(state): State<AppState>) -> Response {
                     }),
                 )
             };
-            return (status, Json(body)).into_response();
+            (status, Json(body)).into_response()
         }
     }
-    match state.loaded.get() {
+}
+
+#[cfg(feature = "engine")]
+fn engine_health(state: &AppState, loaded: Option<&super::Loaded>) -> Response {
+    match loaded {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "loading"})),
@@ -103,7 +108,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
 /// OpenMetrics for scrapers that ask for it (Prometheus does), the text format otherwise.
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let gauges = match &state.local {
-        Local::Engine => engine_gauges(&state),
+        #[cfg(feature = "engine")]
+        Local::Engine(_) => engine_gauges(&state),
         Local::Router => None,
         // The engine's own figures under LlamaNet's names, so dashboards read the same.
         Local::Upstream(upstream) => {
@@ -143,8 +149,9 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     }
 }
 
+#[cfg(feature = "engine")]
 fn engine_gauges(state: &AppState) -> Option<EngineGauges> {
-    state.loaded.get().map(|loaded| {
+    state.loaded().map(|loaded| {
         let engine = &loaded.engine;
         let info = engine.info();
         let load = engine.load();

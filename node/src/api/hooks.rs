@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 
 use super::AppState;
+#[cfg(feature = "engine")]
 use crate::engine::TestHook;
 
 /// Long enough that only the watchdog ends it.
@@ -25,29 +26,36 @@ async fn inject(
     State(state): State<AppState>,
     Path(failure): Path<String>,
 ) -> (StatusCode, String) {
-    let engine = state.loaded.get().map(|loaded| &loaded.engine);
     let swarm = state.swarm.get();
-    let done = match (failure.as_str(), engine, swarm) {
-        ("engine-crash", Some(engine), _) => engine.inject(TestHook::Crash).is_ok(),
-        ("engine-hang", Some(engine), _) => engine.inject(TestHook::Hang(HANG)).is_ok(),
-        ("swarm-stop", _, Some(swarm)) => {
+    // `None`: nothing here to break that way.
+    let done = match failure.as_str() {
+        #[cfg(feature = "engine")]
+        "engine-crash" => state
+            .loaded()
+            .map(|loaded| loaded.engine.inject(TestHook::Crash).is_ok()),
+        #[cfg(feature = "engine")]
+        "engine-hang" => state
+            .loaded()
+            .map(|loaded| loaded.engine.inject(TestHook::Hang(HANG)).is_ok()),
+        "swarm-stop" => swarm.map(|swarm| {
             swarm.abort();
             true
-        }
-        ("swarm-hang", _, Some(swarm)) => swarm.inject_hang(HANG).await.is_ok(),
-        _ => {
-            return (
-                StatusCode::NOT_FOUND,
-                format!("no failure {failure:?} to inject here"),
-            );
-        }
+        }),
+        "swarm-hang" => match swarm {
+            Some(swarm) => Some(swarm.inject_hang(HANG).await.is_ok()),
+            None => None,
+        },
+        _ => None,
     };
-    if done {
-        (StatusCode::ACCEPTED, format!("{failure} injected"))
-    } else {
-        (
+    match done {
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no failure {failure:?} to inject here"),
+        ),
+        Some(true) => (StatusCode::ACCEPTED, format!("{failure} injected")),
+        Some(false) => (
             StatusCode::CONFLICT,
             format!("{failure} could not be injected"),
-        )
+        ),
     }
 }

@@ -1,54 +1,76 @@
-//! The OpenAI-compatible HTTP API on axum (cargo feature `engine`).
+//! The OpenAI-compatible HTTP API on axum.
 //!
 //! Where a request goes, by file:
 //! - routes and the shared [`AppState`]: here ([`router`]), plus authentication, request
-//!   metrics, the JSON body extractor and the server's life cycle ([`serve`]: bind first,
-//!   load the model in the background, drain on SIGTERM);
+//!   metrics and the JSON body extractor; `server.rs` the server's life cycle ([`serve`]:
+//!   bind first, load the model in the background (`loading.rs`), drain on SIGTERM);
 //! - `chat.rs` `/v1/chat/completions`, `completions.rs` `/v1/completions`, both through
-//!   `generation.rs` (engine submission, JSON or SSE answers);
-//! - `embeddings.rs`, `models.rs`, `health.rs` (`/health`, `/metrics`);
+//!   `generation.rs` (engine submission, JSON or SSE answers), and `embeddings.rs`: the
+//!   built-in engine's routes (cargo feature `engine`, with `options.rs` turning request
+//!   fields into sampling settings and `template.rs` rendering chat templates);
 //! - `proxy.rs` the same three routes for a sidecar: passed on to its engine;
-//! - `types.rs` request bodies and their validation, `template.rs` chat templates,
+//! - `models.rs`, `health.rs` (`/health`, `/metrics`), `swarm.rs` (`/v1/swarm`, heartbeat
+//!   load), `watchdog.rs` (a dead engine or swarm makes the node unhealthy);
+//! - `types.rs` request bodies, `tools.rs` tool calling, `openapi.rs` the API's contract,
 //!   `error.rs` the one error type and its OpenAI error object.
+//!
+//! Without the `engine` feature the same API serves `llamanet router` and `llamanet sidecar`
+//! and links no llama.cpp.
 
+pub mod body;
+#[cfg(feature = "engine")]
 pub mod chat;
+#[cfg(feature = "engine")]
 pub mod completions;
+#[cfg(feature = "engine")]
 pub mod embeddings;
 pub mod error;
+#[cfg(feature = "engine")]
 pub mod generation;
 pub mod health;
 mod hooks;
+#[cfg(feature = "engine")]
+mod loading;
 pub mod models;
 pub mod openapi;
+#[cfg(feature = "engine")]
+pub mod options;
 pub mod proxy;
+mod server;
 pub mod swarm;
+#[cfg(feature = "engine")]
 pub mod template;
+#[cfg(feature = "engine")]
 pub mod tools;
 pub mod types;
 pub mod watchdog;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+#[cfg(feature = "engine")]
+pub use loading::EngineOptions;
+pub use server::{Backend, ServeOptions, serve};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::engine::{Engine, EngineSettings};
+#[cfg(feature = "engine")]
+use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::sidecar::{Upstream, UpstreamConfig};
+use crate::sidecar::Upstream;
 use crate::swarm::SwarmHandle;
-use crate::swarm::membership::{Advertised, MembershipArgs};
 use error::ApiError;
+#[cfg(feature = "engine")]
 use template::ChatTemplate;
 
 /// How the API behaves, fixed at start-up.
@@ -63,6 +85,10 @@ pub struct ApiConfig {
     pub body_limit: usize,
     /// Longest a generation request may take, queueing included.
     pub request_timeout: Duration,
+    /// Longest a client may pause while sending a request body.
+    pub body_timeout: Duration,
+    /// `/v1` requests read and prepared at once (see `--max-concurrent-requests`).
+    pub max_concurrent_requests: usize,
     /// Unix time the server started (the model's `created`).
     pub started_unix: u64,
     /// How requests for a model scaled to zero are held while it wakes.
@@ -70,6 +96,7 @@ pub struct ApiConfig {
 }
 
 /// What exists once the model has loaded.
+#[cfg(feature = "engine")]
 #[derive(Debug)]
 pub struct Loaded {
     pub engine: Engine,
@@ -79,9 +106,9 @@ pub struct Loaded {
 /// What serves the requests this node keeps for itself.
 #[derive(Debug, Clone)]
 pub enum Local {
-    /// The built-in llama.cpp engine (`llamanet serve`), in [`AppState::loaded`] once
-    /// loaded.
-    Engine,
+    /// The built-in llama.cpp engine (`llamanet serve`), set once loaded.
+    #[cfg(feature = "engine")]
+    Engine(Arc<OnceLock<Loaded>>),
     /// Nothing: every request goes to a peer (`llamanet router`).
     Router,
     /// An engine beside this process (`llamanet sidecar`).
@@ -93,8 +120,6 @@ pub enum Local {
 pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub local: Local,
-    /// The built-in engine once loaded (never set for a router or a sidecar).
-    pub loaded: Arc<OnceLock<Loaded>>,
     pub metrics: Arc<Metrics>,
     pub shutting_down: Arc<AtomicBool>,
     /// This node's swarm membership, once joined (never with `--no-swarm`).
@@ -110,15 +135,15 @@ const PREPARING: usize = 4;
 
 impl AppState {
     /// The state of a node with the built-in engine.
+    #[cfg(feature = "engine")]
     pub fn new(config: ApiConfig) -> Self {
-        Self::with_local(config, Local::Engine)
+        Self::with_local(config, Local::Engine(Arc::new(OnceLock::new())))
     }
 
     pub fn with_local(config: ApiConfig, local: Local) -> Self {
         AppState {
             config: Arc::new(config),
             local,
-            loaded: Arc::new(OnceLock::new()),
             metrics: Arc::new(Metrics::new()),
             shutting_down: Arc::new(AtomicBool::new(false)),
             swarm: Arc::new(OnceLock::new()),
@@ -127,7 +152,17 @@ impl AppState {
         }
     }
 
+    /// The built-in engine once loaded (never for a router or a sidecar).
+    #[cfg(feature = "engine")]
+    pub fn loaded(&self) -> Option<&Loaded> {
+        match &self.local {
+            Local::Engine(loaded) => loaded.get(),
+            _ => None,
+        }
+    }
+
     /// Tokenizes `texts` (each with BOS where the model wants one) on the preparation pool.
+    #[cfg(feature = "engine")]
     pub async fn tokenize_all(
         &self,
         engine: &Engine,
@@ -163,18 +198,20 @@ impl AppState {
     }
 
     /// The engine, or 503 while loading or shutting down.
+    #[cfg(feature = "engine")]
     pub fn ready(&self) -> Result<&Loaded, ApiError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(ApiError::shutting_down());
         }
-        self.loaded.get().ok_or_else(ApiError::loading)
+        self.loaded().ok_or_else(ApiError::loading)
     }
 
     /// The models this node serves itself (the engine's while it loads too; a sidecar's
     /// engine's as last seen, also while it is down).
     pub fn local_models(&self) -> Vec<String> {
         match &self.local {
-            Local::Engine => vec![self.config.model_id.clone()],
+            #[cfg(feature = "engine")]
+            Local::Engine(_) => vec![self.config.model_id.clone()],
             Local::Router => Vec::new(),
             Local::Upstream(upstream) => upstream.model_ids(),
         }
@@ -183,21 +220,20 @@ impl AppState {
     /// Whether this node serves `model`, and its load (busy slots plus queue over slots;
     /// infinite while loading or draining, so peers go first) for the routing layer.
     pub fn local_view(&self, model: &str) -> (bool, f64) {
+        let draining = self.shutting_down.load(Ordering::Relaxed);
         match &self.local {
-            Local::Engine if model == self.config.model_id => {}
-            Local::Upstream(upstream) if !self.shutting_down.load(Ordering::Relaxed) => {
-                return upstream.view(model);
-            }
-            _ => return (false, f64::INFINITY),
-        }
-        match self.loaded.get() {
-            Some(loaded) if !self.shutting_down.load(Ordering::Relaxed) => {
-                let engine = &loaded.engine;
-                let busy = engine.load().busy_slots.load(Ordering::Relaxed) as f64;
-                let slots = engine.info().slots.max(1) as f64;
-                (true, (busy + engine.queue_depth() as f64) / slots)
-            }
-            _ => (true, f64::INFINITY),
+            #[cfg(feature = "engine")]
+            Local::Engine(loaded) if model == self.config.model_id => match loaded.get() {
+                Some(loaded) if !draining => {
+                    let engine = &loaded.engine;
+                    let busy = engine.load().busy_slots.load(Ordering::Relaxed) as f64;
+                    let slots = engine.info().slots.max(1) as f64;
+                    (true, (busy + engine.queue_depth() as f64) / slots)
+                }
+                _ => (true, f64::INFINITY),
+            },
+            Local::Upstream(upstream) if !draining => upstream.view(model),
+            _ => (false, f64::INFINITY),
         }
     }
 
@@ -212,6 +248,7 @@ impl AppState {
     }
 
     /// Makes a loaded engine serve: compiles the chat template and publishes both.
+    #[cfg(feature = "engine")]
     pub fn install(&self, engine: Engine, chat_template: Option<String>) -> anyhow::Result<()> {
         let info = engine.info();
         let source = chat_template
@@ -228,10 +265,14 @@ impl AppState {
         self.metrics
             .model_load_seconds
             .set(info.load_time.as_secs_f64());
-        self.metrics.model_loaded.set(1);
-        self.loaded
+        let Local::Engine(loaded) = &self.local else {
+            anyhow::bail!("only a node with the built-in engine loads a model");
+        };
+        loaded
             .set(Loaded { engine, template })
-            .map_err(|_| anyhow::anyhow!("a model is already installed"))
+            .map_err(|_| anyhow::anyhow!("a model is already installed"))?;
+        self.metrics.model_loaded.set(1);
+        Ok(())
     }
 }
 
@@ -244,15 +285,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OpenAiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::body_too_large(state.config.body_limit)
-                } else {
-                    ApiError::invalid(rejection.body_text())
-                }
-            })?;
+        let config = &state.config;
+        let bytes = body::read(request.into_body(), config.body_limit, config.body_timeout).await?;
         serde_json::from_slice(&bytes)
             .map(OpenAiJson)
             .map_err(|err| ApiError::invalid(format!("invalid request body: {err}")))
@@ -281,6 +315,7 @@ pub fn router(state: AppState) -> Router {
             router,
             local: Arc::new(move |model: &str| view.local_view(model)),
             body_limit,
+            body_timeout: state.config.body_timeout,
         }
     });
     let routed = |handler: MethodRouter<AppState>| match gate.clone() {
@@ -291,7 +326,8 @@ pub fn router(state: AppState) -> Router {
         None => handler,
     };
     let (chat, completions, embeddings) = match &state.local {
-        Local::Engine => (
+        #[cfg(feature = "engine")]
+        Local::Engine(_) => (
             post(chat::create),
             post(completions::create),
             post(embeddings::create),
@@ -302,6 +338,24 @@ pub fn router(state: AppState) -> Router {
             (post(proxy::pass), post(proxy::pass), post(proxy::pass))
         }
     };
+    // At most `max_concurrent_requests` requests from the moment they are admitted until
+    // their answer starts (a stream's tokens are the engine's to bound): the time a request
+    // holds its body in memory and is prepared. One more is refused at once with 503
+    // `overloaded` rather than queued, so a flood cannot pile up bodies.
+    let limit = state.config.max_concurrent_requests;
+    let admission = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(
+            move |_: tower::BoxError| async move { ApiError::overloaded(limit) },
+        ))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limit));
+    // A span per request (method and path) around everything logged while serving it;
+    // responses and failures are logged at debug level only (`/metrics` counts them).
+    let spans = TraceLayer::new_for_http()
+        .make_span_with(|request: &Request| {
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+        })
+        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG));
     Router::new()
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
@@ -311,12 +365,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/embeddings",
             match state.local {
-                Local::Engine => embeddings,
+                #[cfg(feature = "engine")]
+                Local::Engine(_) => embeddings,
                 _ => routed(embeddings),
             },
         )
         .route("/v1/swarm", get(swarm::peers))
-        // Only the routes above need the key; probes and scrapers below do not.
+        // The routes above take turns once their key is checked; probes and scrapers below
+        // neither wait nor need the key.
+        .route_layer(admission)
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route("/health", get(health::health))
         .route("/openapi.json", get(openapi::serve))
@@ -325,12 +382,14 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyTimeoutLayer::new(state.config.body_timeout))
+        .layer(spans)
         .with_state(state)
 }
 
 /// Drops the headers only nodes may set (see `route::resume`) from what clients send, so
 /// no client can pose as a forwarder asking for annotations or a resumed stream.
-async fn strip_internal_headers(mut request: Request, next: Next) -> Response {
+pub(crate) async fn strip_internal_headers(mut request: Request, next: Next) -> Response {
     for name in crate::route::resume::INTERNAL_HEADERS {
         request.headers_mut().remove(name);
     }
@@ -395,319 +454,6 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
             .observe_duration(&endpoint, started.elapsed().as_secs_f64());
     }
     response
-}
-
-/// What a serving process runs behind its API.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    /// `llamanet serve`: a GGUF in the built-in engine.
-    Engine(EngineOptions),
-    /// `llamanet router`: no model; needs the swarm.
-    Router,
-    /// `llamanet sidecar`: an engine beside this process.
-    Upstream(UpstreamConfig),
-}
-
-/// The built-in engine's model and settings.
-#[derive(Debug, Clone)]
-pub struct EngineOptions {
-    pub model: PathBuf,
-    /// Checked before loading when set.
-    pub sha256: Option<String>,
-    pub settings: EngineSettings,
-    /// A Jinja file that replaces the model's own chat template.
-    pub chat_template: Option<PathBuf>,
-    /// How the verified model file is shared with peers (only with `sha256`, only in a
-    /// private swarm).
-    pub share: crate::weights::SeedPolicy,
-}
-
-/// Everything `llamanet serve`, `router` and `sidecar` need.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    pub address: SocketAddr,
-    pub backend: Backend,
-    pub api: ApiConfig,
-    /// How long in-flight requests may take to finish after SIGTERM.
-    pub shutdown_grace: Duration,
-    /// How to join the swarm; `None` serves alone.
-    pub membership: Option<MembershipArgs>,
-    /// When a dead or stuck engine or swarm makes the node unhealthy.
-    pub watchdog: watchdog::WatchdogConfig,
-    /// Serve `POST /debug/inject/{failure}` to break the node on purpose (tests only).
-    pub test_hooks: bool,
-}
-
-/// Binds, answers `/health` with 503 while the model loads in the background (or the
-/// sidecar's engine is not answering), serves until SIGTERM or Ctrl-C, then stops
-/// admitting and lets in-flight requests finish within the grace period. Returns an error
-/// when the model cannot be loaded, or a router is asked to run without a swarm.
-pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
-    let joins_swarm = options.membership.as_ref().is_some_and(|m| !m.no_swarm);
-    if matches!(options.backend, Backend::Router) && !joins_swarm {
-        anyhow::bail!("a router serves nothing itself: it needs the swarm (drop --no-swarm)");
-    }
-    let listener = TcpListener::bind(options.address)
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", options.address))?;
-    let address = listener.local_addr()?;
-    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
-    let mut seeder = None;
-    let (state, models, slots_total) = match &options.backend {
-        Backend::Engine(engine) => {
-            let state = AppState::new(options.api.clone());
-            tracing::info!(%address, model = %engine.model.display(), "listening; loading the model");
-            seeder = shares_weights(engine, options.membership.as_ref()).then(|| {
-                crate::weights::Seeder::with_stats(engine.share, state.metrics.weights.clone())
-            });
-            start_loading(&state, engine.clone(), seeder.clone(), failed_tx)?;
-            let model = crate::swarm::ModelInfo {
-                id: options.api.model_id.clone(),
-                context_size: engine.settings.context_size.get()
-                    / engine.settings.parallel.get().max(1),
-                quantization: quantization_of(&engine.model),
-                fingerprint: crate::model::fingerprint(&engine.model).unwrap_or_default(),
-            };
-            (state, vec![model], engine.settings.parallel.get())
-        }
-        Backend::Router => {
-            tracing::info!(%address, "listening as a router: every request goes to a peer");
-            (
-                AppState::with_local(options.api.clone(), Local::Router),
-                Vec::new(),
-                0,
-            )
-        }
-        Backend::Upstream(config) => {
-            let upstream = Upstream::new(config.clone());
-            // A first look, so the first heartbeat already names the engine's models.
-            upstream.poll().await;
-            let seen = upstream.snapshot();
-            tracing::info!(%address, upstream = %config.base, healthy = seen.healthy, "listening as a sidecar");
-            let state = AppState::with_local(options.api.clone(), Local::Upstream(upstream));
-            let models = swarm::advertised_models(&seen);
-            (state, models, seen.figures.slots_total)
-        }
-    };
-
-    let mut trust = None;
-    if let Some(membership) = &options.membership {
-        let advertised = Advertised {
-            http_host: address.ip().to_string(),
-            http_port: address.port(),
-            models,
-            slots_total,
-        };
-        if let Some(handle) = membership.join(&advertised).await? {
-            trust = Some(crate::route::PeerTrust::for_node(
-                membership.swarm_key.is_some(),
-                options.api.api_key.is_some(),
-                &membership.trusted_peers().map_err(anyhow::Error::msg)?,
-            ));
-            if let Some(seeder) = &seeder {
-                seeder.attach(&handle)?;
-            }
-            let _ = state.swarm.set(handle);
-        }
-    }
-    tokio::spawn(swarm::report_load(state.clone()));
-
-    let mut app = router(state.clone());
-    if options.test_hooks {
-        tracing::warn!("test hooks are on: POST /debug/inject/{{failure}} breaks this node");
-        app = app.merge(hooks::routes(state.clone()));
-    }
-    let (unhealthy_tx, mut unhealthy_rx) = tokio::sync::mpsc::channel::<String>(1);
-    watchdog::spawn(state.clone(), options.watchdog, unhealthy_tx)?;
-    // Requests peers forward arrive over swarm streams; each is a task of `peer_tasks`, so
-    // draining can wait for them like for HTTP connections.
-    let peer_tasks = tokio_util::task::TaskTracker::new();
-    let peers_draining = tokio_util::sync::CancellationToken::new();
-    if let (Some(swarm), Some(trust)) = (state.swarm.get(), trust) {
-        crate::route::transport::serve_peers(
-            swarm,
-            app.clone(),
-            trust,
-            peer_tasks.clone(),
-            peers_draining.clone(),
-        )?;
-    }
-    let shutdown = Arc::new(tokio::sync::Notify::new());
-    let public = app.layer(middleware::from_fn(strip_internal_headers));
-    let server_shutdown = Arc::clone(&shutdown);
-    let server = axum::serve(listener, public).with_graceful_shutdown(async move {
-        server_shutdown.notified().await;
-    });
-    let server = tokio::spawn(async move { server.await });
-
-    tokio::select! {
-        // A loader that succeeded drops its sender; only a real error ends the server.
-        Some(err) = failed_rx.recv() => {
-            shutdown.notify_one();
-            return Err(err);
-        }
-        // Dead or stuck inside: /health says so already; tell the swarm (if it still
-        // listens), linger a moment so probes and forwarders see the 503, then exit
-        // non-zero so Kubernetes restarts the pod.
-        Some(reason) = unhealthy_rx.recv() => {
-            tracing::error!(%reason, "unhealthy; exiting so that the node is restarted");
-            let _ = tokio::time::timeout(
-                options.watchdog.exit_after,
-                swarm::announce_leaving(&state),
-            )
-            .await;
-            tokio::time::sleep(options.watchdog.exit_after).await;
-            shutdown.notify_one();
-            anyhow::bail!("unhealthy: {reason}");
-        }
-        () = termination() => {}
-    }
-    tracing::info!(
-        grace_seconds = options.shutdown_grace.as_secs(),
-        "shutting down: no new requests, finishing those in flight"
-    );
-    // New requests get 503 `shutting_down` from here on (forwarders try elsewhere), and the
-    // swarm hears at once that this node is leaving. The swarm itself stays up until the
-    // requests peers forwarded here are done: their answers travel on its streams.
-    state.shutting_down.store(true, Ordering::Relaxed);
-    swarm::announce_leaving(&state).await;
-    shutdown.notify_one();
-    peers_draining.cancel();
-    peer_tasks.close();
-    let drained = async {
-        let served = server.await;
-        peer_tasks.wait().await;
-        served
-    };
-    let result = match tokio::time::timeout(options.shutdown_grace, drained).await {
-        Ok(Ok(Ok(()))) => {
-            tracing::info!("all requests finished");
-            Ok(())
-        }
-        Ok(Ok(Err(err))) => Err(err.into()),
-        Ok(Err(err)) => Err(anyhow::anyhow!("the server task failed: {err}")),
-        Err(_) => {
-            tracing::warn!("grace period over; dropping the requests still running");
-            Ok(())
-        }
-    };
-    swarm::leave(&state).await;
-    result
-}
-
-/// Whether a node shares its model file with peers: only a file it verifies (`--sha256`),
-/// only inside a private swarm (peers outside the pre-shared key could be anyone), and not
-/// when told to share nothing.
-fn shares_weights(engine: &EngineOptions, membership: Option<&MembershipArgs>) -> bool {
-    let private = membership.is_some_and(|m| !m.no_swarm && m.swarm_key.is_some());
-    let share = engine.sha256.is_some() && engine.share.max_uploads > 0;
-    if share && !private {
-        tracing::info!("the model file is not shared: the swarm is not private (no --swarm-key)");
-    }
-    share && private
-}
-
-/// Loads the model in the background and installs it; a failure goes to `failed`.
-fn start_loading(
-    state: &AppState,
-    options: EngineOptions,
-    seeder: Option<crate::weights::Seeder>,
-    failed: tokio::sync::mpsc::Sender<anyhow::Error>,
-) -> anyhow::Result<()> {
-    let chat_template = match &options.chat_template {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|err| {
-            anyhow::anyhow!("cannot read the chat template {}: {err}", path.display())
-        })?),
-        None => None,
-    };
-    let state = state.clone();
-    tokio::spawn(async move {
-        let result = load(&options, seeder)
-            .await
-            .and_then(|engine| state.install(engine, chat_template));
-        match result {
-            Ok(()) => tracing::info!(model_id = %state.config.model_id, "model loaded; serving"),
-            Err(err) => {
-                let _ = failed.send(err).await;
-            }
-        }
-    });
-    Ok(())
-}
-
-/// `Q4_K_M` from `gemma-3-270m-q4_k_m.gguf`: the usual file naming, or empty.
-fn quantization_of(model: &std::path::Path) -> String {
-    let stem = model
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_ascii_uppercase())
-        .unwrap_or_default();
-    stem.rsplit(['-', '.'])
-        .find(|part| part.starts_with('Q') || part.starts_with("F16") || part.starts_with("BF16"))
-        .unwrap_or_default()
-        .to_string()
-}
-
-async fn load(
-    options: &EngineOptions,
-    seeder: Option<crate::weights::Seeder>,
-) -> anyhow::Result<Engine> {
-    if let Some(sha256) = options.sha256.clone() {
-        let path = options.model.clone();
-        match seeder {
-            // One read both checks the file and makes the manifest peers fetch it by.
-            Some(seeder) => {
-                let expected = crate::model::normalize_sha256(&sha256)?;
-                let manifest = tokio::task::spawn_blocking(move || {
-                    crate::weights::Manifest::of_file(&path)
-                        .map_err(|cause| crate::model::ModelError::Io {
-                            action: "cannot read model file",
-                            path: path.clone(),
-                            cause,
-                        })
-                        .and_then(|manifest| {
-                            if manifest.sha256 == expected {
-                                Ok(manifest)
-                            } else {
-                                Err(crate::model::ModelError::ChecksumMismatch {
-                                    path,
-                                    expected,
-                                    actual: manifest.sha256,
-                                })
-                            }
-                        })
-                })
-                .await??;
-                seeder.add(&options.model, manifest);
-            }
-            None => {
-                tokio::task::spawn_blocking(move || crate::model::verify_sha256(&path, &sha256))
-                    .await??;
-            }
-        }
-    }
-    Ok(Engine::start(&options.model, options.settings.clone()).await?)
-}
-
-/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn termination() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
 
 /// Seconds since the Unix epoch, for `created` fields.

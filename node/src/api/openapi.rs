@@ -248,6 +248,62 @@ pub struct HealthBody {
     pub status: String,
 }
 
+// The routes' contract is written here rather than on the handlers: a router and a sidecar
+// (built without the engine) serve the same routes through `proxy.rs` and the same
+// document. These functions exist only to carry it.
+
+/// Chat completions: messages through the model's chat template, with tools, JSON output,
+/// several choices and log-probabilities.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "OpenAI",
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The answer; with `stream: true`, Server-Sent Events of `chat.completion.chunk` objects, then `data: [DONE]`", content(
+            (ChatCompletion = "application/json"),
+            (StreamEvent = "text/event-stream"),
+        )),
+        GenerationErrors,
+    ),
+    security((), ("api_key" = []))
+)]
+#[allow(dead_code)]
+fn chat_completions() {}
+
+/// Text completions: prompts as they are, without a chat template.
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    tag = "OpenAI",
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The answer; with `stream: true`, Server-Sent Events of `text_completion` objects, then `data: [DONE]`", content(
+            (Completion = "application/json"),
+            (StreamEvent = "text/event-stream"),
+        )),
+        GenerationErrors,
+    ),
+    security((), ("api_key" = []))
+)]
+#[allow(dead_code)]
+fn completions() {}
+
+/// Embeddings (a node started with `--embeddings`): mean-pooled, L2-normalised.
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "OpenAI",
+    request_body = EmbeddingRequest,
+    responses(
+        (status = 200, description = "One vector per input, in order", body = EmbeddingList),
+        GenerationErrors,
+    ),
+    security((), ("api_key" = []))
+)]
+#[allow(dead_code)]
+fn embeddings() {}
+
 /// The bearer key scheme (used when the node runs with `--api-key`).
 struct BearerKey;
 
@@ -268,9 +324,9 @@ impl Modify for BearerKey {
         description = "OpenAI-compatible inference API of a LlamaNet node (docs/api.md)."
     ),
     paths(
-        super::chat::create,
-        super::completions::create,
-        super::embeddings::create,
+        chat_completions,
+        completions,
+        embeddings,
         super::models::list,
         super::models::get,
         super::health::health,

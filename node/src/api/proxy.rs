@@ -34,9 +34,7 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ApiError>
         return Err(ApiError::shutting_down());
     }
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, state.config.body_limit)
-        .await
-        .map_err(|_| ApiError::body_too_large(state.config.body_limit))?;
+    let bytes = super::body::read(body, state.config.body_limit, state.config.body_timeout).await?;
     let model = serde_json::from_slice::<ModelField>(&bytes)
         .map_err(|err| ApiError::invalid(format!("invalid request body: {err}")))?
         .model;
@@ -67,7 +65,7 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ApiError>
     let response = upstream
         .relay(parts.method, &path, headers, bytes)
         .await
-        .map_err(|reason| ApiError::upstream_unavailable(&reason))?;
+        .map_err(|reason| ApiError::upstream_unavailable(&reason.to_string()))?;
     // `relay` returns once the first chunk is in: for a stream, the engine's first token.
     let streamed = response
         .headers()
@@ -84,6 +82,7 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ApiError>
         body.into_data_stream()
             .map(|chunk| chunk.map_err(std::io::Error::other))
             .boxed(),
+        streamed,
     );
     Ok(Response::from_parts(parts, Body::from_stream(counted)))
 }

@@ -16,6 +16,7 @@ use crate::swarm::ModelInfo;
 
 /// How often the heartbeat figures are refreshed from the engine (heartbeats themselves go
 /// out every `--heartbeat-interval` with the newest figures).
+#[cfg(feature = "engine")]
 const LOAD_REFRESH: Duration = Duration::from_millis(500);
 
 /// `GET /v1/swarm`: every live peer's newest heartbeat, this node included.
@@ -35,7 +36,8 @@ pub async fn peers(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 /// as long as it runs.
 pub async fn report_load(state: AppState) {
     match &state.local {
-        Local::Engine => report_engine_load(&state).await,
+        #[cfg(feature = "engine")]
+        Local::Engine(_) => report_engine_load(&state).await,
         Local::Router => {
             if let Some(swarm) = state.swarm.get() {
                 swarm.update_status(|status| status.healthy = true);
@@ -47,6 +49,7 @@ pub async fn report_load(state: AppState) {
 }
 
 /// Healthy means the model is loaded and the node admits requests.
+#[cfg(feature = "engine")]
 async fn report_engine_load(state: &AppState) {
     let Some(swarm) = state.swarm.get().cloned() else {
         return;
@@ -56,7 +59,7 @@ async fn report_engine_load(state: &AppState) {
         if state.shutting_down.load(Ordering::Relaxed) {
             return;
         }
-        let loaded = state.loaded.get();
+        let loaded = state.loaded();
         swarm.update_status(|status| {
             status.healthy = loaded.is_some()
                 && !state.shutting_down.load(Ordering::Relaxed)

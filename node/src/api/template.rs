@@ -111,13 +111,13 @@ impl ChatTemplate {
     }
 
     /// The prompt text for `messages`, ending with the assistant's turn opening when
-    /// `add_generation_prompt` is set. Template errors (`raise_exception` included) come
-    /// back as text for a 400.
+    /// `add_generation_prompt` is set. Template errors (`raise_exception` included) are the
+    /// request's fault: a 400.
     pub fn render(
         &self,
         messages: &[TemplateMessage],
         add_generation_prompt: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, RenderError> {
         self.render_with_tools(messages, None, add_generation_prompt)
     }
 
@@ -128,8 +128,8 @@ impl ChatTemplate {
         messages: &[TemplateMessage],
         tools: Option<&[serde_json::Value]>,
         add_generation_prompt: bool,
-    ) -> Result<String, String> {
-        let template = self.env.get_template(NAME).map_err(|err| err.to_string())?;
+    ) -> Result<String, RenderError> {
+        let template = self.env.get_template(NAME)?;
         template
             .render(minijinja::context! {
                 messages => Value::from(Serde(messages)),
@@ -138,13 +138,18 @@ impl ChatTemplate {
                 bos_token => self.bos_token.as_str(),
                 eos_token => self.eos_token.as_str(),
             })
-            .map_err(|err| format!("the chat template failed: {err}"))
+            .map_err(RenderError)
     }
 
     pub fn bos_token(&self) -> &str {
         &self.bos_token
     }
 }
+
+/// A chat template that failed on a request's messages.
+#[derive(Debug, thiserror::Error)]
+#[error("the chat template failed: {0}")]
+pub struct RenderError(#[from] minijinja::Error);
 
 /// `str.strip()` and friends, which Hugging Face templates use freely.
 fn python_string_methods(
@@ -308,7 +313,7 @@ mod tests {
             "[USER]x!</s>"
         );
         let err = template.render(&[msg("system", "x")], false).unwrap_err();
-        assert!(err.contains("first must be user"), "{err}");
+        assert!(err.to_string().contains("first must be user"), "{err}");
     }
 
     #[test]

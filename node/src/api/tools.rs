@@ -26,10 +26,10 @@
 
 use std::collections::HashSet;
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::types::{ToolChoiceField, ToolField};
 
 /// OpenAI's own limit on functions per request.
 pub const MAX_TOOLS: usize = 128;
@@ -38,81 +38,6 @@ pub const MAX_TOOLS_BYTES: usize = 64 * 1024;
 /// Most calls in one constrained answer. Small models, held to the envelope, tend to
 /// repeat calls until `max_tokens`; the grammar closes the list after this many.
 pub const MAX_PARALLEL_CALLS: usize = 8;
-
-/// One entry of `tools`, as sent.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-pub struct ToolField {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub function: Option<FunctionField>,
-}
-
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-pub struct FunctionField {
-    pub name: String,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub parameters: Option<Value>,
-}
-
-/// `tool_choice`: a mode, or one named function.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum ToolChoiceField {
-    Mode(String),
-    Named {
-        #[serde(rename = "type")]
-        kind: String,
-        function: NamedFunction,
-    },
-}
-
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-pub struct NamedFunction {
-    pub name: String,
-}
-
-/// A call in an assistant message of the history.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-pub struct MessageToolCall {
-    pub id: String,
-    #[serde(rename = "type", default)]
-    pub kind: Option<String>,
-    pub function: CalledFunction,
-}
-
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-pub struct CalledFunction {
-    pub name: String,
-    /// A JSON text, as OpenAI sends it (an object is accepted too).
-    #[serde(default)]
-    pub arguments: Value,
-}
-
-impl CalledFunction {
-    /// The arguments as a JSON value, for templates that print them: the text parsed when
-    /// it is JSON, else the text itself.
-    pub fn arguments_value(&self) -> Value {
-        match &self.arguments {
-            Value::String(text) => {
-                serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
-            }
-            Value::Null => json!({}),
-            other => other.clone(),
-        }
-    }
-
-    /// The arguments as the JSON text OpenAI's `arguments` field carries.
-    pub fn arguments_text(&self) -> String {
-        match &self.arguments {
-            Value::String(text) => text.clone(),
-            Value::Null => "{}".to_string(),
-            other => other.to_string(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolChoice {

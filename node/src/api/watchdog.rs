@@ -14,7 +14,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{AppState, Local};
+use super::AppState;
 
 /// How the watchdog looks and how long an unhealthy node lingers before it exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,7 @@ impl StallClock {
 #[derive(Debug, Default)]
 pub struct Watchdog {
     stall_limit: Duration,
+    #[cfg(feature = "engine")]
     engine: StallClock,
     swarm: StallClock,
 }
@@ -76,7 +77,8 @@ impl Watchdog {
 
     /// One look: why the node is unhealthy, if it is.
     pub fn check(&mut self, state: &AppState, now: Instant) -> Option<String> {
-        if let (Local::Engine, Some(loaded)) = (&state.local, state.loaded.get()) {
+        #[cfg(feature = "engine")]
+        if let Some(loaded) = state.loaded() {
             let engine = &loaded.engine;
             if !engine.is_running() {
                 return Some("the engine thread has stopped".into());

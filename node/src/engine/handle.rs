@@ -246,7 +246,6 @@ impl Engine {
                 let mut params = request.sampling.clone();
                 params.seed = params.seed.map(|seed| sampling::choice_seed(seed, choice));
                 sampling::build(&self.shared.model, &params, info.slot_context)
-                    .map_err(SubmitError::Grammar)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let full = || SubmitError::QueueFull {

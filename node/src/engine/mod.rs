@@ -1,4 +1,4 @@
-//! The llama.cpp engine (cargo feature `engine`): backend start-up, model loading, and
+//! The llama.cpp engine (cargo feature `engine`; without it only [`settings`]): backend start-up, model loading, and
 //! serving many requests at once with continuous batching.
 //!
 //! - [`backend`]: the process-wide llama.cpp backend (initialised once) and the CPU/GPU
@@ -18,28 +18,45 @@
 //! them all. Verifying and downloading model files is `crate::model`, which needs no
 //! llama.cpp.
 
-pub mod backend;
-mod batcher;
-mod handle;
-pub mod model;
-pub mod request;
-pub(crate) mod sampling;
-pub mod scheduler;
-pub mod session;
+// Only `settings` is built without the `engine` feature: the command line's defaults.
 pub mod settings;
+pub use settings::EngineSettings;
+
+#[cfg(feature = "engine")]
+pub mod backend;
+#[cfg(feature = "engine")]
+mod batcher;
+#[cfg(feature = "engine")]
+mod handle;
+#[cfg(feature = "engine")]
+pub mod model;
+#[cfg(feature = "engine")]
+pub mod request;
+#[cfg(feature = "engine")]
+pub(crate) mod sampling;
+#[cfg(feature = "engine")]
+pub mod scheduler;
+#[cfg(feature = "engine")]
+pub mod session;
+#[cfg(feature = "engine")]
 pub mod stop;
 
+#[cfg(feature = "engine")]
 pub use handle::{Arriving, Engine, EngineInfo, EngineLoad};
+#[cfg(feature = "engine")]
 pub use model::Model;
+#[cfg(feature = "engine")]
 pub use request::{
     FinishReason, GenerationEvent, GenerationRequest, MAX_TOP_LOGPROBS, SamplingParams,
     SubmitError, TestHook, TokenLogprob, TopLogprob, Usage,
 };
+#[cfg(feature = "engine")]
 pub use session::{Generation, GenerationStats, Session};
-pub use settings::EngineSettings;
 
+#[cfg(feature = "engine")]
 use std::path::PathBuf;
 
+#[cfg(feature = "engine")]
 /// Failures of the engine. llama.cpp reports most failures as a bare null pointer and writes
 /// the cause to its log, so messages here say what was attempted and point there.
 #[derive(Debug, thiserror::Error)]
@@ -89,12 +106,14 @@ pub enum EngineError {
 
 // Written out instead of `#[from]`, which would also make the cause the `source()` and
 // print it twice in `{:#}` chains: messages here already include their cause.
+#[cfg(feature = "engine")]
 impl From<llama_cpp_2::DecodeError> for EngineError {
     fn from(err: llama_cpp_2::DecodeError) -> Self {
         EngineError::Decode(err)
     }
 }
 
+#[cfg(feature = "engine")]
 impl From<llama_cpp_2::llama_batch::BatchAddError> for EngineError {
     fn from(err: llama_cpp_2::llama_batch::BatchAddError) -> Self {
         EngineError::Batch(err)

@@ -28,7 +28,7 @@ use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 
 use super::model::Model;
-use super::request::SamplingParams;
+use super::request::{SamplingParams, SubmitError};
 
 /// Whether `params` ask for plain greedy decoding: the most likely token, with no bias,
 /// penalty or grammar that would need llama.cpp's sampler chain. Such requests skip the
@@ -220,12 +220,12 @@ pub fn logprobs(logits: &[f32], token: LlamaToken, top: usize) -> (f32, Vec<(Lla
 
 /// A sampler for one request on `model`. `penalty_window` is how many of the latest
 /// generated tokens the presence/frequency penalties look at (the slot's context, so that
-/// they cover the whole answer). `Err` says why a grammar was rejected.
+/// they cover the whole answer). Fails when llama.cpp rejects the grammar.
 pub fn build(
     model: &Model,
     params: &SamplingParams,
     penalty_window: usize,
-) -> Result<Sampler, String> {
+) -> Result<Sampler, SubmitError> {
     let mut adjust = Vec::new();
     if !params.logit_bias.is_empty() {
         let biases: Vec<LlamaLogitBias> = params
@@ -246,8 +246,9 @@ pub fn build(
     }
     let grammar = match &params.grammar {
         Some(grammar) => Some(
-            LlamaSampler::grammar(model.llama(), grammar, "root")
-                .map_err(|err| format!("the grammar was rejected by llama.cpp: {err}"))?,
+            LlamaSampler::grammar(model.llama(), grammar, "root").map_err(|err| {
+                SubmitError::Grammar(format!("the grammar was rejected by llama.cpp: {err}"))
+            })?,
         ),
         None => None,
     };

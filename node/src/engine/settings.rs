@@ -1,10 +1,38 @@
-//! Engine settings and their defaults, in one place for the CLI, the server and tests.
+//! Engine settings and their defaults, in one place for the CLI, the server and tests. (No
+//! llama.cpp here: the command line of a build without the engine reads the defaults too.)
 
 use std::num::{NonZeroU32, NonZeroUsize};
 
-pub use crate::cli::{
-    DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_SIZE, DEFAULT_PARALLEL, DEFAULT_QUEUE, FlashAttention,
-};
+use clap::ValueEnum;
+
+/// Context size used when none is given: room for a long chat while keeping the KV cache
+/// of small models in the tens of megabytes. Clamped to what the model was trained for.
+pub const DEFAULT_CONTEXT_SIZE: u32 = 4096;
+
+/// Tokens handed to one `llama_decode` call at most (llama.cpp's own default).
+pub const DEFAULT_BATCH_SIZE: u32 = 2048;
+
+/// Sequence slots served at once when none is given.
+pub const DEFAULT_PARALLEL: u32 = 4;
+
+/// Requests that may wait for a free slot when none is given; more get "queue full".
+pub const DEFAULT_QUEUE: usize = 64;
+
+/// Total context of `llamanet serve` when none is given (split between the slots).
+pub const DEFAULT_SERVE_CONTEXT_SIZE: u32 = 8192;
+
+/// Tokens per decode step of `llamanet serve` when none is given.
+pub const DEFAULT_SERVE_BATCH_SIZE: u32 = 512;
+
+/// Whether llama.cpp uses flash attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum FlashAttention {
+    /// llama.cpp decides per model and backend.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
 
 /// How the engine runs a model. `None` fields are resolved at load time from the machine
 /// and the model.

@@ -1,11 +1,11 @@
-//! The errors routing answers itself, as OpenAI error objects
-//! (`{"error":{"message","type","param","code"}}`), so clients handle them like any other
-//! API error. Kept apart from `crate::api::error` because routing builds without the engine.
+//! The errors routing answers itself, answered as the API's own [`ApiError`] (OpenAI's
+//! `{"error":{"message","type","param","code"}}`), so clients handle them like any other
+//! API error.
 
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+use crate::api::error::ApiError;
 
 /// Why a request could not be routed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,9 +23,6 @@ pub enum RouteError {
         /// One line per peer tried: who and what went wrong.
         attempts: Vec<String>,
     },
-    /// The body could not be read within the size limit.
-    #[error("the request body is over the {limit} byte limit or could not be read")]
-    BodyTooLarge { limit: usize },
     /// The model is scaled to zero and no replica served it within the hold.
     #[error(
         "model `{model}` is scaled to zero and did not start within {waited_s} s; try again later"
@@ -51,7 +48,6 @@ impl RouteError {
         match self {
             RouteError::NotServed { .. } => StatusCode::NOT_FOUND,
             RouteError::NoPeerAnswered { .. } => StatusCode::BAD_GATEWAY,
-            RouteError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RouteError::WakeTimedOut { .. }
             | RouteError::HoldQueueFull { .. }
             | RouteError::WakeFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -63,7 +59,6 @@ impl RouteError {
         match self {
             RouteError::NotServed { .. } => "model_not_found",
             RouteError::NoPeerAnswered { .. } => "no_peer_answered",
-            RouteError::BodyTooLarge { .. } => "body_too_large",
             RouteError::WakeTimedOut { .. } => "model_wake_timed_out",
             RouteError::HoldQueueFull { .. } => "model_wake_queue_full",
             RouteError::WakeFailed { .. } => "model_wake_failed",
@@ -83,40 +78,43 @@ impl RouteError {
 
     /// The OpenAI error object.
     pub fn body(&self) -> serde_json::Value {
-        let (kind, param) = match self {
+        ApiError::from(self).body()
+    }
+}
+
+/// Answered as the API's one error type, so the body is the same everywhere.
+impl From<&RouteError> for ApiError {
+    fn from(err: &RouteError) -> Self {
+        let (kind, param) = match err {
             RouteError::NotServed { .. } => ("invalid_request_error", Some("model")),
             RouteError::NoPeerAnswered { .. } => ("api_error", None),
-            RouteError::BodyTooLarge { .. } => ("invalid_request_error", None),
             RouteError::WakeTimedOut { .. }
             | RouteError::HoldQueueFull { .. }
             | RouteError::WakeFailed { .. } => ("api_error", Some("model")),
         };
-        json!({
-            "error": {
-                "message": self.to_string(),
-                "type": kind,
-                "param": param,
-                "code": self.code(),
-            }
-        })
+        ApiError {
+            status: err.status(),
+            message: err.to_string(),
+            kind,
+            param: param.map(str::to_string),
+            code: Some(err.code()),
+            retry_after: err
+                .retry_after()
+                .map(|s| u32::try_from(s).unwrap_or(u32::MAX)),
+        }
     }
 }
 
 impl IntoResponse for RouteError {
     fn into_response(self) -> Response {
-        let mut response = (self.status(), Json(self.body())).into_response();
-        if let Some(seconds) = self.retry_after() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+        ApiError::from(&self).into_response()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header;
 
     #[test]
     fn not_served_names_the_models_that_exist() {

@@ -36,6 +36,7 @@ use super::pick::{Candidate, Route, RouteRequest, Target};
 use super::relay::{self, BoxBody, BoxError, Continued, Continuer};
 use super::resume::{ANNOTATE_HEADER, RESUME_HEADER, Resume};
 use super::transport;
+use crate::swarm::error_text;
 
 /// Names the node that served a response (its peer id).
 pub const NODE_HEADER: &str = "x-llamanet-node";
@@ -335,7 +336,7 @@ impl Router {
         let sent = transport::send(swarm, self.pool(), peer, outgoing, config.connect_timeout);
         let response = match tokio::time::timeout(config.response_timeout, sent).await {
             Ok(Ok(response)) => response,
-            Ok(Err(err)) => return Err(Failure::suspect(relay::describe(&err))),
+            Ok(Err(err)) => return Err(Failure::suspect(error_text::chain(&err))),
             Err(_) => {
                 return Err(Failure::suspect(format!(
                     "no answer within {:?}",
@@ -363,7 +364,7 @@ impl Router {
             Ok(Some(Err(err))) => {
                 return Err(Failure::suspect(format!(
                     "body failed: {}",
-                    relay::describe(err.as_ref())
+                    error_text::chain(err.as_ref())
                 )));
             }
             Err(_) => {

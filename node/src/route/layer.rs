@@ -37,6 +37,8 @@ pub struct RouteLayer {
     pub local: LocalView,
     /// Largest body read (the API's own body limit).
     pub body_limit: usize,
+    /// Longest pause while the body arrives (the API's own body timeout).
+    pub body_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for RouteLayer {
@@ -66,11 +68,9 @@ pub async fn route_or_serve(
         return named(next.run(request).await, &me.to_string());
     }
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, layer.body_limit).await else {
-        return RouteError::BodyTooLarge {
-            limit: layer.body_limit,
-        }
-        .into_response();
+    let bytes = match crate::api::body::read(body, layer.body_limit, layer.body_timeout).await {
+        Ok(bytes) => bytes,
+        Err(err) => return err.into_response(),
     };
     // No readable model: the handler owns the precise 400.
     let Some(model) = serde_json::from_slice::<ModelField>(&bytes)

@@ -269,19 +269,8 @@ fn choose(
     policy: &PickPolicy,
     rng: &mut impl Rng,
 ) -> usize {
-    let n = candidates.len();
-    let random = if n == 1 {
-        0
-    } else {
-        let a = rng.gen_range(0..n);
-        // A second, different index: draw from n-1 and skip over `a`.
-        let b = (a + 1 + rng.gen_range(0..n - 1)) % n;
-        if candidates[b].load < candidates[a].load {
-            b
-        } else {
-            a
-        }
-    };
+    let random = crate::swarm::discovery::less_loaded_of_two(candidates, |c| c.load, rng)
+        .expect("candidates is not empty");
     let Some(key) = affinity.filter(|_| policy.affinity_chars > 0) else {
         return random;
     };

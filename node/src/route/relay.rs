@@ -21,6 +21,8 @@ use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 use tracing::warn;
 
+use crate::swarm::error_text;
+
 use super::resume::{Relay, Resume, StreamProgress};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -85,7 +87,7 @@ pub fn plain(
                     return Some((Ok(chunk), state));
                 }
                 Ok(None) => return None,
-                Ok(Some(Err(err))) => describe(err.as_ref()),
+                Ok(Some(Err(err))) => error_text::chain(err.as_ref()),
                 Err(_) => format!("no data for {stall:?}"),
             };
             state.done = true;
@@ -180,7 +182,7 @@ pub fn resumable(
 fn parsed(body: BoxBody) -> BoxStream<'static, Result<(String, String), String>> {
     let mut line = 0usize;
     let guarded = body.map(move |chunk| {
-        let chunk = chunk.map_err(|err| describe(err.as_ref()))?;
+        let chunk = chunk.map_err(|err| error_text::chain(err.as_ref()))?;
         for &byte in chunk.iter() {
             line = if byte == b'\n' { 0 } else { line + 1 };
             if line > MAX_EVENT_BYTES {
@@ -219,20 +221,6 @@ pub fn error_event(message: &str, terminate: bool) -> Bytes {
     Bytes::from(format!("{prefix}data: {error}\n\n"))
 }
 
-/// An error with its causes ("connection reset by peer"), which Display often omits.
-pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// An HTTP client error as one line, starting with what kind of failure it was ("connect
 /// failed: ... Connection refused").
 pub fn describe_http(err: &reqwest::Error) -> String {
@@ -243,7 +231,7 @@ pub fn describe_http(err: &reqwest::Error) -> String {
     } else {
         ""
     };
-    format!("{kind}{}", describe(err))
+    format!("{kind}{}", error_text::chain(err))
 }
 
 #[cfg(test)]

@@ -67,8 +67,8 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         };
         // The name must end here: `foo_total` is not a sample of `foo`.
         let rest = match rest.chars().next() {
-            Some('{') => match rest.find('}') {
-                Some(end) => &rest[end + 1..],
+            Some('{') => match after_labels(rest) {
+                Some(rest) => rest,
                 None => continue,
             },
             Some(' ' | '\t') => rest,
@@ -84,6 +84,29 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         }
     }
     total
+}
+
+/// The text after a sample's label set (`rest` starts at its `{`), or `None` when the set
+/// does not close. Label values are quoted and may hold `}`, `,` and escaped quotes (`\"`,
+/// `\\`), so the closing brace is the first one outside a value.
+///
+/// (Written here rather than taken from a crate: `prometheus-parse` ends the set at the first
+/// `}`, the bug this replaces, and `openmetrics-parser` refuses a family whose samples carry
+/// different label names, which Prometheus accepts and an engine may send.)
+fn after_labels(rest: &str) -> Option<&str> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (at, c) in rest.char_indices().skip(1) {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (true, false, '"') => quoted = false,
+            (false, _, '"') => quoted = true,
+            (false, _, '}') => return Some(&rest[at + 1..]),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// What one `/metrics` scrape says, before the token counter becomes a rate.
@@ -131,10 +154,10 @@ pub struct ListedModel {
 }
 
 /// The models of an OpenAI `GET /v1/models` body; an error when it is not one.
-pub fn models(body: &Value) -> Result<Vec<ListedModel>, String> {
+pub fn models(body: &Value) -> Result<Vec<ListedModel>, super::UpstreamError> {
     let data = body["data"]
         .as_array()
-        .ok_or("/v1/models answered without a `data` list")?;
+        .ok_or(super::UpstreamError::NoModelList)?;
     Ok(data
         .iter()
         .filter_map(|model| {
@@ -208,6 +231,18 @@ vllm:generation_tokens_created{engine=\"0\",model_name=\"m\"} 1.7e9
         assert_eq!(metric(text, "fo"), None);
         assert_eq!(metric("# foo 3\n", "foo"), None);
         assert_eq!(metric("foo{broken 3\n", "foo"), None);
+    }
+
+    #[test]
+    fn label_values_may_hold_braces_commas_and_escaped_quotes() {
+        let text = concat!(
+            "vllm:num_requests_running{model_name=\"a}b\"} 2\n",
+            "vllm:num_requests_running{model_name=\"q\\\"}\\\"\",x=\"1,2\"} 3\n",
+            "vllm:num_requests_running{path=\"C:\\\\\"} 4\n",
+            "vllm:num_requests_running{model_name=\"never closed} 100\n",
+        );
+        // Before: the first sample read `b"} 2` as its value and was lost.
+        assert_eq!(metric(text, "vllm:num_requests_running"), Some(9.0));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! carries [`Upstream::snapshot`].
 
 pub mod figures;
+pub mod usage;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use serde_json::Value;
 use crate::cli::UpstreamKind;
 use crate::route::relay::{self, BoxError, RelayEvents};
 use figures::{Figures, ListedModel};
+pub use usage::{TokenCount, Usage};
 
 /// Longest silence of a proxied answer's body before it counts as broken.
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -114,7 +116,7 @@ impl Upstream {
         path: &str,
         headers: axum::http::HeaderMap,
         body: Bytes,
-    ) -> Result<axum::response::Response, String> {
+    ) -> Result<axum::response::Response, UpstreamError> {
         let url = format!("{}{path}", self.config.base);
         let sent = self
             .client
@@ -124,13 +126,13 @@ impl Upstream {
             .send();
         let upstream = match tokio::time::timeout(self.config.request_timeout, sent).await {
             Ok(Ok(upstream)) => upstream,
-            Ok(Err(err)) => return Err(relay::describe_http(&err)),
-            Err(_) => {
-                return Err(format!(
-                    "no answer within {:?}",
-                    self.config.request_timeout
-                ));
+            Ok(Err(err)) => {
+                return Err(UpstreamError::Request {
+                    path: path.into(),
+                    reason: relay::describe_http(&err),
+                });
             }
+            Err(_) => return Err(UpstreamError::NoAnswer(self.config.request_timeout)),
         };
         let status = upstream.status();
         let headers = crate::route::failover::incoming_headers(upstream.headers());
@@ -141,10 +143,8 @@ impl Upstream {
         let first = match tokio::time::timeout(STALL_TIMEOUT, chunks.next()).await {
             Ok(Some(Ok(chunk))) => Some(chunk),
             Ok(None) => None,
-            Ok(Some(Err(err))) => {
-                return Err(format!("body failed: {}", relay::describe_http(&err)));
-            }
-            Err(_) => return Err(format!("no body within {STALL_TIMEOUT:?}")),
+            Ok(Some(Err(err))) => return Err(UpstreamError::Body(relay::describe_http(&err))),
+            Err(_) => return Err(UpstreamError::NoBody(STALL_TIMEOUT)),
         };
         let rest = chunks.map(|chunk| chunk.map_err(|err| -> BoxError { Box::new(err) }));
         let body = futures::stream::iter(first.map(Ok)).chain(rest).boxed();
@@ -196,7 +196,7 @@ impl Upstream {
             Ok(next) => next,
             Err(reason) => UpstreamState {
                 healthy: false,
-                reason,
+                reason: reason.to_string(),
                 models: state.models.clone(),
                 ..UpstreamState::default()
             },
@@ -213,17 +213,23 @@ impl Upstream {
         changed
     }
 
-    async fn probe(&self) -> Result<UpstreamState, String> {
+    async fn probe(&self) -> Result<UpstreamState, UpstreamError> {
         if self.config.kind != UpstreamKind::Openai {
             // llama-server answers 503 while it loads; vLLM's /health is 200 once serving.
             let (status, _) = self.get("/health").await?;
             if status != 200 {
-                return Err(format!("/health answered {status}"));
+                return Err(UpstreamError::Status {
+                    path: "/health",
+                    status,
+                });
             }
         }
         let (status, body) = self.get("/v1/models").await?;
         if status != 200 {
-            return Err(format!("/v1/models answered {status}"));
+            return Err(UpstreamError::Status {
+                path: "/v1/models",
+                status,
+            });
         }
         let listed = figures::models(&parse_json(&body, "/v1/models")?)?;
         let mut models = match &self.config.model_id {
@@ -236,7 +242,7 @@ impl Upstream {
             None => listed,
         };
         if models.is_empty() {
-            return Err("the engine lists no model to advertise".into());
+            return Err(UpstreamError::NoModel);
         }
         let figures = self.figures(&mut models).await;
         Ok(UpstreamState {
@@ -323,7 +329,7 @@ impl Upstream {
         }
     }
 
-    async fn get(&self, path: &str) -> Result<(u16, String), String> {
+    async fn get(&self, path: &'static str) -> Result<(u16, String), UpstreamError> {
         // Health answers at once; figures may wait for the engine's current decode step.
         let timeout = match path {
             "/health" | "/v1/models" => self.config.probe_timeout,
@@ -336,15 +342,13 @@ impl Upstream {
         if let Some(key) = &self.config.api_key {
             request = request.bearer_auth(key);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|err| format!("{path}: {}", crate::route::relay::describe_http(&err)))?;
+        let failed = |err: reqwest::Error| UpstreamError::Request {
+            path: path.into(),
+            reason: relay::describe_http(&err),
+        };
+        let response = request.send().await.map_err(failed)?;
         let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|err| format!("{path}: {}", crate::route::relay::describe_http(&err)))?;
+        let body = response.text().await.map_err(failed)?;
         Ok((status, body))
     }
 
@@ -353,7 +357,7 @@ impl Upstream {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             upstream: Arc::clone(self),
-            tokens: TokenCount::default(),
+            tokens: None,
             on_done: None,
         }
     }
@@ -364,8 +368,32 @@ impl Upstream {
     }
 }
 
-fn parse_json(body: &str, path: &str) -> Result<Value, String> {
-    serde_json::from_str(body).map_err(|err| format!("{path} is not JSON: {err}"))
+fn parse_json(body: &str, path: &'static str) -> Result<Value, UpstreamError> {
+    serde_json::from_str(body).map_err(|err| UpstreamError::NotJson {
+        path,
+        reason: err.to_string(),
+    })
+}
+
+/// Why the engine beside the sidecar could not be used, as `/health` and 503s say it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{path}: {reason}")]
+    Request { path: String, reason: String },
+    #[error("{path} answered {status}")]
+    Status { path: &'static str, status: u16 },
+    #[error("{path} is not JSON: {reason}")]
+    NotJson { path: &'static str, reason: String },
+    #[error("/v1/models answered without a `data` list")]
+    NoModelList,
+    #[error("the engine lists no model to advertise")]
+    NoModel,
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("body failed: {0}")]
+    Body(String),
+    #[error("no body within {0:?}")]
+    NoBody(Duration),
 }
 
 /// One proxied request in flight; reads the token counts of its answer and, when dropped,
@@ -381,7 +409,8 @@ impl RelayEvents for Upstream {
 
 pub struct InFlight {
     upstream: Arc<Upstream>,
-    tokens: TokenCount,
+    /// Set once the answer's body is watched.
+    tokens: Option<TokenCount>,
     on_done: Option<Box<dyn FnOnce(Usage) + Send>>,
 }
 
@@ -401,14 +430,20 @@ impl InFlight {
         self
     }
 
-    /// Passes `body` through unchanged, counting tokens on the way.
-    pub fn watch<S>(mut self, body: S) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send
+    /// Passes `body` (server-sent events when `streamed`, else one JSON object) through
+    /// unchanged, counting tokens on the way.
+    pub fn watch<S>(
+        mut self,
+        body: S,
+        streamed: bool,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin,
     {
+        self.tokens = Some(TokenCount::new(streamed));
         body.map(move |chunk| {
-            if let Ok(bytes) = &chunk {
-                self.tokens.feed(bytes);
+            if let (Ok(bytes), Some(tokens)) = (&chunk, &mut self.tokens) {
+                tokens.feed(bytes);
             }
             chunk
         })
@@ -417,7 +452,11 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let usage = self.tokens.usage();
+        let usage = self
+            .tokens
+            .take()
+            .map(TokenCount::finish)
+            .unwrap_or_default();
         self.upstream
             .proxied_tokens
             .fetch_add(usage.completion, Ordering::Relaxed);
@@ -428,144 +467,9 @@ impl Drop for InFlight {
     }
 }
 
-/// The token counts of one answer.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    /// `usage.prompt_tokens`; 0 when the answer did not say (a stream without
-    /// `include_usage`): a proxy cannot count a prompt it never tokenized.
-    pub prompt: u64,
-    pub completion: u64,
-}
-
-/// Token counts in an OpenAI answer, read as it streams past: its `usage` when present
-/// (plain JSON, or a stream's last chunk with `include_usage`), else, for completion
-/// tokens, one per streamed event (servers send one token per event).
-#[derive(Debug, Default)]
-pub struct TokenCount {
-    events: u64,
-    prompt: Option<u64>,
-    completion: Option<u64>,
-    /// The end of the previous chunk, so a key split between chunks is still found.
-    tail: Vec<u8>,
-}
-
-impl TokenCount {
-    const PROMPT: &'static [u8] = b"\"prompt_tokens\":";
-    const COMPLETION: &'static [u8] = b"\"completion_tokens\":";
-
-    pub fn feed(&mut self, chunk: &[u8]) {
-        let mut text = std::mem::take(&mut self.tail);
-        text.extend_from_slice(chunk);
-        let events = text.windows(6).filter(|w| w == b"data: ").count() as u64;
-        // Events before the tail was cut are counted already.
-        self.events += events;
-        if let Some(n) = number_after(&text, Self::PROMPT) {
-            self.prompt = Some(n);
-        }
-        if let Some(n) = number_after(&text, Self::COMPLETION) {
-            self.completion = Some(n);
-        }
-        let keep = text.len().saturating_sub(Self::COMPLETION.len() + 12);
-        // Keep what might hold a cut key, but never a whole `data: ` already counted.
-        let tail = &text[keep..];
-        self.tail = match rfind(tail, b"data: ") {
-            Some(at) => tail[at + 6..].to_vec(),
-            None => tail.to_vec(),
-        };
-    }
-
-    pub fn usage(&self) -> Usage {
-        Usage {
-            prompt: self.prompt.unwrap_or(0),
-            // `data: [DONE]` is no token.
-            completion: self.completion.unwrap_or(self.events.saturating_sub(1)),
-        }
-    }
-}
-
-/// The whole number right after `key` (spaces allowed), if the text has both.
-fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
-    let at = find(text, key)?;
-    let digits: Vec<u8> = text[at + key.len()..]
-        .iter()
-        .skip_while(|b| b.is_ascii_whitespace())
-        .take_while(|b| b.is_ascii_digit())
-        .copied()
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).rposition(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn usage_wins_over_event_counts_even_when_split_between_chunks() {
-        let mut count = TokenCount::default();
-        count.feed(b"{\"id\":\"x\",\"usage\":{\"prompt_tokens\":5,\"completion_tok");
-        count.feed(b"ens\": 17,\"total_tokens\":22}}");
-        assert_eq!(
-            count.usage(),
-            Usage {
-                prompt: 5,
-                completion: 17
-            }
-        );
-    }
-
-    #[test]
-    fn streams_count_one_token_per_event_without_done() {
-        let mut count = TokenCount::default();
-        for _ in 0..5 {
-            count.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");
-        }
-        count.feed(b"data: [DONE]\n\n");
-        // No usage chunk: the prompt is unknown, not guessed.
-        assert_eq!(
-            count.usage(),
-            Usage {
-                prompt: 0,
-                completion: 5
-            }
-        );
-    }
-
-    #[test]
-    fn a_streams_usage_chunk_gives_both_counts_and_details_do_not_confuse_it() {
-        let mut count = TokenCount::default();
-        count.feed(
-            b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"prompt_tokens\\\": 99\"}}]}\n\n",
-        );
-        // Text that merely quotes the key is escaped JSON, not a count.
-        assert_eq!(count.usage().prompt, 0);
-        count.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,");
-        count
-            .feed(b"\"prompt_tokens_details\":{\"cached_tokens\":8},\"completion_tokens\":1}}\n\n");
-        count.feed(b"data: [DONE]\n\n");
-        assert_eq!(
-            count.usage(),
-            Usage {
-                prompt: 12,
-                completion: 1
-            }
-        );
-    }
-
-    #[test]
-    fn an_event_marker_cut_between_chunks_is_counted_once() {
-        let mut count = TokenCount::default();
-        count.feed(b"data: {\"a\":1}\n\ndata: {}\n\nda");
-        count.feed(b"ta: {\"a\":2}\n\ndata: [DONE]\n\n");
-        assert_eq!(count.usage().completion, 3);
-    }
 
     fn upstream() -> Arc<Upstream> {
         Upstream::new(UpstreamConfig {
@@ -612,8 +516,11 @@ mod tests {
             move |usage| *told.lock().unwrap() = Some(usage)
         });
         assert_eq!(upstream.in_flight(), 2);
-        b.tokens
-            .feed(b"{\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":9}}");
+        let mut tokens = TokenCount::new(false);
+        tokens.feed(&Bytes::from_static(
+            b"{\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":9}}",
+        ));
+        b.tokens = Some(tokens);
         drop(b);
         assert_eq!(
             *told.lock().unwrap(),

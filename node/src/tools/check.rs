@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 
-use super::source::{SwarmSource, SwarmView};
+use super::source::SwarmSource;
 use super::table;
+use crate::swarm::PeerTableSnapshot;
 use crate::swarm::discovery::Discovery;
 
 /// What to check. `Default`: one healthy node, any model, 2 s.
@@ -75,7 +76,7 @@ impl CheckOutcome {
 #[derive(Debug, Clone)]
 pub struct CheckReport {
     pub source: String,
-    pub view: Option<SwarmView>,
+    pub view: Option<PeerTableSnapshot>,
     pub outcome: CheckOutcome,
 }
 
@@ -146,7 +147,7 @@ pub async fn inspect(options: &CheckOptions) -> anyhow::Result<CheckReport> {
         Err(reason) => CheckReport {
             source: described,
             view: None,
-            outcome: CheckOutcome::Unreachable(reason),
+            outcome: CheckOutcome::Unreachable(reason.to_string()),
         },
         Ok(view) => {
             let mut outcome = evaluate(&view, model, wanted);
@@ -154,7 +155,7 @@ pub async fn inspect(options: &CheckOptions) -> anyhow::Result<CheckReport> {
                 let problem = match health {
                     Ok(status) if (200..300).contains(&status) => None,
                     Ok(status) => Some(format!("{described}/health answered {status}")),
-                    Err(reason) => Some(reason),
+                    Err(reason) => Some(reason.to_string()),
                 };
                 if let Some(problem) = problem {
                     outcome = match outcome {
@@ -179,7 +180,7 @@ pub async fn inspect(options: &CheckOptions) -> anyhow::Result<CheckReport> {
 }
 
 /// The verdict on a view: the first problem that applies, most basic first.
-pub fn evaluate(view: &SwarmView, model: Option<&str>, min_nodes: usize) -> CheckOutcome {
+pub fn evaluate(view: &PeerTableSnapshot, model: Option<&str>, min_nodes: usize) -> CheckOutcome {
     let healthy: Vec<_> = view
         .peers
         .iter()
@@ -217,19 +218,19 @@ mod tests {
 
     #[test]
     fn verdicts_name_the_first_problem() {
-        let empty = SwarmView::default();
+        let empty = PeerTableSnapshot::default();
         assert_eq!(
             evaluate(&empty, None, 1),
             CheckOutcome::Unhealthy(vec!["no node sent a heartbeat".into()])
         );
-        let sick = SwarmView {
+        let sick = PeerTableSnapshot {
             peers: vec![peer_view(Some("qwen"), 0, false)],
         };
         assert_eq!(
             evaluate(&sick, Some("qwen"), 1),
             CheckOutcome::Unhealthy(vec!["all 1 nodes are unhealthy".into()])
         );
-        let two = SwarmView {
+        let two = PeerTableSnapshot {
             peers: vec![peer_view(Some("qwen"), 0, true), peer_view(None, 0, true)],
         };
         assert_eq!(evaluate(&two, Some("qwen"), 1), CheckOutcome::Healthy);

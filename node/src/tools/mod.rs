@@ -35,19 +35,33 @@ pub mod table;
 
 use std::time::Duration;
 
+pub use crate::swarm::{PeerSnapshot, PeerTableSnapshot};
 pub use check::{CheckOptions, CheckOutcome, CheckReport, check, evaluate};
 pub use monitor::{MonitorOptions, monitor};
-pub use source::{PeerView, SwarmSource, SwarmView};
+pub use source::{SwarmSource, Unreachable};
 
 /// Parses a duration in any unit humantime knows (`2s`, `500ms`, `1m`, `1h30m`), or a bare
 /// number of seconds (`1.5`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, BadDuration> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
-        return Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"));
+        return Duration::try_from_secs_f64(seconds).map_err(|err| BadDuration {
+            text: text.into(),
+            reason: err.to_string(),
+        });
     }
-    humantime::parse_duration(text)
-        .map_err(|err| format!("not a duration: {text:?} ({err}; e.g. 2s, 500ms, 1m)"))
+    humantime::parse_duration(text).map_err(|err| BadDuration {
+        text: text.into(),
+        reason: err.to_string(),
+    })
+}
+
+/// A duration flag's value that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a duration: {text:?} ({reason}; e.g. 2s, 500ms, 1m)")]
+pub struct BadDuration {
+    pub text: String,
+    pub reason: String,
 }
 
 #[cfg(test)]
@@ -55,16 +69,10 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     use super::*;
-
-    /// The subcommands as `main.rs` declares them.
-    #[derive(Debug, Parser)]
-    enum Cli {
-        Monitor(MonitorOptions),
-        Check(CheckOptions),
-    }
+    use crate::cli::{Cli, Command};
 
     #[test]
-    fn flags_parse_as_main_declares_them() {
+    fn flags_parse_as_the_binary_declares_them() {
         Cli::command().debug_assert();
         let parsed = Cli::try_parse_from([
             "llamanet",
@@ -78,8 +86,9 @@ mod tests {
             "--timeout",
             "500ms",
         ])
-        .unwrap();
-        let Cli::Check(options) = parsed else {
+        .unwrap()
+        .command;
+        let Command::Check(options) = parsed else {
             panic!("not check: {parsed:?}")
         };
         assert_eq!(options.min_nodes, 2);
@@ -94,10 +103,12 @@ mod tests {
             "/ip4/1.2.3.4/tcp/1",
         ];
         assert!(Cli::try_parse_from(both).is_err());
-        let Cli::Monitor(options) = Cli::try_parse_from([
+        let Command::Monitor(options) = Cli::try_parse_from([
             "llamanet", "monitor", "--url", "http://a", "--once", "--json",
         ])
-        .unwrap() else {
+        .unwrap()
+        .command
+        else {
             panic!("not monitor")
         };
         assert!(options.once && options.json);
@@ -116,7 +127,7 @@ mod tests {
         assert_eq!(parse_duration(" 250us "), Ok(Duration::from_micros(250)));
         for bad in ["fast", "", "-1", "2 parsecs", "1e400"] {
             let err = parse_duration(bad).unwrap_err();
-            assert!(err.contains(bad.trim()), "{bad:?}: {err}");
+            assert!(err.to_string().contains(bad.trim()), "{bad:?}: {err}");
         }
     }
 }

@@ -14,8 +14,9 @@ use ratatui::widgets::{Block, Borders, Paragraph, Table};
 use ratatui::{DefaultTerminal, Frame};
 use tokio::sync::mpsc;
 
-use super::source::{SwarmSource, SwarmView};
+use super::source::{SwarmSource, Unreachable};
 use super::table::{self, COLUMNS};
+use crate::swarm::PeerTableSnapshot;
 
 /// How to watch.
 #[derive(Debug, Clone, clap::Args)]
@@ -85,7 +86,7 @@ pub async fn monitor(options: MonitorOptions) -> anyhow::Result<()> {
 }
 
 /// One settled view of the swarm, or why it is unreachable.
-pub async fn snapshot(source: &SwarmSource, wait: Duration) -> anyhow::Result<SwarmView> {
+pub async fn snapshot(source: &SwarmSource, wait: Duration) -> anyhow::Result<PeerTableSnapshot> {
     source
         .settle(wait, |_| false)
         .await
@@ -93,7 +94,7 @@ pub async fn snapshot(source: &SwarmSource, wait: Duration) -> anyhow::Result<Sw
 }
 
 /// What `--once` prints: JSON, or the full table and a summary line.
-pub fn render_once(view: &SwarmView, json: bool) -> String {
+pub fn render_once(view: &PeerTableSnapshot, json: bool) -> String {
     if json {
         let mut text = serde_json::to_string_pretty(view).expect("views always serialize");
         text.push('\n');
@@ -166,7 +167,7 @@ async fn draw_loop(
 }
 
 /// One frame: a summary line, the peer table, a help line.
-pub fn draw(frame: &mut Frame, title: &str, view: &Result<SwarmView, String>) {
+pub fn draw(frame: &mut Frame, title: &str, view: &Result<PeerTableSnapshot, Unreachable>) {
     let [top, middle, bottom] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(3),
@@ -216,7 +217,7 @@ mod tests {
     use super::*;
     use crate::tools::table::tests::peer_view;
 
-    fn screen(view: &Result<SwarmView, String>) -> String {
+    fn screen(view: &Result<PeerTableSnapshot, Unreachable>) -> String {
         let mut terminal = Terminal::new(TestBackend::new(140, 8)).unwrap();
         terminal.draw(|f| draw(f, "test", view)).unwrap();
         let buffer = terminal.backend().buffer().clone();
@@ -230,7 +231,7 @@ mod tests {
 
     #[test]
     fn the_frame_shows_summary_header_and_one_line_per_peer() {
-        let view = SwarmView {
+        let view = PeerTableSnapshot {
             peers: vec![peer_view(Some("qwen"), 1, true), peer_view(None, 0, true)],
         };
         let text = screen(&Ok(view.clone()));
@@ -239,19 +240,26 @@ mod tests {
         let short = table::short_peer(&view.peers[0].heartbeat.peer_id.to_string());
         assert!(text.contains(&short), "{text}");
         assert!(text.contains("(router)"), "{text}");
-        assert!(screen(&Err("refused".into())).contains("unreachable: refused"));
+        let refused = Unreachable::Request {
+            url: "http://x/v1/swarm".into(),
+            reason: "refused".into(),
+        };
+        assert!(screen(&Err(refused)).contains("unreachable: GET http://x/v1/swarm: refused"));
     }
 
     #[test]
     fn once_json_is_the_swarm_endpoint_shape_and_reads_back() {
-        let view = SwarmView {
+        let view = PeerTableSnapshot {
             peers: vec![peer_view(Some("qwen"), 1, true)],
         };
         let json = render_once(&view, true);
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(value["peers"][0]["models"][0]["id"], "qwen");
         assert_eq!(value["peers"][0]["age_ms"], 1500);
-        assert_eq!(serde_json::from_str::<SwarmView>(&json).unwrap(), view);
+        assert_eq!(
+            serde_json::from_str::<PeerTableSnapshot>(&json).unwrap(),
+            view
+        );
         let text = render_once(&view, false);
         assert!(text.starts_with("PEER") && text.contains("1 nodes (1 healthy)"));
     }

@@ -1,91 +1,28 @@
 //! Where the tools read the swarm from: a node's `GET /v1/swarm` (`--url`), or a light swarm
 //! peer of their own that joins through `--bootstrap` and listens to heartbeats. Both give
-//! a [`SwarmView`], the JSON shape of `/v1/swarm`.
+//! a [`PeerTableSnapshot`], the JSON shape of `/v1/swarm`.
 
 use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
-use serde::{Deserialize, Serialize};
 
 use crate::route::relay::describe_http as describe;
-use crate::swarm::discovery::{Candidate, Discovery};
-use crate::swarm::{self, Heartbeat, PeerTableSnapshot, SwarmConfig, SwarmHandle};
+use crate::swarm::{self, PeerTableSnapshot, SwarmConfig, SwarmHandle};
 
-/// The peer table as the tools see it: what `GET /v1/swarm` returns. (The swarm's own
-/// snapshot type only serializes; this one also reads it back.)
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmView {
-    pub peers: Vec<PeerView>,
+/// Why a source could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreachable {
+    #[error("GET {url}: {reason}")]
+    Request { url: String, reason: String },
+    #[error("GET {url} answered {status}")]
+    Status { url: String, status: u16 },
+    #[error("GET {url}: not a peer table: {reason}")]
+    NotAPeerTable { url: String, reason: String },
+    #[error("no swarm peer answered at {0}")]
+    NoPeer(Multiaddr),
 }
 
-/// One peer: its latest heartbeat and how fresh it is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PeerView {
-    #[serde(flatten)]
-    pub heartbeat: Heartbeat,
-    /// Time since its latest heartbeat arrived at the node that made the view.
-    #[serde(default)]
-    pub age_ms: u64,
-    #[serde(default)]
-    pub expires_in_ms: u64,
-}
-
-impl From<PeerTableSnapshot> for SwarmView {
-    fn from(snapshot: PeerTableSnapshot) -> Self {
-        SwarmView {
-            peers: snapshot
-                .peers
-                .into_iter()
-                .map(|p| PeerView {
-                    heartbeat: p.heartbeat,
-                    age_ms: p.age_ms,
-                    expires_in_ms: p.expires_in_ms,
-                })
-                .collect(),
-        }
-    }
-}
-
-impl SwarmView {
-    /// Every model served by a healthy peer, sorted.
-    pub fn models(&self) -> Vec<String> {
-        let mut models: Vec<String> = self
-            .peers
-            .iter()
-            .filter(|p| p.heartbeat.status.healthy)
-            .flat_map(|p| p.heartbeat.status.models.iter().map(|m| m.id.clone()))
-            .collect();
-        models.sort();
-        models.dedup();
-        models
-    }
-
-    /// The longest heartbeat interval announced: after that long every live peer has
-    /// spoken at least once.
-    fn longest_interval(&self) -> Duration {
-        let ms = self
-            .peers
-            .iter()
-            .map(|p| p.heartbeat.interval_ms)
-            .max()
-            .unwrap_or(0);
-        Duration::from_millis(ms)
-    }
-}
-
-/// A snapshot is a discovery source like a live peer: the healthy nodes with an endpoint.
-impl Discovery for SwarmView {
-    fn nodes(&self, model: Option<&str>) -> Vec<Candidate> {
-        self.peers
-            .iter()
-            .map(|p| &p.heartbeat)
-            .filter(|h| h.status.healthy && model.is_none_or(|m| h.status.serves(m)))
-            .filter_map(Candidate::from_heartbeat)
-            .collect()
-    }
-}
-
-/// A source of [`SwarmView`]s.
+/// A source of [`PeerTableSnapshot`]s.
 #[derive(Debug)]
 pub enum SwarmSource {
     /// A node's HTTP API.
@@ -141,26 +78,36 @@ impl SwarmSource {
         }
     }
 
-    /// What the source says now. `Err` is why it is unreachable.
-    pub async fn view(&self) -> Result<SwarmView, String> {
+    /// What the source says now.
+    pub async fn view(&self) -> Result<PeerTableSnapshot, Unreachable> {
         match self {
             SwarmSource::Url { client, base } => {
                 let url = format!("{base}/v1/swarm");
-                let response = client
-                    .get(&url)
-                    .send()
-                    .await
-                    .map_err(|err| format!("GET {url}: {}", describe(&err)))?;
+                let response =
+                    client
+                        .get(&url)
+                        .send()
+                        .await
+                        .map_err(|err| Unreachable::Request {
+                            url: url.clone(),
+                            reason: describe(&err),
+                        })?;
                 if !response.status().is_success() {
-                    return Err(format!("GET {url} answered {}", response.status()));
+                    return Err(Unreachable::Status {
+                        url,
+                        status: response.status().as_u16(),
+                    });
                 }
                 response
                     .json()
                     .await
-                    .map_err(|err| format!("GET {url}: not a peer table: {err}"))
+                    .map_err(|err| Unreachable::NotAPeerTable {
+                        url,
+                        reason: err.to_string(),
+                    })
             }
             SwarmSource::Peer { handle, bootstrap } => {
-                let view = SwarmView::from(handle.snapshot());
+                let view = handle.snapshot();
                 if view.peers.is_empty()
                     && handle
                         .connected_peers()
@@ -168,7 +115,7 @@ impl SwarmSource {
                         .unwrap_or_default()
                         .is_empty()
                 {
-                    return Err(format!("no swarm peer answered at {bootstrap}"));
+                    return Err(Unreachable::NoPeer(bootstrap.clone()));
                 }
                 Ok(view)
             }
@@ -181,8 +128,8 @@ impl SwarmSource {
     pub async fn settle(
         &self,
         max: Duration,
-        mut done: impl FnMut(&SwarmView) -> bool,
-    ) -> Result<SwarmView, String> {
+        mut done: impl FnMut(&PeerTableSnapshot) -> bool,
+    ) -> Result<PeerTableSnapshot, Unreachable> {
         if let SwarmSource::Url { .. } = self {
             return self.view().await;
         }
@@ -190,7 +137,7 @@ impl SwarmSource {
         let mut first_heard: Option<Instant> = None;
         loop {
             let view = match self {
-                SwarmSource::Peer { handle, .. } => SwarmView::from(handle.snapshot()),
+                SwarmSource::Peer { handle, .. } => handle.snapshot(),
                 SwarmSource::Url { .. } => unreachable!("answered above"),
             };
             if !view.peers.is_empty() {
@@ -211,7 +158,7 @@ impl SwarmSource {
 
     /// `GET /health` of a `--url` node: `None` for a swarm peer source, else the status or
     /// why it failed.
-    pub async fn node_health(&self) -> Option<Result<u16, String>> {
+    pub async fn node_health(&self) -> Option<Result<u16, Unreachable>> {
         let SwarmSource::Url { client, base } = self else {
             return None;
         };
@@ -222,7 +169,10 @@ impl SwarmSource {
                 .send()
                 .await
                 .map(|r| r.status().as_u16())
-                .map_err(|err| format!("GET {url}: {}", describe(&err))),
+                .map_err(|err| Unreachable::Request {
+                    reason: describe(&err),
+                    url,
+                }),
         )
     }
 

@@ -1,7 +1,7 @@
-//! The swarm as a table: one pure function from a [`SwarmView`] to rows of text, shared by
+//! The swarm as a table: one pure function from a [`PeerTableSnapshot`] to rows of text, shared by
 //! `check` (printed) and `monitor` (drawn with ratatui), so both show the same figures.
 
-use super::source::SwarmView;
+use crate::swarm::PeerTableSnapshot;
 
 /// Column headers, in order.
 pub const COLUMNS: [&str; 10] = [
@@ -17,7 +17,7 @@ pub const COMPACT: [usize; 8] = [0, 1, 2, 3, 4, 5, 7, 9];
 pub struct Row(pub [String; COLUMNS.len()]);
 
 /// One row per peer, in the view's order (by peer id).
-pub fn rows(view: &SwarmView) -> Vec<Row> {
+pub fn rows(view: &PeerTableSnapshot) -> Vec<Row> {
     view.peers
         .iter()
         .map(|peer| {
@@ -63,7 +63,7 @@ pub fn rows(view: &SwarmView) -> Vec<Row> {
 }
 
 /// One line about the whole swarm: nodes, health, models, clusters.
-pub fn summary(view: &SwarmView) -> String {
+pub fn summary(view: &PeerTableSnapshot) -> String {
     let healthy = view
         .peers
         .iter()
@@ -139,12 +139,12 @@ pub(crate) mod tests {
     use libp2p::PeerId;
 
     use super::*;
+    use crate::swarm::PeerSnapshot;
     use crate::swarm::{Heartbeat, ModelInfo, NodeStatus};
-    use crate::tools::source::PeerView;
 
     /// A peer in a view, serving `model` (none: a router).
-    pub(crate) fn peer_view(model: Option<&str>, busy: u32, healthy: bool) -> PeerView {
-        PeerView {
+    pub(crate) fn peer_view(model: Option<&str>, busy: u32, healthy: bool) -> PeerSnapshot {
+        PeerSnapshot {
             heartbeat: Heartbeat {
                 peer_id: PeerId::random(),
                 seq: 3,
@@ -181,7 +181,7 @@ pub(crate) mod tests {
 
     #[test]
     fn rows_show_each_figure_of_a_peer() {
-        let view = SwarmView {
+        let view = PeerTableSnapshot {
             peers: vec![peer_view(Some("qwen"), 2, true), peer_view(None, 0, false)],
         };
         let rows = rows(&view);
@@ -211,7 +211,7 @@ pub(crate) mod tests {
 
     #[test]
     fn text_table_aligns_the_chosen_columns() {
-        let view = SwarmView {
+        let view = PeerTableSnapshot {
             peers: vec![peer_view(Some("a-long-model-name"), 0, true)],
         };
         let text = render_text(&rows(&view), &[1, 3]);

@@ -732,7 +732,7 @@ async fn chunk_from_origin(
             )
             .send()
             .await
-            .map_err(|err| model::error_chain(&err))?;
+            .map_err(|err| crate::swarm::error_text::chain(&err))?;
         if response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
             return Err(format!(
                 "{url} answered {} to a range request (it must answer 206)",
@@ -742,7 +742,7 @@ async fn chunk_from_origin(
         let mut body = Vec::with_capacity(len as usize);
         let mut stream = response.bytes_stream();
         while let Some(piece) = stream.next().await {
-            let piece = piece.map_err(|err| model::error_chain(&err))?;
+            let piece = piece.map_err(|err| crate::swarm::error_text::chain(&err))?;
             if body.len() + piece.len() > len as usize {
                 return Err(format!("{url} sent more than the {len} bytes asked for"));
             }

@@ -127,6 +127,7 @@ impl Cluster {
                 binaries: vec!["llama-server".into()],
                 entrypoint: vec!["llama-server".into()],
                 user: crate::kubelet::IMAGE_USER,
+                build: "scripts/build-llama-cpp.sh",
             });
         }
         let mut nodes = Vec::new();

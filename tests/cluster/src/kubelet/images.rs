@@ -26,6 +26,8 @@ pub struct LocalImage {
     pub entrypoint: Vec<String>,
     /// uid when the pod's security context names none.
     pub user: u32,
+    /// How to build the binaries, for the message when they are missing.
+    pub build: &'static str,
 }
 
 /// The images this node can run, by repository name.
@@ -39,10 +41,12 @@ pub struct ImageCatalog {
 pub enum ImageError {
     #[error("image {image:?} is not built by this workspace (local images: {known})")]
     Unknown { image: String, known: String },
-    #[error(
-        "image {image:?}: binary {path} is missing; build the workspace first (cargo build --release)"
-    )]
-    NotBuilt { image: String, path: PathBuf },
+    #[error("image {image:?}: binary {path} is missing; build it first ({build})")]
+    NotBuilt {
+        image: String,
+        path: PathBuf,
+        build: &'static str,
+    },
     #[error("image {image:?}: copying {path}: {source}")]
     Copy {
         image: String,
@@ -52,8 +56,9 @@ pub enum ImageError {
 }
 
 impl ImageCatalog {
-    /// The project's two images, `llamanet-node` and `llamanet-operator`,
-    /// both made of binaries in `bin_dir` (a cargo target profile folder).
+    /// The project's images: `llamanet-node` and `llamanet-operator`, made of binaries in
+    /// `bin_dir` (a cargo target profile folder), and `llamanet-router`, the node binary
+    /// built without the engine that `scripts/setup.sh` puts in `light/` beside it.
     pub fn workspace(bin_dir: &Path) -> Self {
         let mut catalog = Self::default();
         catalog.add(LocalImage {
@@ -62,6 +67,15 @@ impl ImageCatalog {
             binaries: vec!["llamanet".into()],
             entrypoint: vec!["llamanet".into()],
             user: IMAGE_USER,
+            build: "cargo build --release --workspace",
+        });
+        catalog.add(LocalImage {
+            name: "llamanet-router".into(),
+            source_dir: bin_dir.parent().unwrap_or(bin_dir).join("light"),
+            binaries: vec!["llamanet".into()],
+            entrypoint: vec!["llamanet".into()],
+            user: IMAGE_USER,
+            build: "scripts/setup.sh",
         });
         catalog.add(LocalImage {
             name: "llamanet-operator".into(),
@@ -69,6 +83,7 @@ impl ImageCatalog {
             binaries: vec!["llamanet-operator".into()],
             entrypoint: vec!["llamanet-operator".into()],
             user: IMAGE_USER,
+            build: "cargo build --release --workspace",
         });
         catalog
     }
@@ -102,6 +117,7 @@ impl ImageCatalog {
             let src_meta = std::fs::metadata(&src).map_err(|_| ImageError::NotBuilt {
                 image: image.name.clone(),
                 path: src.clone(),
+                build: image.build,
             })?;
             let dest = dest_dir.join(bin);
             let fresh = std::fs::metadata(&dest)
@@ -155,7 +171,10 @@ mod tests {
         let err = catalog.resolve("docker.io/library/nginx:1.27").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("nginx:1.27"), "{msg}");
-        assert!(msg.contains("llamanet-node, llamanet-operator"), "{msg}");
+        assert!(
+            msg.contains("llamanet-node, llamanet-operator, llamanet-router"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -173,5 +192,24 @@ mod tests {
         assert_eq!(std::fs::read(&copied).unwrap(), b"#!/bin/sh\n");
         let mode = std::fs::metadata(&copied).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755);
+    }
+
+    #[test]
+    fn the_router_image_is_the_engine_less_build_beside_the_profile() {
+        let target = tempfile::tempdir().unwrap();
+        let release = target.path().join("release");
+        let images = tempfile::tempdir().unwrap();
+        let catalog = ImageCatalog::workspace(&release);
+        let router = catalog
+            .resolve("ghcr.io/llamanet/llamanet-router:0.1.0")
+            .unwrap();
+        let err = catalog.pull(router, images.path()).unwrap_err();
+        assert!(err.to_string().contains("scripts/setup.sh"), "{err}");
+
+        std::fs::create_dir_all(target.path().join("light")).unwrap();
+        std::fs::write(target.path().join("light/llamanet"), b"light").unwrap();
+        let dir = catalog.pull(router, images.path()).unwrap();
+        assert_eq!(std::fs::read(dir.join("llamanet")).unwrap(), b"light");
+        assert!(dir.ends_with("llamanet-router"));
     }
 }

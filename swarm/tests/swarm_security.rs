@@ -1,16 +1,14 @@
 //! Trust over loopback: forged heartbeats are dropped and counted by reason, and a private
 //! swarm (pre-shared key) admits no peer without the key.
 
-mod swarm_support;
-
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use libp2p::pnet::PreSharedKey;
-use llamanet_node::swarm::{
-    self, Heartbeat, PeerEvent, RejectReason, SignedHeartbeat, SwarmConfig,
+use llamanet_swarm::testing::*;
+use llamanet_swarm::{
+    self as swarm, Heartbeat, PeerEvent, RejectReason, SignedHeartbeat, SwarmConfig,
 };
-use swarm_support::*;
 
 fn heartbeat_claiming(peer: libp2p::PeerId, seq: u64) -> Heartbeat {
     Heartbeat {

@@ -2,13 +2,11 @@
 //! each other and see each other's heartbeats; a killed node leaves every view within three
 //! heartbeat intervals; a restarted node comes back with the same peer id.
 
-mod swarm_support;
-
 use std::time::{Duration, Instant};
 
-use llamanet_node::swarm::discovery::Discovery;
-use llamanet_node::swarm::{self, PeerEvent, SwarmConfig};
-use swarm_support::*;
+use llamanet_swarm::discovery::Discovery;
+use llamanet_swarm::testing::*;
+use llamanet_swarm::{self as swarm, PeerEvent, SwarmConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_peers_discover_each_other_and_forget_the_dead() {

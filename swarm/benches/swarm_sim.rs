@@ -1,11 +1,10 @@
-//! In-process swarm simulation over libp2p's memory transport (a benchmark, not a test:
-//! `#[ignore]`d, run by hand). Measures, for N peers: time until every peer sees a newly
-//! joined node, time until a killed node leaves every view, provider lookup latency, and
-//! memory per peer. Results go to `bench/RESULTS.md` by hand.
+//! In-process swarm simulation over libp2p's memory transport (a benchmark, run by hand).
+//! Measures, for N peers: time until every peer sees a newly joined node, time until a
+//! killed node leaves every view, provider lookup latency, and memory per peer. Results go
+//! to `bench/swarm_RESULTS.md` by hand.
 //!
 //! ```text
-//! LLAMANET_SIM_PEERS=200 LLAMANET_SIM_INTERVAL_MS=2000 \
-//!   cargo test --release -p llamanet-node --no-default-features --test swarm_sim -- --ignored --nocapture
+//! LLAMANET_SIM_PEERS=200 LLAMANET_SIM_INTERVAL_MS=2000 cargo bench -p llamanet-swarm --bench swarm_sim
 //! ```
 //!
 //! Every peer verifies every heartbeat (LlamaNet's signature, once per message), so the
@@ -13,13 +12,11 @@
 //! prints that cost per heartbeat received, to size a real swarm whose nodes each have
 //! their own CPU.
 
-mod swarm_support;
-
 use std::time::{Duration, Instant};
 
-use llamanet_node::swarm::{self, SwarmConfig, SwarmHandle, TransportKind};
+use llamanet_swarm::testing::*;
+use llamanet_swarm::{self as swarm, SwarmConfig, SwarmHandle, TransportKind};
 use rand::Rng;
-use swarm_support::*;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -108,9 +105,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "benchmark; run by hand with --ignored --nocapture"]
-async fn simulate_swarm() {
+#[tokio::main]
+async fn main() {
     let n = env_or("LLAMANET_SIM_PEERS", 100) as usize;
     let interval = Duration::from_millis(env_or("LLAMANET_SIM_INTERVAL_MS", 2000));
     let mut rng = rand::thread_rng();

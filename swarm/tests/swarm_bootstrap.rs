@@ -2,16 +2,14 @@
 //! backoff until a node appears there; addresses without `/p2p/<id>` learn the id from the
 //! connection; `/dns4` names resolve.
 
-mod swarm_support;
-
 use std::io::Write;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
-use llamanet_node::swarm::{self, PeerEvent, SwarmConfig};
-use swarm_support::*;
+use llamanet_swarm::testing::*;
+use llamanet_swarm::{self as swarm, PeerEvent, SwarmConfig};
 
 /// Everything logged in this test binary, to check what an operator would read.
 fn captured_logs() -> Arc<Mutex<Vec<u8>>> {

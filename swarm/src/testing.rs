@@ -1,13 +1,12 @@
-//! Helpers shared by the swarm integration tests: loopback node configurations, statuses,
-//! and time-bounded waiting. Every network test uses 127.0.0.1 only.
-
-#![allow(dead_code)] // each test binary uses a different subset
+//! Helpers for the swarm's integration tests, here and in other crates (cargo feature
+//! `testing`): loopback node configurations, statuses, and time-bounded waiting. Every
+//! network test uses 127.0.0.1 only.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use crate::{self as swarm, Backoff, ModelInfo, NodeStatus, SwarmConfig, SwarmHandle};
 use libp2p::Multiaddr;
-use llamanet_node::swarm::{self, Backoff, ModelInfo, NodeStatus, SwarmConfig, SwarmHandle};
 
 /// Heartbeat interval of test nodes: short, so expiry (3 intervals) is quick.
 pub const INTERVAL: Duration = Duration::from_millis(500);

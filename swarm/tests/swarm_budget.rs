@@ -3,12 +3,10 @@
 //! node closes the connections it dialed and no longer needs, yet heartbeats still reach
 //! everyone, a newcomer is still seen by all, and nobody drops its bootstrap peer.
 
-mod swarm_support;
-
 use std::time::Duration;
 
-use llamanet_node::swarm::{self, SwarmConfig, SwarmHandle};
-use swarm_support::*;
+use llamanet_swarm::testing::*;
+use llamanet_swarm::{self as swarm, SwarmConfig, SwarmHandle};
 
 const NODES: usize = 14;
 const TARGET: usize = 4;

@@ -2,13 +2,11 @@
 //! peers than one Kademlia key can hold (20) is found with every one of its providers,
 //! because provider keys are sharded.
 
-mod swarm_support;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use llamanet_node::swarm::{self, SwarmConfig};
-use swarm_support::*;
+use llamanet_swarm::testing::*;
+use llamanet_swarm::{self as swarm, SwarmConfig};
 
 const PROVIDERS: usize = 25;
 

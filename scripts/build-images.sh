@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Builds the project's container images from deploy/docker/ without a registry or a Docker
+# engine, and checks that each one runs:
+#   - a Debian bookworm base made with mmdebstrap from Debian's mirror, standing in for the
+#     Dockerfile's registry base (gcr.io/distroless/cc-debian12:nonroot): the same packages;
+#   - ghcr.io/llamanet/llamanet-router:<version> from deploy/docker/router.Dockerfile, its
+#     runtime stage fed the engine-less binary scripts/setup.sh builds (BINARIES=prebuilt).
+# Images go to podman's local storage under the chart's default names. Each is rebuilt only
+# when its inputs changed (cache keys: the base's recipe; the Dockerfile, the binary and
+# the base); the base's tarball is kept in $CACHE/images.
+#
+#   scripts/build-images.sh          # after scripts/setup.sh
+source "$(dirname "$0")/common.sh"
+
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
+IMAGES_DIR=$CACHE/images
+ROUTER_IMAGE=ghcr.io/llamanet/llamanet-router:$VERSION
+LIGHT_BIN=$CARGO_TARGET_DIR/light/llamanet
+
+step "image tools (Debian packages)"
+need=()
+for pkg in mmdebstrap buildah podman runc uidmap; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  info "installing ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${need[@]}" >/dev/null
+else
+  info "all present"
+fi
+[ "$(id -u)" -eq 0 ] || die "building images needs root (mmdebstrap, buildah's storage)"
+[ -x "$LIGHT_BIN" ] || die "$LIGHT_BIN missing: run scripts/setup.sh first"
+mkdir -p "$IMAGES_DIR"
+
+# The label every image here carries with the hash of its inputs.
+label_of() { podman image inspect --format '{{index .Labels "llamanet.inputs"}}' "$1" 2>/dev/null || true; }
+size_mb() { podman image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.1f", $1 / 1e6 }'; }
+
+step "base image (Debian bookworm, distroless-like)"
+# What gcr.io/distroless/cc-debian12:nonroot holds, from Debian's own packages: glibc,
+# libgcc, libstdc++, libgomp, CA certificates, a `nonroot` user (65532), a /tmp; no shell,
+# no package manager. The packages are only extracted (none of their scripts run), so the
+# hook below writes what their scripts would have: the CA bundle, the users.
+BASE_PACKAGES=base-files,netbase,libc6,libgcc-s1,libstdc++6,libgomp1,ca-certificates
+BASE_HOOK='
+  cat "$1"/usr/share/ca-certificates/mozilla/*.crt > "$1"/etc/ssl/certs/ca-certificates.crt
+  printf "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n" > "$1"/etc/passwd
+  printf "root:x:0:\nnonroot:x:65532:\n" > "$1"/etc/group
+  mkdir -p "$1"/home/nonroot "$1"/tmp
+  chown 65532:65532 "$1"/home/nonroot
+  chmod 1777 "$1"/tmp
+  rm -rf "$1"/usr/share/doc "$1"/usr/share/man "$1"/usr/share/locale "$1"/usr/share/info'
+BASE_KEY=$(printf '%s\n' bookworm "$BASE_PACKAGES" "$BASE_HOOK" | sha256sum | cut -c1-12)
+BASE_IMAGE=localhost/llamanet/base:bookworm-cc-$BASE_KEY
+BASE_TAR=$IMAGES_DIR/base-cc-$BASE_KEY.tar
+if [ "$(label_of "$BASE_IMAGE")" = "$BASE_KEY" ]; then
+  info "cached: $BASE_IMAGE"
+else
+  if [ ! -s "$BASE_TAR" ]; then
+    info "mmdebstrap from Debian's mirror (about 10-30 s)"
+    mmdebstrap --quiet --format=tar --variant=extract --include="$BASE_PACKAGES" \
+      --extract-hook="$BASE_HOOK" bookworm "$BASE_TAR.tmp"
+    mv "$BASE_TAR.tmp" "$BASE_TAR"
+  fi
+  podman import --quiet --change "LABEL llamanet.inputs=$BASE_KEY" "$BASE_TAR" "$BASE_IMAGE" >/dev/null
+  info "imported $BASE_IMAGE"
+fi
+info "$BASE_IMAGE: $(size_mb "$BASE_IMAGE") MB"
+
+# `run_in IMAGE [podman options] -- [args]`: runs the image with no network, as its own
+# user. (Root here may not raise rlimits, so the container's are set below ours.)
+run_in() {
+  local image=$1; shift
+  local options=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do options+=("$1"); shift; done
+  shift
+  timeout 60 podman run --rm --runtime runc --network none \
+    --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "${options[@]}" "$image" "$@"
+}
+
+step "router image ($ROUTER_IMAGE)"
+context=$(mktemp -d)
+trap 'rm -rf "$context"' EXIT
+# The binary as the image ships it: without debug information.
+strip -o "$context/llamanet" "$LIGHT_BIN"
+ROUTER_KEY=$(cat "$ROOT/deploy/docker/router.Dockerfile" "$context/llamanet" \
+  | sha256sum | cut -c1-16)-$BASE_KEY
+if [ "$(label_of "$ROUTER_IMAGE")" = "$ROUTER_KEY" ]; then
+  info "cached: inputs unchanged ($ROUTER_KEY)"
+else
+  buildah bud --quiet --pull=never --layers=false \
+    --build-arg BINARIES=prebuilt --build-arg BASE="$BASE_IMAGE" \
+    --label "llamanet.inputs=$ROUTER_KEY" \
+    -f "$ROOT/deploy/docker/router.Dockerfile" -t "$ROUTER_IMAGE" "$context" >/dev/null
+  # buildah keeps a working container of the stage picked by ARG (the binary alone): drop
+  # it, its image and the image this one replaced.
+  buildah rm --all >/dev/null
+  podman image prune --force >/dev/null
+  info "built"
+fi
+
+# What the image must do: run as 65532 (no shell in it to ask `id`: its config says), print
+# its version, refuse `serve`.
+user=$(podman image inspect --format '{{.Config.User}}' "$ROUTER_IMAGE")
+[ "$user" = 65532:65532 ] || die "$ROUTER_IMAGE runs as ${user:-root}, not 65532"
+run_in "$ROUTER_IMAGE" -- --version
+if out=$(run_in "$ROUTER_IMAGE" -- serve --model x.gguf 2>&1); then
+  die "$ROUTER_IMAGE ran \`serve\`: it has the engine"
+fi
+grep -q "built without the engine" <<<"$out" || die "unexpected: $out"
+info "$ROUTER_IMAGE: $(size_mb "$ROUTER_IMAGE") MB (binary $(( $(stat -c %s "$context/llamanet") / 1000000 )) MB)"

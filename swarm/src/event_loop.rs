@@ -1,4 +1,6 @@
-//! The one task that owns the libp2p `Swarm`.
+//! The one task that owns the libp2p `Swarm`. Its bookkeeping lives beside it as state
+//! machines tested without a Swarm: provider lookups (`lookups.rs`), bootstrap targets and
+//! their backoff (`bootstrap.rs`).
 //!
 //! It reacts to four things: network events (connections, identify, gossip, DHT query
 //! progress), commands from [`SwarmHandle`](super::SwarmHandle)s, its own timers (publish a
@@ -21,8 +23,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::behaviour::{self, Behaviour, BehaviourEvent, HEARTBEAT_TOPIC, KAD_PROTOCOL};
-use super::bootstrap::BootstrapTarget;
+use super::bootstrap::{Bootstrapper, DialFailure, News, Step};
 use super::heartbeat::{self, Heartbeat, NodeStatus, RejectReason, SignedHeartbeat, unix_ms};
+use super::lookups::{AfterAnswer, ProviderLookups};
 use super::metrics::SwarmMetrics;
 use super::peer_table::{SharedPeerTable, Update};
 use super::{Command, PeerEvent, SwarmConfig, SwarmError, providers, read, write};
@@ -39,27 +42,6 @@ pub(crate) struct Channels {
     pub in_use: super::InUse,
 }
 
-/// Peers that must have answered a shard query with providers before it stops early. The
-/// records of a shard live on the peers closest to its key, and every provider announces
-/// to the closest it finds, so these peers hold (nearly) the same set; asking further only
-/// costs time. Three answers cover announcers that saw slightly different closest peers.
-const HOLDERS_ENOUGH: usize = 3;
-
-/// One shard query of a provider lookup.
-struct ShardQuery {
-    lookup: u64,
-    /// Answers that carried providers (our own store counts as one).
-    answers: usize,
-}
-
-/// A provider lookup over all shards of one model.
-struct ProviderLookup {
-    /// Shard queries not finished yet.
-    pending: usize,
-    found: HashSet<PeerId>,
-    reply: oneshot::Sender<Vec<PeerId>>,
-}
-
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     key: Keypair,
@@ -71,16 +53,12 @@ pub(crate) struct EventLoop {
     started: Instant,
     started_at_ms: u64,
     last_published: Option<Instant>,
-    bootstrap: Vec<BootstrapTarget>,
-    /// Bootstrap dials in flight, by connection, to the target index.
-    bootstrap_dials: HashMap<ConnectionId, usize>,
+    bootstrap: Bootstrapper<ConnectionId>,
     /// Provider keys this node announces, by unsharded prefix.
     provided: HashMap<String, kad::RecordKey>,
     /// SHA-256s of the model files this node shares (`llamanet_node::weights`).
     weights: HashSet<String>,
-    lookups: HashMap<u64, ProviderLookup>,
-    lookup_queries: HashMap<QueryId, ShardQuery>,
-    next_lookup: u64,
+    lookups: ProviderLookups<QueryId, oneshot::Sender<Vec<PeerId>>>,
     /// DHT lookups of where a peer is, by query: the peer and who waits for the answer.
     locates: HashMap<QueryId, (PeerId, Vec<oneshot::Sender<bool>>)>,
     /// Whether the DHT routing table has had anyone in it yet.
@@ -104,11 +82,7 @@ impl EventLoop {
             .subscribe(&topic)
             .map_err(|err| SwarmError::Publish(err.to_string()))?;
         let now = Instant::now();
-        let bootstrap = config
-            .bootstrap
-            .iter()
-            .map(|addr| BootstrapTarget::new(addr.clone(), now))
-            .collect();
+        let bootstrap = Bootstrapper::new(&config.bootstrap, config.bootstrap_backoff, now);
         let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
         Ok(EventLoop {
             swarm,
@@ -121,12 +95,9 @@ impl EventLoop {
             started_at_ms: unix_ms(SystemTime::now()),
             last_published: None,
             bootstrap,
-            bootstrap_dials: HashMap::new(),
             provided: HashMap::new(),
             weights: HashSet::new(),
-            lookups: HashMap::new(),
-            lookup_queries: HashMap::new(),
-            next_lookup: 0,
+            lookups: ProviderLookups::default(),
             locates: HashMap::new(),
             reached_dht: false,
             dialed: HashMap::new(),
@@ -258,9 +229,7 @@ impl EventLoop {
                 let _ = reply.send(result);
             }
             Command::Bootstrap(addrs) => {
-                let now = Instant::now();
-                self.bootstrap
-                    .extend(addrs.into_iter().map(|a| BootstrapTarget::new(a, now)));
+                self.bootstrap.add(addrs, Instant::now());
                 self.dial_due_bootstrap();
             }
             Command::Dial(addr, reply) => {
@@ -380,8 +349,8 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                if let Some(index) = self.bootstrap_dials.remove(&connection_id) {
-                    self.bootstrap_answered(index, peer_id);
+                if let Some(news) = self.bootstrap.connected(&connection_id, peer_id) {
+                    self.bootstrap_reached(news);
                 }
                 if endpoint.is_dialer() {
                     self.dialed.entry(peer_id).or_insert_with(Instant::now);
@@ -405,8 +374,12 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                if let Some(index) = self.bootstrap_dials.remove(&connection_id) {
-                    self.bootstrap_failed(index, error);
+                let failure = dial_failure(&error);
+                if let Some(news) =
+                    self.bootstrap
+                        .dial_failed(&connection_id, failure, Instant::now())
+                {
+                    self.tell(news);
                 }
             }
             SwarmEvent::IncomingConnectionError {
@@ -513,19 +486,9 @@ impl EventLoop {
         };
         match result {
             QueryResult::GetProviders(result) => {
-                let Some(shard) = self.lookup_queries.get_mut(&id) else {
-                    return;
-                };
-                let lookup_id = shard.lookup;
-                let lookup = self
-                    .lookups
-                    .get_mut(&lookup_id)
-                    .expect("lookup of a tracked query");
                 match result {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
-                        lookup.found.extend(providers);
-                        shard.answers += 1;
-                        if shard.answers >= HOLDERS_ENOUGH
+                        if self.lookups.answered(id, providers) == AfterAnswer::Finish
                             && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
                         {
                             // Ends with one more event, `step.last`, handled below.
@@ -535,15 +498,10 @@ impl EventLoop {
                     Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
                     Err(err) => debug!(%err, "provider query of one shard failed"),
                 }
-                if step.last {
-                    self.lookup_queries.remove(&id);
-                    lookup.pending -= 1;
-                    if lookup.pending == 0 {
-                        let lookup = self.lookups.remove(&lookup_id).expect("present");
-                        let mut found: Vec<PeerId> = lookup.found.into_iter().collect();
-                        found.sort();
-                        let _ = lookup.reply.send(found);
-                    }
+                if step.last
+                    && let Some((reply, found)) = self.lookups.ended(id)
+                {
+                    let _ = reply.send(found);
                 }
             }
             QueryResult::Bootstrap(result) => {
@@ -617,26 +575,13 @@ impl EventLoop {
     }
 
     fn find_providers(&mut self, prefix: &str, reply: oneshot::Sender<Vec<PeerId>>) {
-        let lookup_id = self.next_lookup;
-        self.next_lookup += 1;
-        let keys = providers::lookup_keys(prefix, self.config.provider_shards);
-        self.lookups.insert(
-            lookup_id,
-            ProviderLookup {
-                pending: keys.len(),
-                found: HashSet::new(),
-                reply,
-            },
-        );
-        for key in keys {
-            let query = self.swarm.behaviour_mut().kad.get_providers(key);
-            self.lookup_queries.insert(
-                query,
-                ShardQuery {
-                    lookup: lookup_id,
-                    answers: 0,
-                },
-            );
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let queries: Vec<QueryId> = providers::lookup_keys(prefix, self.config.provider_shards)
+            .into_iter()
+            .map(|key| kad.get_providers(key))
+            .collect();
+        if let Some(reply) = self.lookups.start(queries, reply) {
+            let _ = reply.send(Vec::new());
         }
     }
 
@@ -727,54 +672,56 @@ impl EventLoop {
     }
 
     fn dial_due_bootstrap(&mut self) {
-        let now = Instant::now();
-        for index in 0..self.bootstrap.len() {
-            let target = &mut self.bootstrap[index];
-            if !target.due(now) {
-                continue;
-            }
-            if target.peer.is_none()
-                && let Some((name, family, rest)) = super::bootstrap::dns_name(&target.dial_addr)
-            {
-                // A name may stand for several peers (a headless Service of operator
-                // replicas): resolve it and dial every address, not just the first.
-                target.dialing();
-                let reply = self.resolved_tx.clone();
-                tokio::spawn(async move {
-                    let resolved = super::bootstrap::resolve(&name, family, &rest).await;
-                    let _ = reply.send((index, resolved));
-                });
-                continue;
-            }
-            let opts = match target.peer {
-                Some(peer) => {
-                    // Known id: Kademlia can use the address right away.
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, target.dial_addr.clone());
-                    DialOpts::peer_id(peer)
-                        .addresses(vec![target.dial_addr.clone()])
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build()
+        for step in self.bootstrap.due(Instant::now()) {
+            match step {
+                Step::Resolve {
+                    index,
+                    name,
+                    family,
+                    rest,
+                } => {
+                    let reply = self.resolved_tx.clone();
+                    tokio::spawn(async move {
+                        let resolved = super::bootstrap::resolve(&name, family, &rest).await;
+                        let _ = reply.send((index, resolved));
+                    });
                 }
-                None => DialOpts::unknown_peer_id()
-                    .address(target.dial_addr.clone())
-                    .build(),
-            };
-            let connection = opts.connection_id();
-            target.dialing();
-            match self.swarm.dial(opts) {
-                Ok(()) => {
-                    debug!(addr = %self.bootstrap[index].addr, "dialing bootstrap peer");
-                    self.bootstrap_dials.insert(connection, index);
+                Step::Dial { index, addr, peer } => {
+                    let opts = match peer {
+                        Some(peer) => {
+                            // Known id: Kademlia can use the address right away.
+                            self.swarm
+                                .behaviour_mut()
+                                .kad
+                                .add_address(&peer, addr.clone());
+                            DialOpts::peer_id(peer)
+                                .addresses(vec![addr.clone()])
+                                .condition(PeerCondition::DisconnectedAndNotDialing)
+                                .build()
+                        }
+                        None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+                    };
+                    let connection = opts.connection_id();
+                    match self.swarm.dial(opts) {
+                        Ok(()) => {
+                            debug!(%addr, "dialing bootstrap peer");
+                            self.bootstrap.dial_started(index, connection);
+                        }
+                        Err(DialError::DialPeerConditionFalse(_)) => {
+                            // Already connected (or connecting) to that peer: it has answered.
+                            let news = self.bootstrap.already_connected(index);
+                            self.bootstrap_reached(news);
+                        }
+                        Err(err) => {
+                            let news = self.bootstrap.dial_refused(
+                                index,
+                                dial_failure(&err),
+                                Instant::now(),
+                            );
+                            self.tell(news);
+                        }
+                    }
                 }
-                Err(DialError::DialPeerConditionFalse(_)) => {
-                    // Already connected (or connecting) to that peer: it has answered.
-                    let peer = self.bootstrap[index].peer.expect("condition implies id");
-                    self.bootstrap_answered(index, peer);
-                }
-                Err(err) => self.bootstrap_failed(index, err),
             }
         }
     }
@@ -782,107 +729,75 @@ impl EventLoop {
     /// Dials every address a bootstrap name resolved to (but our own).
     fn on_resolved(&mut self, index: usize, resolved: Result<Vec<Multiaddr>, String>) {
         let own: Vec<Multiaddr> = read(&self.channels.listen_addrs).clone();
-        let addrs = match resolved {
-            Ok(addrs) => addrs.into_iter().filter(|a| !own.contains(a)).collect(),
-            Err(error) => return self.bootstrap_unreachable(index, error),
+        let addrs = match self
+            .bootstrap
+            .resolved(index, resolved, &own, Instant::now())
+        {
+            Ok(addrs) => addrs,
+            Err(news) => return self.tell(news),
         };
-        let addrs: Vec<Multiaddr> = addrs;
-        if addrs.is_empty() {
-            // The name only leads back to this node: part of the swarm it names already.
-            debug!(addr = %self.bootstrap[index].addr, "bootstrap name resolves to this node only");
-            let target = &mut self.bootstrap[index];
-            target.connected(None);
-            target.is_self = true;
-            return;
-        }
-        debug!(addr = %self.bootstrap[index].addr, resolved = ?addrs, "dialing every address of a bootstrap name");
+        debug!(addr = %self.bootstrap.targets()[index].addr, resolved = ?addrs, "dialing every address of a bootstrap name");
         for addr in addrs {
             let opts = DialOpts::unknown_peer_id().address(addr).build();
             let connection = opts.connection_id();
             match self.swarm.dial(opts) {
-                Ok(()) => {
-                    self.bootstrap_dials.insert(connection, index);
-                }
+                Ok(()) => self.bootstrap.dial_started(index, connection),
                 Err(err) => debug!(%err, "dial not started"),
             }
         }
-        if !self.bootstrap_dials.values().any(|&i| i == index) {
-            self.bootstrap_unreachable(index, "no dial could be started".into());
+        if let Some(news) = self.bootstrap.no_dial_started(index, Instant::now()) {
+            self.tell(news);
         }
     }
 
-    fn bootstrap_answered(&mut self, index: usize, peer: PeerId) {
-        let target = &mut self.bootstrap[index];
-        let first = !target.answered;
-        target.connected(Some(peer));
-        if first {
-            info!(addr = %target.addr, %peer, "bootstrap peer answered");
-            self.emit(PeerEvent::BootstrapConnected {
-                addr: self.bootstrap[index].addr.clone(),
-                peer,
-            });
+    /// A bootstrap target answered: tell it when it is news, and fill the routing table
+    /// from the peer reached (a no-op error while it is empty).
+    fn bootstrap_reached(&mut self, news: Option<News>) {
+        if let Some(news) = news {
+            self.tell(news);
         }
-        // Fill the routing table from the newly reached peer (no-op error if it is empty).
         let _ = self.swarm.behaviour_mut().kad.bootstrap();
     }
 
-    fn bootstrap_failed(&mut self, index: usize, error: DialError) {
-        if let DialError::LocalPeerId { .. } = error {
-            // The address leads back to us (e.g. a Service that includes this pod): fine, we
-            // are part of the swarm it names. Never dial it again.
-            debug!(addr = %self.bootstrap[index].addr, "bootstrap address is this node");
-            let target = &mut self.bootstrap[index];
-            if !target.answered {
-                target.connected(None);
-                target.is_self = true;
+    /// Logs, counts and emits what happened to a bootstrap target.
+    fn tell(&mut self, news: News) {
+        match news {
+            News::Answered { addr, peer } => {
+                info!(%addr, %peer, "bootstrap peer answered");
+                self.emit(PeerEvent::BootstrapConnected { addr, peer });
             }
-            return;
+            News::Unreachable {
+                addr,
+                error,
+                retry_in,
+            } => {
+                self.channels
+                    .metrics
+                    .bootstrap_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(%addr, %error, ?retry_in, "bootstrap peer unreachable, will retry");
+                self.emit(PeerEvent::BootstrapFailed {
+                    addr,
+                    error,
+                    retry_in,
+                });
+            }
+            News::IsSelf { addr } => debug!(%addr, "bootstrap address is this node"),
+            News::OneAddressFailed { addr, error } => {
+                debug!(%addr, %error, "one address of a bootstrap name failed");
+            }
         }
-        // Other addresses of the same name still being dialed, or one answered: not a failure.
-        if self.bootstrap[index].answered || self.bootstrap_dials.values().any(|&i| i == index) {
-            debug!(addr = %self.bootstrap[index].addr, error = %describe_dial_error(&error), "one address of a bootstrap name failed");
-            return;
-        }
-        self.bootstrap_unreachable(index, describe_dial_error(&error));
     }
 
-    /// Nothing answered at a bootstrap address: count, log, tell, and schedule a retry.
-    fn bootstrap_unreachable(&mut self, index: usize, error: String) {
-        self.channels
-            .metrics
-            .bootstrap_failures
-            .fetch_add(1, Ordering::Relaxed);
-        let target = &mut self.bootstrap[index];
-        target.is_self = false;
-        let retry_in = target.failed(Instant::now(), self.config.bootstrap_backoff);
-        warn!(addr = %target.addr, %error, ?retry_in, "bootstrap peer unreachable, will retry");
-        self.emit(PeerEvent::BootstrapFailed {
-            addr: self.bootstrap[index].addr.clone(),
-            error,
-            retry_in,
-        });
-    }
-
-    /// Bootstrap peers are the swarm's meeting points (the operator's swarm Service in a
-    /// cluster), so a node stays connected to each: one that answered once and whose
-    /// connection is gone (it restarted, the network split) is dialed again with back-off,
-    /// whether or not this node still has other peers.
+    /// Dials bootstrap peers whose connection is gone again (see
+    /// [`Bootstrapper::rearm_lost`]).
     fn rearm_lost_bootstrap(&mut self) {
-        let now = Instant::now();
-        let backoff = self.config.bootstrap_backoff;
-        for (index, target) in self.bootstrap.iter_mut().enumerate() {
-            let lost = target.answered
-                && !target.is_self
-                && target.next_attempt.is_none()
-                && !self.bootstrap_dials.values().any(|&i| i == index)
-                && target
-                    .reached
-                    .is_none_or(|peer| !self.swarm.is_connected(&peer));
-            if lost {
-                debug!(addr = %target.addr, "bootstrap peer lost, dialing it again");
-                target.answered = false;
-                target.failed(now, backoff);
-            }
+        let swarm = &self.swarm;
+        let rearmed = self
+            .bootstrap
+            .rearm_lost(Instant::now(), |peer| swarm.is_connected(peer));
+        for addr in rearmed {
+            debug!(%addr, "bootstrap peer lost, dialing it again");
         }
     }
 
@@ -898,7 +813,12 @@ impl EventLoop {
             .all_mesh_peers()
             .copied()
             .collect();
-        keep.extend(self.bootstrap.iter().filter_map(|target| target.reached));
+        keep.extend(
+            self.bootstrap
+                .targets()
+                .iter()
+                .filter_map(|target| target.reached),
+        );
         // Connections carrying forwarded requests, or that did a moment ago.
         keep.extend(self.channels.in_use.peers(Instant::now()));
         let prune = super::connections::to_prune(
@@ -931,6 +851,14 @@ impl EventLoop {
         }
         let me = *self.swarm.local_peer_id();
         write(&self.channels.table).remove(&me);
+    }
+}
+
+/// What the bootstrap state machine needs to know of a failed dial.
+fn dial_failure(error: &DialError) -> DialFailure {
+    match error {
+        DialError::LocalPeerId { .. } => DialFailure::ToSelf,
+        other => DialFailure::Other(describe_dial_error(other)),
     }
 }
 

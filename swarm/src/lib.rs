@@ -42,6 +42,7 @@ mod event_loop;
 pub mod heartbeat;
 pub mod identity;
 pub mod log_limit;
+mod lookups;
 pub mod membership;
 pub mod metrics;
 pub mod peer_table;

@@ -18,19 +18,7 @@ ROUTER_IMAGE=ghcr.io/llamanet/llamanet-router:$VERSION
 LIGHT_BIN=$CARGO_TARGET_DIR/light/llamanet
 
 step "image tools (Debian packages)"
-need=()
-for pkg in mmdebstrap buildah podman runc uidmap; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  info "installing ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    "${need[@]}" >/dev/null
-else
-  info "all present"
-fi
+ensure_packages mmdebstrap buildah podman runc uidmap
 [ "$(id -u)" -eq 0 ] || die "building images needs root (mmdebstrap, buildah's storage)"
 [ -x "$LIGHT_BIN" ] || die "$LIGHT_BIN missing: run scripts/setup.sh first"
 mkdir -p "$IMAGES_DIR"
@@ -111,4 +99,5 @@ if out=$(run_in "$ROUTER_IMAGE" -- serve --model x.gguf 2>&1); then
   die "$ROUTER_IMAGE ran \`serve\`: it has the engine"
 fi
 grep -q "built without the engine" <<<"$out" || die "unexpected: $out"
-info "$ROUTER_IMAGE: $(size_mb "$ROUTER_IMAGE") MB (binary $(( $(stat -c %s "$context/llamanet") / 1000000 )) MB)"
+binary_mb=$(stat -c %s "$context/llamanet" | awk '{ printf "%.1f", $1 / 1e6 }')
+info "$ROUTER_IMAGE: $(size_mb "$ROUTER_IMAGE") MB (the binary: $binary_mb MB)"

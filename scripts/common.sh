@@ -43,6 +43,22 @@ step() { printf '\n\033[1m==> %s\033[0m  (+%ss)\n' "$*" "$(( $(date +%s) - _step
 info() { printf '    %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Installs the Debian packages not installed yet.
+ensure_packages() {
+  local need=() pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+  done
+  if [ ${#need[@]} -eq 0 ]; then
+    info "all present"
+    return 0
+  fi
+  info "installing ${need[*]}"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+}
+
 free_gib() { df -Pk "$1" | awk 'NR == 2 { print int($4 / 1048576) }'; }
 
 # Below MIN_FREE_GIB free, drops build output the scripts never use (debug builds), then

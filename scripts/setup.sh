@@ -11,18 +11,7 @@ ensure_disk_space
 info "$(free_gib "$CARGO_TARGET_DIR") GiB free"
 
 step "system packages"
-need=()
-for pkg in cmake clang libclang-dev python3-venv pkg-config git util-linux iproute2; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  info "installing ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-else
-  info "all present"
-fi
+ensure_packages cmake clang libclang-dev python3-venv pkg-config git util-linux iproute2
 for tool in go cargo kubectl python3; do
   command -v "$tool" >/dev/null || die "$tool is not installed (this machine kind ships it; see README)"
 done

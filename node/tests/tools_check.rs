@@ -8,7 +8,7 @@ use axum::Router as App;
 use axum::http::StatusCode;
 use axum::routing::get;
 use libp2p::{Multiaddr, PeerId};
-use llamanet_node::swarm::{Heartbeat, ModelInfo, NodeStatus};
+use llamanet_node::swarm::{Heartbeat, NodeStatus};
 use llamanet_node::tools::monitor::{self, render_once};
 use llamanet_node::tools::{
     self, CheckOptions, CheckOutcome, MonitorOptions, PeerSnapshot, PeerTableSnapshot, SwarmSource,
@@ -27,15 +27,6 @@ fn listed(model: Option<&str>, healthy: bool) -> PeerSnapshot {
             uptime_s: 10,
             status: NodeStatus {
                 healthy,
-                models: model
-                    .map(|id| ModelInfo {
-                        id: id.into(),
-                        context_size: 2048,
-                        quantization: "Q4_K_M".into(),
-                        fingerprint: String::new(),
-                    })
-                    .into_iter()
-                    .collect(),
                 ..status(model)
             },
         },

@@ -16,7 +16,7 @@ use std::io;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use eventsource_stream::Eventsource;
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 use tracing::warn;
@@ -115,7 +115,7 @@ pub fn resumable(
     continuer: Continuer,
 ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
     struct State {
-        upstream: BoxStream<'static, Result<(String, String), String>>,
+        upstream: BoxStream<'static, Result<(String, String), Broken>>,
         from: String,
         progress: StreamProgress,
         continuer: Continuer,
@@ -147,7 +147,7 @@ pub fn resumable(
                     },
                     Ok(None) if state.progress.done() => return None,
                     Ok(None) => "the stream ended before [DONE]".to_string(),
-                    Ok(Some(Err(reason))) => reason,
+                    Ok(Some(Err(broken))) => broken.to_string(),
                     Err(_) => format!("no data for {stall:?}"),
                 };
                 warn!(from = %state.from, %reason, "relayed stream broke");
@@ -177,26 +177,38 @@ pub fn resumable(
     })
 }
 
-/// A body as SSE `(event, data)` pairs; errors (transport, malformed, over-long lines)
-/// become their description.
-fn parsed(body: BoxBody) -> BoxStream<'static, Result<(String, String), String>> {
+/// Why a relayed event stream broke.
+#[derive(Debug, thiserror::Error)]
+enum Broken {
+    #[error("{0}")]
+    Transport(String),
+    #[error("an SSE line over {MAX_EVENT_BYTES} bytes")]
+    LineTooLong,
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// A body as SSE `(event, data)` pairs, or why it broke (transport, over-long lines,
+/// not UTF-8).
+fn parsed(body: BoxBody) -> BoxStream<'static, Result<(String, String), Broken>> {
     let mut line = 0usize;
     let guarded = body.map(move |chunk| {
-        let chunk = chunk.map_err(|err| error_text::chain(err.as_ref()))?;
+        let chunk = chunk.map_err(|err| Broken::Transport(error_text::chain(err.as_ref())))?;
         for &byte in chunk.iter() {
             line = if byte == b'\n' { 0 } else { line + 1 };
             if line > MAX_EVENT_BYTES {
-                return Err(format!("an SSE line over {MAX_EVENT_BYTES} bytes"));
+                return Err(Broken::LineTooLong);
             }
         }
-        Ok::<_, String>(chunk)
+        Ok(chunk)
     });
     guarded
         .eventsource()
         .map(|event| {
-            event
-                .map(|e| (e.event, e.data))
-                .map_err(|err| err.to_string())
+            event.map(|e| (e.event, e.data)).map_err(|err| match err {
+                EventStreamError::Transport(broken) => broken,
+                other => Broken::Malformed(other.to_string()),
+            })
         })
         .boxed()
 }

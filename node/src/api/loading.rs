@@ -21,7 +21,6 @@ pub struct EngineOptions {
     pub share: crate::weights::SeedPolicy,
 }
 
-/// Everything `llamanet serve`, `router` and `sidecar` need.
 /// Whether a node shares its model file with peers: only a file it verifies (`--sha256`),
 /// only inside a private swarm (peers outside the pre-shared key could be anyone), and not
 /// when told to share nothing.

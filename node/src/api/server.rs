@@ -28,6 +28,7 @@ pub enum Backend {
     Upstream(UpstreamConfig),
 }
 
+/// Everything `llamanet serve`, `router` and `sidecar` need.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub address: SocketAddr,

@@ -3,24 +3,31 @@
 # engine, and checks that each one runs:
 #   - a Debian bookworm base made with mmdebstrap from Debian's mirror, standing in for the
 #     Dockerfile's registry base (gcr.io/distroless/cc-debian12:nonroot): the same packages;
-#   - ghcr.io/llamanet/llamanet-router:<version> from deploy/docker/router.Dockerfile, its
-#     runtime stage fed the engine-less binary scripts/setup.sh builds (BINARIES=prebuilt).
+#   - ghcr.io/llamanet/llamanet-{node,operator,router}:<version> from deploy/docker/, their
+#     runtime stages fed the release binaries scripts/setup.sh builds (BINARIES=prebuilt;
+#     the router gets the engine-less one);
+#   - ghcr.io/ggml-org/llama.cpp:server (the sidecar example's engine) from
+#     deploy/docker/llama-server.Dockerfile, fed scripts/build-llama-cpp.sh's llama-server.
 # Images go to podman's local storage under the chart's default names. Each is rebuilt only
 # when its inputs changed (cache keys: the base's recipe; the Dockerfile, the binary and
-# the base); the base's tarball is kept in $CACHE/images.
+# the base); the base's tarball is kept in $CACHE/images. Each image is then run the way
+# the operator's pod specs run it: as 65532, read-only root, no capabilities, no network.
 #
 #   scripts/build-images.sh          # after scripts/setup.sh
 source "$(dirname "$0")/common.sh"
 
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
 IMAGES_DIR=$CACHE/images
-ROUTER_IMAGE=ghcr.io/llamanet/llamanet-router:$VERSION
 LIGHT_BIN=$CARGO_TARGET_DIR/light/llamanet
+RELEASE=$CARGO_TARGET_DIR/release
 
 step "image tools (Debian packages)"
 ensure_packages mmdebstrap buildah podman runc uidmap
 [ "$(id -u)" -eq 0 ] || die "building images needs root (mmdebstrap, buildah's storage)"
-[ -x "$LIGHT_BIN" ] || die "$LIGHT_BIN missing: run scripts/setup.sh first"
+for bin in "$LIGHT_BIN" "$RELEASE/llamanet" "$RELEASE/llamanet-operator"; do
+  [ -x "$bin" ] || die "$bin missing: run scripts/setup.sh first"
+done
+[ -f "$DEFAULT_MODEL" ] || die "$DEFAULT_MODEL missing: run scripts/fetch-model.sh first"
 mkdir -p "$IMAGES_DIR"
 
 # The label every image here carries with the hash of its inputs.
@@ -29,10 +36,10 @@ size_mb() { podman image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.1f
 
 step "base image (Debian bookworm, distroless-like)"
 # What gcr.io/distroless/cc-debian12:nonroot holds, from Debian's own packages: glibc,
-# libgcc, libstdc++, libgomp, CA certificates, a `nonroot` user (65532), a /tmp; no shell,
-# no package manager. The packages are only extracted (none of their scripts run), so the
+# libgcc, libstdc++, libgomp, OpenSSL's libraries, CA certificates, a `nonroot` user
+# (65532), a /tmp; no shell, no package manager. The packages are only extracted (none of their scripts run), so the
 # hook below writes what their scripts would have: the CA bundle, the users.
-BASE_PACKAGES=base-files,netbase,libc6,libgcc-s1,libstdc++6,libgomp1,ca-certificates
+BASE_PACKAGES=base-files,netbase,libc6,libgcc-s1,libstdc++6,libgomp1,libssl3,ca-certificates
 BASE_HOOK='
   cat "$1"/usr/share/ca-certificates/mozilla/*.crt > "$1"/etc/ssl/certs/ca-certificates.crt
   printf "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n" > "$1"/etc/passwd
@@ -65,39 +72,70 @@ run_in() {
   local options=()
   while [ $# -gt 0 ] && [ "$1" != -- ]; do options+=("$1"); shift; done
   shift
-  timeout 60 podman run --rm --runtime runc --network none \
+  timeout 120 podman run --rm --runtime runc --network none --read-only --cap-drop ALL \
+    --security-opt no-new-privileges \
     --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "${options[@]}" "$image" "$@"
 }
 
-step "router image ($ROUTER_IMAGE)"
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
-# The binary as the image ships it: without debug information.
-strip -o "$context/llamanet" "$LIGHT_BIN"
-ROUTER_KEY=$(cat "$ROOT/deploy/docker/router.Dockerfile" "$context/llamanet" \
-  | sha256sum | cut -c1-16)-$BASE_KEY
-if [ "$(label_of "$ROUTER_IMAGE")" = "$ROUTER_KEY" ]; then
-  info "cached: inputs unchanged ($ROUTER_KEY)"
-else
-  buildah bud --quiet --pull=never --layers=false \
-    --build-arg BINARIES=prebuilt --build-arg BASE="$BASE_IMAGE" \
-    --label "llamanet.inputs=$ROUTER_KEY" \
-    -f "$ROOT/deploy/docker/router.Dockerfile" -t "$ROUTER_IMAGE" "$context" >/dev/null
-  # buildah keeps a working container of the stage picked by ARG (the binary alone): drop
-  # it, its image and the image this one replaced.
-  buildah rm --all >/dev/null
-  podman image prune --force >/dev/null
-  info "built"
-fi
 
-# What the image must do: run as 65532 (no shell in it to ask `id`: its config says), print
-# its version, refuse `serve`.
-user=$(podman image inspect --format '{{.Config.User}}' "$ROUTER_IMAGE")
-[ "$user" = 65532:65532 ] || die "$ROUTER_IMAGE runs as ${user:-root}, not 65532"
+# `image TAG DOCKERFILE SOURCE_BINARY`: builds TAG from the Dockerfile's runtime stage with
+# SOURCE_BINARY (stripped, as the image ships it), unless an image of the same inputs is
+# there; checks that it runs as 65532.
+image() {
+  local tag=$1 dockerfile=$ROOT/deploy/docker/$2 source=$3
+  local name=${2%.Dockerfile}
+  local dir=$context/$name
+  step "$name image ($tag)"
+  mkdir -p "$dir"
+  strip -o "$dir/$(basename "$source")" "$source"
+  local key
+  key=$(cat "$dockerfile" "$dir/$(basename "$source")" | sha256sum | cut -c1-16)-$BASE_KEY
+  if [ "$(label_of "$tag")" = "$key" ]; then
+    info "cached: inputs unchanged ($key)"
+  else
+    buildah bud --quiet --pull=never --layers=false \
+      --build-arg BINARIES=prebuilt --build-arg BASE="$BASE_IMAGE" \
+      --label "llamanet.inputs=$key" -f "$dockerfile" -t "$tag" "$dir" >/dev/null
+    # buildah keeps a working container of the stage picked by ARG (the binary alone):
+    # drop it, its image and the image this one replaced.
+    buildah rm --all >/dev/null
+    podman image prune --force >/dev/null
+    info "built"
+  fi
+  # No shell in the image to ask `id`: its config says.
+  local user
+  user=$(podman image inspect --format '{{.Config.User}}' "$tag")
+  [ "$user" = 65532:65532 ] || die "$tag runs as ${user:-root}, not 65532"
+  local binary_mb
+  binary_mb=$(stat -c %s "$dir/$(basename "$source")" | awk '{ printf "%.1f", $1 / 1e6 }')
+  info "$tag: $(size_mb "$tag") MB (the binary: $binary_mb MB)"
+}
+
+ROUTER_IMAGE=ghcr.io/llamanet/llamanet-router:$VERSION
+image "$ROUTER_IMAGE" router.Dockerfile "$LIGHT_BIN"
 run_in "$ROUTER_IMAGE" -- --version
 if out=$(run_in "$ROUTER_IMAGE" -- serve --model x.gguf 2>&1); then
   die "$ROUTER_IMAGE ran \`serve\`: it has the engine"
 fi
 grep -q "built without the engine" <<<"$out" || die "unexpected: $out"
-binary_mb=$(stat -c %s "$context/llamanet" | awk '{ printf "%.1f", $1 / 1e6 }')
-info "$ROUTER_IMAGE: $(size_mb "$ROUTER_IMAGE") MB (the binary: $binary_mb MB)"
+
+OPERATOR_IMAGE=ghcr.io/llamanet/llamanet-operator:$VERSION
+image "$OPERATOR_IMAGE" operator.Dockerfile "$RELEASE/llamanet-operator"
+run_in "$OPERATOR_IMAGE" -- --version
+
+NODE_IMAGE=ghcr.io/llamanet/llamanet-node:$VERSION
+image "$NODE_IMAGE" node.Dockerfile "$RELEASE/llamanet"
+# The engine in the image: the default model, mounted read-only, loads and generates.
+out=$(run_in "$NODE_IMAGE" \
+  -v "$DEFAULT_MODEL:/models/model.gguf:ro" -- \
+  generate --model /models/model.gguf --prompt "The capital of France is" --max-tokens 8 \
+  --threads 2 --ctx-size 512 2>&1) || die "the node image did not generate: $out"
+info "the node image generated: $(tail -1 <<<"$out")"
+
+LLAMA_SERVER_IMAGE=ghcr.io/ggml-org/llama.cpp:server
+[ -x "$LLAMA_SERVER_DIR/llama-server" ] || die "$LLAMA_SERVER_DIR/llama-server missing: run scripts/build-llama-cpp.sh first"
+image "$LLAMA_SERVER_IMAGE" llama-server.Dockerfile "$LLAMA_SERVER_DIR/llama-server"
+run_in "$LLAMA_SERVER_IMAGE" -- --version 2>&1 | grep -q "^version:" \
+  || die "$LLAMA_SERVER_IMAGE does not run: $(run_in "$LLAMA_SERVER_IMAGE" -- --version 2>&1 | tail -3)"

@@ -3,8 +3,10 @@
 # them per version outside the clone (a second run is a no-op):
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler  (tests/cluster/k8s)
 #   helm                                                           (tests/cluster/tools/helm)
-#   promtool                                                       (tests/cluster/tools/promtool)
-# and fetches the Prometheus Operator's CRDs (its module holds them as YAML).
+#   promtool, prometheus                                           (tests/cluster/tools/promtool)
+#   epp, the inference extension's endpoint picker                 (tests/cluster/tools/epp)
+# and fetches the Prometheus Operator's and the inference extension's CRDs (their modules
+# hold them as YAML).
 source "$(dirname "$0")/common.sh"
 
 # build OUT_DIR NAME MODULE_DIR PACKAGE LDFLAGS
@@ -22,7 +24,7 @@ build() {
   info "$name built in $(( $(date +%s) - t0 ))s"
 }
 
-step "Go tools: Kubernetes $K8S_VERSION control plane, etcd $ETCD_VERSION, helm $HELM_VERSION, promtool $PROMTOOL_VERSION"
+step "Go tools: Kubernetes $K8S_VERSION control plane, etcd $ETCD_VERSION, helm $HELM_VERSION, Prometheus $PROMTOOL_VERSION, endpoint picker $EPP_VERSION"
 minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
 k8s_ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -38,8 +40,13 @@ done
 k8s_minor=${K8S_VERSION#v1.}; k8s_minor=${k8s_minor%%.*}
 build "$HELM_BIN" helm tests/cluster/tools/helm helm.sh/helm/v3/cmd/helm \
   "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor"
+prom_ldflags="-s -w -X github.com/prometheus/common/version.Version=${PROMTOOL_VERSION#v0.}"
 build "$PROMTOOL_BIN" promtool tests/cluster/tools/promtool github.com/prometheus/prometheus/cmd/promtool \
-  "-s -w -X github.com/prometheus/common/version.Version=${PROMTOOL_VERSION#v0.}"
+  "$prom_ldflags"
+# The same module's server: most of its packages are compiled for promtool already.
+build "$PROMETHEUS_BIN" prometheus tests/cluster/tools/promtool \
+  github.com/prometheus/prometheus/cmd/prometheus "$prom_ldflags"
+build "$EPP_BIN" epp tests/cluster/tools/epp sigs.k8s.io/gateway-api-inference-extension/cmd/epp "-s -w"
 
 if [ -f "$MONITORING_CRDS/monitoring.coreos.com_podmonitors.yaml" ]; then
   info "monitoring.coreos.com CRDs cached ($MONITORING_CRDS)"
@@ -55,4 +62,18 @@ else
   done
   chmod 644 "$MONITORING_CRDS.tmp"/*
   rm -rf "$MONITORING_CRDS" && mv "$MONITORING_CRDS.tmp" "$MONITORING_CRDS"
+fi
+
+if [ -f "$INFERENCE_CRDS/inference.networking.k8s.io_inferencepools.yaml" ]; then
+  info "inference.networking.k8s.io CRDs cached ($INFERENCE_CRDS)"
+else
+  info "fetching the inference extension $EPP_VERSION CRDs from the Go module proxy"
+  dir=$(cd "$ROOT/tests/cluster/tools/epp" && \
+    go mod download -json "sigs.k8s.io/gateway-api-inference-extension@$EPP_VERSION" \
+    | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [ -d "$dir" ] || die "go mod download of gateway-api-inference-extension $EPP_VERSION failed"
+  mkdir -p "$INFERENCE_CRDS.tmp"
+  cp "$dir/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml" "$INFERENCE_CRDS.tmp/"
+  chmod 644 "$INFERENCE_CRDS.tmp"/*
+  rm -rf "$INFERENCE_CRDS" && mv "$INFERENCE_CRDS.tmp" "$INFERENCE_CRDS"
 fi

@@ -11,12 +11,20 @@ ETCD_VERSION=v3.6.4
 HELM_VERSION=v3.22.0
 PROMTOOL_VERSION=v0.316.0
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
+# The Gateway API inference extension's endpoint picker (EPP) and its InferencePool CRD.
+# v1.5.0 is the last release with the full picker in this module (v1.6.0 moved it to
+# llm-d-router and keeps only a picker that reads no metrics).
+EPP_VERSION=v1.5.0
 
 K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
 # helm reports the Kubernetes minor it was built for as the default
 # capabilities of `helm template`, so it is part of the cache key.
 HELM_BIN=$CACHE/helm-$HELM_VERSION-k8s-${K8S_VERSION%.*}/bin
 PROMTOOL_BIN=$CACHE/promtool-$PROMTOOL_VERSION/bin
+# Prometheus itself, from the module promtool comes from (the live monitoring test runs it).
+PROMETHEUS_BIN=$CACHE/prometheus-$PROMTOOL_VERSION/bin
+EPP_BIN=$CACHE/gateway-api-inference-extension-$EPP_VERSION/bin
+INFERENCE_CRDS=$CACHE/gateway-api-inference-extension-$EPP_VERSION/crds
 # The monitoring.coreos.com CRDs (PodMonitor, ServiceMonitor, PrometheusRule) the tests
 # install to check the chart's monitoring objects and the operator's PodMonitors.
 MONITORING_CRDS=$CACHE/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/crds

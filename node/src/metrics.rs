@@ -9,6 +9,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -43,7 +44,46 @@ pub struct EngineGauges {
     pub queue_capacity: i64,
     pub kv_cache_cells_used: i64,
     pub kv_cache_cells_total: i64,
+    /// Share of the KV cache in use (0 to 1) where the engine tells it directly (an
+    /// external engine); otherwise it comes from the cells.
+    pub kv_cache_usage: Option<f64>,
     pub tokens_per_second: f64,
+}
+
+impl EngineGauges {
+    /// The KV cache in use, 0 to 1: the engine's own figure, or cells used over cells.
+    pub fn kv_cache_usage_ratio(&self) -> f64 {
+        let ratio = match self.kv_cache_usage {
+            Some(ratio) => ratio,
+            None if self.kv_cache_cells_total > 0 => {
+                self.kv_cache_cells_used as f64 / self.kv_cache_cells_total as f64
+            }
+            None => 0.0,
+        };
+        if ratio.is_finite() {
+            ratio.clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The Gateway API inference extension's model-server protocol, in LlamaNet's names: what an
+/// endpoint picker reads from every node, built-in engine and sidecar alike (queued requests,
+/// running requests, KV cache utilisation 0..1). The chart's endpoint picker configuration
+/// (`charts/llamanet/files/endpoint-picker.yaml`) names the same series; a test keeps them so.
+pub const MODEL_SERVER_PROTOCOL: ModelServerMetrics = ModelServerMetrics {
+    queued_requests: "llamanet_queue_depth",
+    running_requests: "llamanet_slots_busy",
+    kv_cache_utilization: "llamanet_kv_cache_usage_ratio",
+};
+
+/// Metric names of the model-server protocol (see [`MODEL_SERVER_PROTOCOL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelServerMetrics {
+    pub queued_requests: &'static str,
+    pub running_requests: &'static str,
+    pub kv_cache_utilization: &'static str,
 }
 
 #[cfg(feature = "nvml")]
@@ -60,6 +100,9 @@ pub const GPU_METRIC_NAMES: &[&str] = &[
     "llamanet_gpu_temperature_celsius",
     "llamanet_gpu_power_watts",
 ];
+
+/// The shortest time between two refreshes of the process and machine figures.
+const SYSTEM_REFRESH: Duration = Duration::from_secs(1);
 
 /// Every metric of the node, registered once in [`Metrics::new`].
 #[derive(Debug)]
@@ -78,6 +121,7 @@ pub struct Metrics {
     queue_capacity: Gauge,
     kv_cache_cells_used: Gauge,
     kv_cache_cells_total: Gauge,
+    kv_cache_usage: Gauge<f64, AtomicU64>,
     pub model_load_seconds: Gauge<f64, AtomicU64>,
     pub model_loaded: Gauge,
     /// Model file uploads to peers (`crate::weights`).
@@ -87,8 +131,9 @@ pub struct Metrics {
     system_cpu_usage: Gauge<f64, AtomicU64>,
     system_memory_used: Gauge,
     system_memory_total: Gauge,
-    /// `None` where sysinfo cannot read this platform; the system gauges then stay 0.
-    system: Mutex<Option<System>>,
+    /// `None` where sysinfo cannot read this platform; the system gauges then stay 0. With
+    /// the time of its last refresh.
+    system: Mutex<Option<(System, Option<Instant>)>>,
     /// Swarm and routing series, once the node has joined a swarm.
     swarm: Arc<swarm::SwarmSource>,
     /// `None` without NVML (no NVIDIA driver): then no GPU series exist.
@@ -183,6 +228,12 @@ impl Metrics {
             "KV cache cells over all slots",
             kv_cache_cells_total.clone(),
         );
+        let kv_cache_usage = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "kv_cache_usage_ratio",
+            "Share of the KV cache holding tokens, 0 to 1 (the inference extension's KV cache utilisation)",
+            kv_cache_usage.clone(),
+        );
         let model_load_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register_with_unit(
             "model_load",
@@ -216,7 +267,7 @@ impl Metrics {
         let process_cpu_cores = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "process_cpu_cores",
-            "CPU cores this process kept busy since the previous scrape",
+            "CPU cores this process kept busy between the two latest reads (a second apart or more)",
             process_cpu_cores.clone(),
         );
         let process_resident_memory = Gauge::default();
@@ -229,7 +280,7 @@ impl Metrics {
         let system_cpu_usage = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "system_cpu_usage_ratio",
-            "Busy share of all CPUs of the machine since the previous scrape",
+            "Busy share of all CPUs of the machine between the two latest reads (a second apart or more)",
             system_cpu_usage.clone(),
         );
         let system_memory_used = Gauge::default();
@@ -265,6 +316,7 @@ impl Metrics {
             queue_capacity,
             kv_cache_cells_used,
             kv_cache_cells_total,
+            kv_cache_usage,
             model_load_seconds,
             model_loaded,
             weights,
@@ -273,7 +325,7 @@ impl Metrics {
             system_cpu_usage,
             system_memory_used,
             system_memory_total,
-            system: Mutex::new(System::new().ok()),
+            system: Mutex::new(System::new().ok().map(|system| (system, None))),
             swarm,
             #[cfg(feature = "nvml")]
             gpus,
@@ -319,6 +371,7 @@ impl Metrics {
             self.queue_capacity.set(engine.queue_capacity);
             self.kv_cache_cells_used.set(engine.kv_cache_cells_used);
             self.kv_cache_cells_total.set(engine.kv_cache_cells_total);
+            self.kv_cache_usage.set(engine.kv_cache_usage_ratio());
             self.tokens_per_second.set(engine.tokens_per_second);
         }
         self.refresh_system();
@@ -336,9 +389,16 @@ impl Metrics {
         let Ok(mut guard) = self.system.lock() else {
             return;
         };
-        let Some(system) = guard.as_mut() else {
+        let Some((system, refreshed)) = guard.as_mut() else {
             return;
         };
+        // CPU shares are measured between two refreshes: an endpoint picker reads `/metrics`
+        // every 50 ms, which would make them shares of 50 ms (noise) and cost a /proc walk
+        // per read. Between refreshes every scraper gets the last figures.
+        if refreshed.is_some_and(|at| at.elapsed() < SYSTEM_REFRESH) {
+            return;
+        }
+        *refreshed = Some(Instant::now());
         system.refresh_cpu_usage();
         system.refresh_memory();
         self.system_cpu_usage
@@ -425,6 +485,8 @@ mod tests {
         let text = metrics.render(Some(EngineGauges {
             slots_busy: 1,
             slots_total: 4,
+            kv_cache_cells_used: 256,
+            kv_cache_cells_total: 1024,
             ..EngineGauges::default()
         }));
         for name in [
@@ -437,9 +499,69 @@ mod tests {
             "llamanet_system_memory_total_bytes",
             "llamanet_process_resident_memory_bytes",
             "llamanet_model_load_seconds",
+            "llamanet_kv_cache_usage_ratio 0.25",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn kv_cache_usage_prefers_the_engines_figure_and_stays_within_0_and_1() {
+        let cells = |used, total| EngineGauges {
+            kv_cache_cells_used: used,
+            kv_cache_cells_total: total,
+            ..EngineGauges::default()
+        };
+        assert_eq!(cells(512, 2048).kv_cache_usage_ratio(), 0.25);
+        // No cache (a router, an engine not loaded yet) is an empty one, not a division by 0.
+        assert_eq!(cells(0, 0).kv_cache_usage_ratio(), 0.0);
+        let told = |ratio| EngineGauges {
+            kv_cache_usage: Some(ratio),
+            ..cells(512, 2048)
+        };
+        assert_eq!(told(0.75).kv_cache_usage_ratio(), 0.75);
+        // What an external engine claims is bounded: a picker compares it across pods.
+        assert_eq!(told(7.0).kv_cache_usage_ratio(), 1.0);
+        assert_eq!(told(-1.0).kv_cache_usage_ratio(), 0.0);
+        assert_eq!(told(f64::NAN).kv_cache_usage_ratio(), 0.0);
+    }
+
+    #[test]
+    fn the_charts_endpoint_picker_configuration_reads_these_names() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/llamanet/files/endpoint-picker.yaml"
+        );
+        let config = std::fs::read_to_string(path).unwrap();
+        for (spec, name) in [
+            ("queuedRequestsSpec", MODEL_SERVER_PROTOCOL.queued_requests),
+            (
+                "runningRequestsSpec",
+                MODEL_SERVER_PROTOCOL.running_requests,
+            ),
+            ("kvUsageSpec", MODEL_SERVER_PROTOCOL.kv_cache_utilization),
+        ] {
+            assert!(
+                config.contains(&format!("{spec}: {name}\n")),
+                "{path} does not set {spec} to {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_model_server_protocol_names_series_the_node_exports() {
+        let text = Metrics::new().render(Some(EngineGauges::default()));
+        for name in [
+            MODEL_SERVER_PROTOCOL.queued_requests,
+            MODEL_SERVER_PROTOCOL.running_requests,
+            MODEL_SERVER_PROTOCOL.kv_cache_utilization,
+        ] {
+            let text = openmetrics_to_text(&text);
+            assert!(
+                text.contains(&format!("# TYPE {name} gauge")),
+                "{name} is not a gauge in\n{text}"
+            );
+        }
     }
 }

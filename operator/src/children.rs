@@ -378,9 +378,14 @@ fn pod_template(
         });
     }
 
+    let mut pod_labels = labels(name, "inference-node");
+    // Which metric names an inference extension endpoint picker reads on this pod (its
+    // engine configurations are keyed by this label): LlamaNet's own, also for a sidecar in
+    // front of an external engine, which republishes the engine's figures under them.
+    pod_labels.insert(ENGINE_TYPE_LABEL.into(), ENGINE_TYPE.into());
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels(name, "inference-node")),
+            labels: Some(pod_labels),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
@@ -762,6 +767,11 @@ pub fn endpoint(node: &InferenceNode) -> String {
     )
 }
 
+/// The Gateway API inference extension's pod label naming the model server's kind.
+pub const ENGINE_TYPE_LABEL: &str = "inference.networking.k8s.io/engine-type";
+/// This project's value of [`ENGINE_TYPE_LABEL`].
+pub const ENGINE_TYPE: &str = "llamanet";
+
 /// Labels that select the pods of one resource (they never change, as a StatefulSet's
 /// selector is immutable).
 pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
@@ -951,6 +961,11 @@ mod tests {
                 .get("app.kubernetes.io/component")
                 .map(String::as_str),
             Some("inference-node")
+        );
+        assert_eq!(
+            template_labels.get(ENGINE_TYPE_LABEL).map(String::as_str),
+            Some("llamanet"),
+            "an endpoint picker reads LlamaNet's metric names on pods with this label"
         );
         assert_eq!(pod_name("gemma", 2), "gemma-2");
     }

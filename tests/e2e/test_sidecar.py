@@ -242,6 +242,24 @@ def test_the_swarm_sees_llama_servers_own_load(swarm):
     assert max_tps > 0, samples
     assert peer_at(swarm_view(swarm.router.base), swarm.sidecar.base)["slots_total"] == 2
 
+    # The inference extension's KV cache utilisation: llama-server exports none on /metrics,
+    # so the sidecar reads each slot's cached tokens from /slots (over its context). Both
+    # slots now hold a prompt and 150 generated tokens; the engine is idle, so the sidecar's
+    # next poll gives exactly what /slots says now.
+    status, body = http_get(swarm.llama.base + "/slots")
+    assert status == 200
+    slots = json.loads(body)
+    expected = (sum(min(s.get("n_prompt_tokens", 0), s["n_ctx"]) for s in slots)
+                / sum(s["n_ctx"] for s in slots))
+    assert 150 * 2 / 2048 < expected < 0.5, slots
+    deadline = time.monotonic() + 10
+    while abs(gauge(swarm.sidecar.base, "llamanet_kv_cache_usage_ratio") - expected) > 1e-6:
+        assert time.monotonic() < deadline, (
+            gauge(swarm.sidecar.base, "llamanet_kv_cache_usage_ratio"), expected, slots)
+        time.sleep(0.2)
+    # The built-in engine's comes from its own KV cells.
+    assert 0 < gauge(swarm.builtin.base, "llamanet_kv_cache_usage_ratio") <= 1
+
 
 def test_the_sidecar_counts_the_tokens_each_answer_reports(swarm):
     """llamanet_prompt_tokens_total and llamanet_generated_tokens_total grow by exactly

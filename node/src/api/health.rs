@@ -118,6 +118,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
                 slots_busy: seen.figures.slots_busy.into(),
                 slots_total: seen.figures.slots_total.into(),
                 queue_depth: seen.figures.queue_depth.into(),
+                kv_cache_usage: seen.figures.kv_cache_usage,
                 tokens_per_second: seen.figures.tokens_per_second,
                 ..EngineGauges::default()
             })
@@ -162,6 +163,7 @@ fn engine_gauges(state: &AppState) -> Option<EngineGauges> {
             queue_capacity: info.queue as i64,
             kv_cache_cells_used: load.kv_cells_used.load(Ordering::Relaxed) as i64,
             kv_cache_cells_total: (info.slots * info.slot_context) as i64,
+            kv_cache_usage: None,
             tokens_per_second: load.tokens_per_second(),
         }
     })

@@ -127,22 +127,45 @@ pub fn scrape(text: &str, names: &MetricNames) -> Scrape {
     }
 }
 
-/// llama-server's `GET /slots`: (slots, slots processing, context per slot).
-pub fn slots(body: &Value) -> Option<(u32, u32, u32)> {
+/// What llama-server's `GET /slots` tells.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slots {
+    pub total: u32,
+    pub processing: u32,
+    /// Context per slot.
+    pub n_ctx: u32,
+    /// Share of the KV cache holding tokens (0 to 1): each slot's cached tokens
+    /// (`n_prompt_tokens`, the prompt and what was generated after it, kept for the next
+    /// request's prefix) over its context. llama-server no longer exports a KV cache gauge
+    /// on `/metrics`, so this is where the inference extension's utilisation comes from.
+    pub kv_usage: f64,
+}
+
+/// Reads llama-server's `GET /slots`; `None` for any other body (slots disabled).
+pub fn slots(body: &Value) -> Option<Slots> {
     let slots = body.as_array()?;
     let busy = slots
         .iter()
         .filter(|slot| slot["is_processing"].as_bool().unwrap_or(false))
         .count();
-    let n_ctx = slots
-        .first()
-        .and_then(|slot| slot["n_ctx"].as_u64())
-        .unwrap_or(0);
-    Some((
-        slots.len() as u32,
-        busy as u32,
-        u32::try_from(n_ctx).unwrap_or(u32::MAX),
-    ))
+    let n_ctx = |slot: &Value| slot["n_ctx"].as_u64().unwrap_or(0);
+    let (mut cached, mut capacity) = (0u64, 0u64);
+    for slot in slots {
+        let context = n_ctx(slot);
+        // A slot never holds more than its context, whatever the body says.
+        cached += slot["n_prompt_tokens"].as_u64().unwrap_or(0).min(context);
+        capacity += context;
+    }
+    Some(Slots {
+        total: slots.len() as u32,
+        processing: busy as u32,
+        n_ctx: u32::try_from(slots.first().map(n_ctx).unwrap_or(0)).unwrap_or(u32::MAX),
+        kv_usage: if capacity == 0 {
+            0.0
+        } else {
+            cached as f64 / capacity as f64
+        },
+    })
 }
 
 /// A model an engine lists: its id and context size where it tells (vLLM's
@@ -252,8 +275,28 @@ vllm:generation_tokens_created{engine=\"0\",model_name=\"m\"} 1.7e9
             {"id": 1, "n_ctx": 1024, "is_processing": false},
             {"id": 2, "n_ctx": 1024, "is_processing": true},
         ]);
-        assert_eq!(slots(&body), Some((3, 2, 1024)));
+        let seen = slots(&body).unwrap();
+        assert_eq!((seen.total, seen.processing, seen.n_ctx), (3, 2, 1024));
+        // No slot has served yet: an empty cache.
+        assert_eq!(seen.kv_usage, 0.0);
         assert_eq!(slots(&json!({"error": "disabled"})), None);
+    }
+
+    #[test]
+    fn slots_give_the_kv_cache_in_use_from_each_slots_cached_tokens() {
+        // As llama-server answers: a slot that served keeps its tokens cached after the
+        // request (`is_processing` false, `n_prompt_tokens` from the previous task).
+        let body = json!([
+            {"id": 0, "n_ctx": 1000, "is_processing": true, "n_prompt_tokens": 300,
+             "n_prompt_tokens_cache": 0, "next_token": [{"n_decoded": 12}]},
+            {"id": 1, "n_ctx": 1000, "is_processing": false, "n_prompt_tokens": 100},
+            {"id": 2, "n_ctx": 1000, "is_processing": false},
+            // A body claiming more than the slot's context counts as a full slot.
+            {"id": 3, "n_ctx": 1000, "is_processing": true, "n_prompt_tokens": 999999},
+        ]);
+        let seen = slots(&body).unwrap();
+        assert_eq!(seen.processing, 2);
+        assert_eq!(seen.kv_usage, (300.0 + 100.0 + 1000.0) / 4000.0);
     }
 
     #[test]

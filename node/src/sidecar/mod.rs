@@ -258,17 +258,19 @@ impl Upstream {
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         let mut slots_total = self.config.slots;
         let mut busy = None;
+        let mut slots_kv_usage = None;
         if self.config.kind == UpstreamKind::LlamaServer
             && let Ok((200, body)) = self.get("/slots").await
-            && let Some((total, processing, n_ctx)) = parse_json(&body, "/slots")
+            && let Some(seen) = parse_json(&body, "/slots")
                 .ok()
                 .as_ref()
                 .and_then(figures::slots)
         {
-            slots_total = total.max(1);
-            busy = Some(processing);
+            slots_total = seen.total.max(1);
+            busy = Some(seen.processing);
+            slots_kv_usage = Some(seen.kv_usage);
             for model in models.iter_mut().filter(|m| m.context_size == 0) {
-                model.context_size = n_ctx;
+                model.context_size = seen.n_ctx;
             }
         }
         let scrape = match self.config.kind.metric_names() {
@@ -304,7 +306,8 @@ impl Upstream {
             slots_total,
             queue_depth,
             tokens_per_second: self.rate(tokens_total),
-            kv_cache_usage: scrape.kv_usage,
+            // The engine's own gauge where it has one (vLLM, older llama-servers).
+            kv_cache_usage: scrape.kv_usage.or(slots_kv_usage),
         }
     }
 

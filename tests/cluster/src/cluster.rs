@@ -211,6 +211,22 @@ impl Cluster {
         cmd
     }
 
+    /// The machine under node `name` dies: its kubelet stops at once and every container
+    /// process it ran gets SIGKILL, with no chance to say goodbye. The Node and its pods stay
+    /// in the API as they were, as they do until the node lifecycle controller notices.
+    ///
+    /// # Panics
+    /// If the cluster has no node `name`.
+    pub fn crash_node(&mut self, name: &str) {
+        let at = self
+            .nodes
+            .iter()
+            .position(|n| n.name() == name)
+            .unwrap_or_else(|| panic!("no node {name} in this cluster"));
+        // Dropping a node aborts its tasks and kills its processes (LocalNode's Drop).
+        drop(self.nodes.remove(at));
+    }
+
     /// Stops pods gracefully, then the control plane.
     pub async fn shutdown(mut self) {
         for node in self.nodes.drain(..) {

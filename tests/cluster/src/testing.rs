@@ -126,6 +126,28 @@ impl Cluster {
             Duration::from_secs(60),
         );
     }
+
+    /// Installs the Gateway API inference extension's InferencePool CRD (fetched by
+    /// scripts/build-tools.sh) and waits until it is served.
+    pub fn install_inference_pool_crd(&self) {
+        let crd = crate::control_plane::cache_dir().join(
+            "gateway-api-inference-extension-v1.5.0/crds/inference.networking.k8s.io_inferencepools.yaml",
+        );
+        assert!(
+            crd.is_file(),
+            "{} missing: run scripts/build-tools.sh",
+            crd.display()
+        );
+        self.kubectl_ok(
+            &["apply", "--server-side", "-f", crd.to_str().unwrap()],
+            None,
+        );
+        self.wait_for(
+            "condition=Established",
+            &["crd/inferencepools.inference.networking.k8s.io"],
+            Duration::from_secs(60),
+        );
+    }
 }
 
 /// helm as scripts/build-tools.sh built it (`$LLAMANET_HELM` overrides).
@@ -160,8 +182,13 @@ impl Cluster {
 
     /// `helm install llamanet charts/llamanet` into [`RELEASE_NS`], waiting for the operator.
     pub fn install_chart(&self) {
+        self.install_chart_with(&[]);
+    }
+
+    /// `helm install` of the chart with more arguments (`--set` values).
+    pub fn install_chart_with(&self, extra: &[&str]) {
         let chart = repo_root().join("charts/llamanet");
-        self.helm_ok(&[
+        let mut args = vec![
             "install",
             "llamanet",
             chart.to_str().unwrap(),
@@ -171,7 +198,9 @@ impl Cluster {
             "--wait",
             "--timeout",
             "180s",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        self.helm_ok(&args);
     }
 
     /// The pre-shared key file in a Secret's `psk` entry.

@@ -77,6 +77,30 @@ fn chart_lints_strictly_and_rejects_bad_values() {
     assert!(!out.status.success(), "a negative replica count must fail");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/replicas"), "{text}");
+
+    // An InferencePool needs the resource it selects named, and its CRD installed.
+    let template = |values: &[&str]| {
+        Command::new(helm())
+            .args(["template", "llamanet"])
+            .arg(&chart)
+            .args(values)
+            .output()
+            .unwrap()
+    };
+    let out = template(&["--set", "inferencePools[0].port=8080"]);
+    assert!(!out.status.success(), "a pool without its InferenceNode");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("inferenceNode"), "{text}");
+    let out = template(&["--set", "inferencePools[0].inferenceNode=gemma"]);
+    assert!(
+        !out.status.success(),
+        "a pool without the InferencePool CRD"
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("the InferencePool CRD (inference.networking.k8s.io/v1) is not installed"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,10 +114,19 @@ async fn chart_renders_objects_the_api_server_accepts() {
     cluster.install_monitoring_crds();
     let monitoring = "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,\
                       metrics.prometheusRule.enabled=true,metrics.prometheusRule.labels.release=prom";
+    // The inference extension's InferencePool CRD, for the chart's pools.
+    cluster.install_inference_pool_crd();
+    let pools = "inferencePools[0].inferenceNode=gemma,inferencePools[0].namespace=llamanet-system";
     for values in [
         vec![],
         vec!["--set", "leaderElection=false,replicas=1"],
         vec!["--set", monitoring],
+        vec![
+            "--set",
+            pools,
+            "--api-versions",
+            "inference.networking.k8s.io/v1/InferencePool",
+        ],
     ] {
         let rendered = run(Command::new(helm())
             .args([
@@ -125,6 +158,14 @@ async fn chart_renders_objects_the_api_server_accepts() {
             assert_rule_groups_match_the_rules_file(&rendered);
         } else {
             assert!(!applied.contains("monitoring.coreos.com"), "{applied}");
+        }
+        if values.contains(&pools) {
+            kinds.extend([
+                "inferencepool.inference.networking.k8s.io/gemma",
+                "configmap/gemma-epp-config",
+            ]);
+        } else {
+            assert!(!applied.contains("inferencepool"), "{applied}");
         }
         for kind in kinds {
             assert!(applied.contains(kind), "{kind} missing from:\n{applied}");

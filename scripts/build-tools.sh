@@ -48,32 +48,29 @@ build "$PROMETHEUS_BIN" prometheus tests/cluster/tools/promtool \
   github.com/prometheus/prometheus/cmd/prometheus "$prom_ldflags"
 build "$EPP_BIN" epp tests/cluster/tools/epp sigs.k8s.io/gateway-api-inference-extension/cmd/epp "-s -w"
 
-if [ -f "$MONITORING_CRDS/monitoring.coreos.com_podmonitors.yaml" ]; then
-  info "monitoring.coreos.com CRDs cached ($MONITORING_CRDS)"
-else
-  info "fetching the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION CRDs from the Go module proxy"
-  dir=$(cd "$ROOT/tests/cluster/tools/promtool" && \
-    go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
-    | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
-  [ -d "$dir" ] || die "go mod download of prometheus-operator $PROMETHEUS_OPERATOR_VERSION failed"
-  mkdir -p "$MONITORING_CRDS.tmp"
-  for kind in podmonitors servicemonitors prometheusrules; do
-    cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$MONITORING_CRDS.tmp/"
-  done
-  chmod 644 "$MONITORING_CRDS.tmp"/*
-  rm -rf "$MONITORING_CRDS" && mv "$MONITORING_CRDS.tmp" "$MONITORING_CRDS"
-fi
-
-if [ -f "$INFERENCE_CRDS/inference.networking.k8s.io_inferencepools.yaml" ]; then
-  info "inference.networking.k8s.io CRDs cached ($INFERENCE_CRDS)"
-else
-  info "fetching the inference extension $EPP_VERSION CRDs from the Go module proxy"
-  dir=$(cd "$ROOT/tests/cluster/tools/epp" && \
-    go mod download -json "sigs.k8s.io/gateway-api-inference-extension@$EPP_VERSION" \
-    | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
-  [ -d "$dir" ] || die "go mod download of gateway-api-inference-extension $EPP_VERSION failed"
-  mkdir -p "$INFERENCE_CRDS.tmp"
-  cp "$dir/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml" "$INFERENCE_CRDS.tmp/"
-  chmod 644 "$INFERENCE_CRDS.tmp"/*
-  rm -rf "$INFERENCE_CRDS" && mv "$INFERENCE_CRDS.tmp" "$INFERENCE_CRDS"
-fi
+# `crds DEST MODULE_DIR MODULE@VERSION FOLDER FILE...`: copies CRD files out of a module
+# (downloaded through MODULE_DIR's go.mod) into DEST, unless DEST has them all.
+crds() {
+  local dest=$1 mod=$2 module=$3 folder=$4; shift 4
+  local file missing=0
+  for file in "$@"; do [ -f "$dest/$file" ] || missing=1; done
+  if [ $missing = 0 ]; then
+    info "CRDs of $module cached ($dest)"
+    return
+  fi
+  info "fetching the CRDs of $module from the Go module proxy"
+  local dir
+  dir=$(cd "$ROOT/$mod" && go mod download -json "$module" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [ -d "$dir" ] || die "go mod download of $module failed"
+  rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
+  for file in "$@"; do cp "$dir/$folder/$file" "$dest.tmp/"; done
+  chmod 644 "$dest.tmp"/*
+  rm -rf "$dest" && mv "$dest.tmp" "$dest"
+}
+crds "$MONITORING_CRDS" tests/cluster/tools/promtool \
+  "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+  example/prometheus-operator-crd monitoring.coreos.com_podmonitors.yaml \
+  monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml
+crds "$INFERENCE_CRDS" tests/cluster/tools/epp \
+  "sigs.k8s.io/gateway-api-inference-extension@$EPP_VERSION" \
+  config/crd/bases inference.networking.k8s.io_inferencepools.yaml

@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
 use llamanet_cluster::control_plane::{cache_dir, free_port};
-use llamanet_cluster::testing::{default_model, eventually, repo_root};
+use llamanet_cluster::testing::{default_model, eventually, get_json, repo_root};
 use llamanet_cluster::{Cluster, ClusterConfig};
 use serde_json::Value;
 
@@ -375,12 +375,7 @@ async fn prometheus_and_the_endpoint_picker_read_llamanet() {
         .await
         .unwrap();
     assert_eq!(jobs.len(), 2, "{jobs:?}");
-    let rules: Value = http
-        .get(format!("{prometheus}/api/v1/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let rules = get_json(&http, &format!("{prometheus}/api/v1/rules"))
         .await
         .unwrap();
     let groups: Vec<&str> = rules["data"]["groups"]
@@ -402,15 +397,14 @@ async fn prometheus_and_the_endpoint_picker_read_llamanet() {
     // as requests finish, so a match is read between two equal readings of the picker.
     let ready =
         |text: &str, pool: &str| sample(text, "inference_pool_ready_pods", &[("name", pool)]);
-    eventually(
-        Duration::from_secs(60),
-        "the picker reports 2 ready pods",
-        || async {
-            let text = text(&http, &picker_metrics).await?;
-            (ready(&text, NAME) == Some(2.0)).then_some(())
-        },
-    )
-    .await;
+    let picker_counts = |pods: f64, what: &'static str, within: u64| {
+        let (http, url) = (&http, &picker_metrics);
+        eventually(Duration::from_secs(within), what, move || async move {
+            let text = text(http, url).await?;
+            (ready(&text, NAME) == Some(pods)).then_some(())
+        })
+    };
+    picker_counts(2.0, "the picker reports 2 ready pods", 60).await;
     for (pod, ip) in &pods {
         let rank = format!("{pod}-rank-0");
         let labels = [("name", NAME), ("model_server_pod", rank.as_str())];
@@ -481,33 +475,21 @@ async fn prometheus_and_the_endpoint_picker_read_llamanet() {
     // The machine under both replicas dies.
     cluster.crash_node(MODEL_NODE);
     let crashed = Instant::now();
-    eventually(
-        Duration::from_secs(30),
-        "the picker drops the dead pods",
-        || async {
-            let text = text(&http, &picker_metrics).await?;
-            (ready(&text, NAME) == Some(0.0)).then_some(())
-        },
-    )
-    .await;
+    picker_counts(0.0, "the picker drops the dead pods", 30).await;
     eprintln!(
         "the picker counted 0 ready pods {:?} after the crash",
         crashed.elapsed()
     );
-    eventually(Duration::from_secs(30), "the node targets down", || async {
-        let down = query(&http, &prometheus, r#"up{job="llamanet-nodes"} == 0"#).await?;
-        (down.len() == 2).then_some(())
+    // Their targets fail, and go once the operator replaces the silent replicas (the new
+    // pods stay Pending without an address: their node is gone), so what holds throughout
+    // is that no node target is up.
+    eventually(Duration::from_secs(30), "no node target up", || async {
+        let up = query(&http, &prometheus, r#"up{job="llamanet-nodes"} == 1"#).await?;
+        up.is_empty().then_some(())
     })
     .await;
     let alert_state = || async {
-        let body: Value = http
-            .get(format!("{prometheus}/api/v1/alerts"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let body = get_json(&http, &format!("{prometheus}/api/v1/alerts")).await?;
         body["data"]["alerts"]
             .as_array()?
             .iter()

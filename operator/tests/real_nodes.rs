@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
-use llamanet_cluster::testing::{default_model, eventually, processes_with};
+use llamanet_cluster::testing::{dashboard_exprs, default_model, eventually, processes_with};
 use llamanet_cluster::{Cluster, ClusterConfig};
 use llamanet_operator::config::OperatorConfig;
 use llamanet_operator::crd::{
@@ -153,37 +153,9 @@ fn promql_metric_names() -> BTreeMap<String, String> {
             }
         }
     }
-    fn exprs(value: &serde_json::Value, found: &mut Vec<String>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (key, v) in map {
-                    match v {
-                        serde_json::Value::String(expr) if key == "expr" => {
-                            found.push(expr.clone())
-                        }
-                        _ => exprs(v, found),
-                    }
-                }
-            }
-            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, found)),
-            _ => {}
-        }
-    }
     let mut out = BTreeMap::new();
-    let dashboards = repo_root().join("deploy/grafana");
-    for entry in std::fs::read_dir(&dashboards).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let board: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let mut found = Vec::new();
-        exprs(&board, &mut found);
-        let place = path.file_name().unwrap().to_string_lossy().into_owned();
-        for expr in found {
-            names_in(&expr, &place, &mut out);
-        }
+    for (file, expr) in dashboard_exprs() {
+        names_in(&expr, &file, &mut out);
     }
     let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(repo_root().join("deploy/prometheus/llamanet.rules.yaml"))

@@ -55,6 +55,44 @@ pub fn repo_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// Every PromQL expression of the Grafana dashboards in `deploy/grafana/*.json` (each
+/// target's `expr`; the variables' queries are `query`s), with the file it is in, in file
+/// order.
+pub fn dashboard_exprs() -> Vec<(String, String)> {
+    fn exprs(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match v {
+                        serde_json::Value::String(expr) if key == "expr" => {
+                            found.push(expr.clone())
+                        }
+                        _ => exprs(v, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, found)),
+            _ => {}
+        }
+    }
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(repo_root().join("deploy/grafana"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        let board: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut found = Vec::new();
+        exprs(&board, &mut found);
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        out.extend(found.into_iter().map(|expr| (file.clone(), expr)));
+    }
+    out
+}
+
 /// The default model: `$LLAMANET_MODEL`, else where scripts/fetch-model.sh caches it.
 pub fn default_model() -> std::path::PathBuf {
     let model = std::env::var_os("LLAMANET_MODEL")

@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
 use llamanet_cluster::control_plane::{cache_dir, free_port};
-use llamanet_cluster::testing::{default_model, eventually, get_json, repo_root};
+use llamanet_cluster::testing::{dashboard_exprs, default_model, eventually, get_json, repo_root};
 use llamanet_cluster::{Cluster, ClusterConfig};
 use serde_json::Value;
 
@@ -128,43 +128,17 @@ async fn query(http: &reqwest::Client, prometheus: &str, expr: &str) -> Option<V
 /// Every panel query of `deploy/grafana/*.json`, with the dashboard it is on, Grafana's
 /// variables replaced as Grafana would for "all namespaces, all pods".
 fn dashboard_queries() -> Vec<(String, String)> {
-    fn exprs(value: &Value, found: &mut Vec<String>) {
-        match value {
-            Value::Object(map) => {
-                for (key, v) in map {
-                    match v {
-                        Value::String(expr) if key == "expr" => found.push(expr.clone()),
-                        _ => exprs(v, found),
-                    }
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|v| exprs(v, found)),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("deploy/grafana"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    for path in files {
-        let board: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        // Panels only: the templating queries (`label_values(...)`) are Grafana functions.
-        let mut found = Vec::new();
-        exprs(&board["panels"], &mut found);
-        let file = path.file_name().unwrap().to_string_lossy().into_owned();
-        for expr in found {
+    dashboard_exprs()
+        .into_iter()
+        .map(|(file, expr)| {
             // Scrapes every second here: Grafana's $__rate_interval would be 4 of them.
             let expr = expr
                 .replace("$__rate_interval", "15s")
                 .replace("$namespace", ".*")
                 .replace("$pod", ".*");
-            out.push((file.clone(), expr));
-        }
-    }
-    out
+            (file, expr)
+        })
+        .collect()
 }
 
 /// `deploy/prometheus/prometheus.yml` as a user runs it outside the cluster: with the
@@ -500,20 +474,16 @@ async fn prometheus_and_the_endpoint_picker_read_llamanet() {
             })
             .map(|a| a["state"].as_str().unwrap_or_default().to_owned())
     };
+    let alert_becomes = |state: &'static str, what: &'static str, within: u64| {
+        let alert_state = &alert_state;
+        eventually(Duration::from_secs(within), what, move || async move {
+            (alert_state().await.as_deref() == Some(state)).then_some(())
+        })
+    };
     // Heartbeats every 2 s (the chart's default); the rule wants an age over 30 s for 1 m.
-    eventually(
-        Duration::from_secs(60),
-        "LlamaNetHeartbeatLost pending",
-        || async { (alert_state().await.as_deref() == Some("pending")).then_some(()) },
-    )
-    .await;
+    alert_becomes("pending", "LlamaNetHeartbeatLost pending", 60).await;
     let pending = crashed.elapsed();
-    eventually(
-        Duration::from_secs(120),
-        "LlamaNetHeartbeatLost firing",
-        || async { (alert_state().await.as_deref() == Some("firing")).then_some(()) },
-    )
-    .await;
+    alert_becomes("firing", "LlamaNetHeartbeatLost firing", 120).await;
     let firing = crashed.elapsed();
     eprintln!("LlamaNetHeartbeatLost pending {pending:?} and firing {firing:?} after the crash");
     assert!(

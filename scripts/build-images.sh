@@ -137,5 +137,6 @@ info "the node image generated: $(tail -1 <<<"$out")"
 LLAMA_SERVER_IMAGE=ghcr.io/ggml-org/llama.cpp:server
 [ -x "$LLAMA_SERVER_DIR/llama-server" ] || die "$LLAMA_SERVER_DIR/llama-server missing: run scripts/build-llama-cpp.sh first"
 image "$LLAMA_SERVER_IMAGE" llama-server.Dockerfile "$LLAMA_SERVER_DIR/llama-server"
-run_in "$LLAMA_SERVER_IMAGE" -- --version 2>&1 | grep -q "^version:" \
-  || die "$LLAMA_SERVER_IMAGE does not run: $(run_in "$LLAMA_SERVER_IMAGE" -- --version 2>&1 | tail -3)"
+# (Read whole before matching: `grep -q` closing the pipe early would fail it under pipefail.)
+out=$(run_in "$LLAMA_SERVER_IMAGE" -- --version 2>&1) && grep -q "^version:" <<<"$out" \
+  || die "$LLAMA_SERVER_IMAGE does not run: $out"

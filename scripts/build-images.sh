@@ -140,3 +140,75 @@ image "$LLAMA_SERVER_IMAGE" llama-server.Dockerfile "$LLAMA_SERVER_DIR/llama-ser
 # (Read whole before matching: `grep -q` closing the pipe early would fail it under pipefail.)
 out=$(run_in "$LLAMA_SERVER_IMAGE" -- --version 2>&1) && grep -q "^version:" <<<"$out" \
   || die "$LLAMA_SERVER_IMAGE does not run: $out"
+
+step "pause image (the pod sandbox of the test bed's real node)"
+# registry.k8s.io/pause is out of reach: the same few lines of C, static, in an empty image.
+# The binary is also each test bed machine's PID 1 (tests/cluster/src/machine.rs).
+PAUSE_SRC=$ROOT/tests/cluster/pause/pause.c
+PAUSE_KEY=$(sha256sum "$PAUSE_SRC" | cut -c1-16)
+PAUSE_DIR=$IMAGES_DIR/pause
+PAUSE_IMAGE=localhost/llamanet/pause:1
+if [ "$(cat "$PAUSE_DIR/key" 2>/dev/null)" != "$PAUSE_KEY" ]; then
+  mkdir -p "$PAUSE_DIR"
+  gcc -Os -static -Wall -Werror -o "$PAUSE_DIR/pause.tmp" "$PAUSE_SRC"
+  strip "$PAUSE_DIR/pause.tmp"
+  mv "$PAUSE_DIR/pause.tmp" "$PAUSE_DIR/pause"
+  echo "$PAUSE_KEY" > "$PAUSE_DIR/key"
+fi
+if [ "$(label_of "$PAUSE_IMAGE")" = "$PAUSE_KEY" ]; then
+  info "cached: $PAUSE_IMAGE"
+else
+  mkdir -p "$context/pause"
+  cp "$PAUSE_DIR/pause" "$context/pause/pause"
+  printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' \
+    > "$context/pause/Dockerfile"
+  buildah bud --quiet --layers=false --label "llamanet.inputs=$PAUSE_KEY" \
+    -t "$PAUSE_IMAGE" "$context/pause" >/dev/null
+  podman image prune --force >/dev/null
+  info "built $PAUSE_IMAGE"
+fi
+
+step "CoreDNS image (the real node's cluster DNS)"
+COREDNS_IMAGE=localhost/llamanet/coredns:${COREDNS_VERSION#v}
+[ -x "$COREDNS_BIN/coredns" ] || die "$COREDNS_BIN/coredns missing: run scripts/build-tools.sh first"
+coredns_key=$(sha256sum "$COREDNS_BIN/coredns" | cut -c1-16)-$BASE_KEY
+if [ "$(label_of "$COREDNS_IMAGE")" = "$coredns_key" ]; then
+  info "cached: $COREDNS_IMAGE"
+else
+  mkdir -p "$context/coredns"
+  cp "$COREDNS_BIN/coredns" "$context/coredns/coredns"
+  printf 'FROM %s\nCOPY coredns /usr/local/bin/coredns\nUSER 65532:65532\nENTRYPOINT ["coredns"]\n' \
+    "$BASE_IMAGE" > "$context/coredns/Dockerfile"
+  buildah bud --quiet --pull=never --layers=false --label "llamanet.inputs=$coredns_key" \
+    -t "$COREDNS_IMAGE" "$context/coredns" >/dev/null
+  podman image prune --force >/dev/null
+  info "built $COREDNS_IMAGE"
+fi
+out=$(run_in "$COREDNS_IMAGE" -- -version 2>&1) || die "$COREDNS_IMAGE does not run: $out"
+info "$COREDNS_IMAGE runs: ${out%%$'\n'*}"
+
+step "image archives (what the real node's containerd loads)"
+# One docker-archive per image, rewritten only when its image's inputs changed; archives of
+# images no longer built (an older version's tags) are removed.
+ARCHIVES=$IMAGES_DIR/archives
+mkdir -p "$ARCHIVES"
+keep=()
+for tag in "$ROUTER_IMAGE" "$OPERATOR_IMAGE" "$NODE_IMAGE" "$LLAMA_SERVER_IMAGE" "$PAUSE_IMAGE" \
+  "$COREDNS_IMAGE"; do
+  file=$(tr '/:' '__' <<<"$tag").tar
+  keep+=("$file")
+  key=$(label_of "$tag")
+  if [ -s "$ARCHIVES/$file" ] && [ "$(cat "$ARCHIVES/$file.key" 2>/dev/null)" = "$key" ]; then
+    info "cached: $file"
+    continue
+  fi
+  rm -f "$ARCHIVES/$file"
+  podman save --quiet --format docker-archive -o "$ARCHIVES/$file.tmp" "$tag"
+  mv "$ARCHIVES/$file.tmp" "$ARCHIVES/$file"
+  echo "$key" > "$ARCHIVES/$file.key"
+  info "saved $file"
+done
+for file in "$ARCHIVES"/*.tar; do
+  [ -e "$file" ] || continue
+  [[ " ${keep[*]} " == *" $(basename "$file") "* ]] || rm -f "$file" "$file.key"
+done

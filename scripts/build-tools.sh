@@ -2,9 +2,11 @@
 # Builds the Go tools the project runs, from the Go module proxy, and caches
 # them per version outside the clone (a second run is a no-op):
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler  (tests/cluster/k8s)
+#   kubelet, kube-proxy, gpu-plugin-double (the test bed's real node) (tests/cluster/k8s)
 #   helm                                                           (tests/cluster/tools/helm)
 #   promtool, prometheus                                           (tests/cluster/tools/promtool)
 #   epp, the inference extension's endpoint picker                 (tests/cluster/tools/epp)
+#   coredns, the real node's cluster DNS                           (tests/cluster/tools/coredns)
 # and fetches the Prometheus Operator's and the inference extension's CRDs (their modules
 # hold them as YAML).
 source "$(dirname "$0")/common.sh"
@@ -24,7 +26,7 @@ build() {
   info "$name built in $(( $(date +%s) - t0 ))s"
 }
 
-step "Go tools: Kubernetes $K8S_VERSION control plane, etcd $ETCD_VERSION, helm $HELM_VERSION, Prometheus $PROMTOOL_VERSION, endpoint picker $EPP_VERSION"
+step "Go tools: Kubernetes $K8S_VERSION control plane and node, etcd $ETCD_VERSION, helm $HELM_VERSION, Prometheus $PROMTOOL_VERSION, endpoint picker $EPP_VERSION, CoreDNS $COREDNS_VERSION"
 minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
 k8s_ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -34,7 +36,9 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 build "$K8S_BIN" etcd tests/cluster/k8s ./cmd/etcd "-s -w"
-for b in kube-apiserver kube-controller-manager kube-scheduler; do
+# A test double of a GPU device plugin: the real node advertises nvidia.com/gpu through it.
+build "$K8S_BIN" gpu-plugin-double tests/cluster/k8s ./cmd/gpu-plugin-double "-s -w"
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
   build "$K8S_BIN" "$b" tests/cluster/k8s "k8s.io/kubernetes/cmd/$b" "$k8s_ldflags"
 done
 k8s_minor=${K8S_VERSION#v1.}; k8s_minor=${k8s_minor%%.*}
@@ -47,6 +51,7 @@ build "$PROMTOOL_BIN" promtool tests/cluster/tools/promtool github.com/prometheu
 build "$PROMETHEUS_BIN" prometheus tests/cluster/tools/promtool \
   github.com/prometheus/prometheus/cmd/prometheus "$prom_ldflags"
 build "$EPP_BIN" epp tests/cluster/tools/epp sigs.k8s.io/gateway-api-inference-extension/cmd/epp "-s -w"
+build "$COREDNS_BIN" coredns tests/cluster/tools/coredns . "-s -w"
 
 # `crds DEST MODULE_DIR MODULE@VERSION FOLDER FILE...`: copies CRD files out of a module
 # (downloaded through MODULE_DIR's go.mod) into DEST, unless DEST has them all.

@@ -15,6 +15,8 @@ PROMETHEUS_OPERATOR_VERSION=v0.85.0
 # v1.5.0 is the last release with the full picker in this module (v1.6.0 moved it to
 # llm-d-router and keeps only a picker that reads no metrics).
 EPP_VERSION=v1.5.0
+# The test bed's cluster DNS (tests/cluster/tools/coredns: CoreDNS with the plugins it uses).
+COREDNS_VERSION=v1.14.0
 
 K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
 # helm reports the Kubernetes minor it was built for as the default
@@ -24,6 +26,7 @@ PROMTOOL_BIN=$CACHE/promtool-$PROMTOOL_VERSION/bin
 # Prometheus itself, from the module promtool comes from (the live monitoring test runs it).
 PROMETHEUS_BIN=$CACHE/prometheus-$PROMTOOL_VERSION/bin
 EPP_BIN=$CACHE/gateway-api-inference-extension-$EPP_VERSION/bin
+COREDNS_BIN=$CACHE/coredns-$COREDNS_VERSION/bin
 INFERENCE_CRDS=$CACHE/gateway-api-inference-extension-$EPP_VERSION/crds
 # The monitoring.coreos.com CRDs (PodMonitor, ServiceMonitor, PrometheusRule) the tests
 # install to check the chart's monitoring objects and the operator's PodMonitors.

@@ -12,6 +12,9 @@ info "$(free_gib "$CARGO_TARGET_DIR") GiB free"
 
 step "system packages"
 ensure_packages cmake clang libclang-dev python3-venv pkg-config git util-linux iproute2
+# The test bed's real node: containerd (1.6) with runc, the CNI plugins, what kube-proxy
+# programs Services with.
+ensure_packages containerd runc containernetworking-plugins iptables conntrack
 for tool in go cargo kubectl python3; do
   command -v "$tool" >/dev/null || die "$tool is not installed (this machine kind ships it; see README)"
 done

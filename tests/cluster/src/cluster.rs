@@ -8,8 +8,22 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::control_plane::{ControlPlane, ControlPlaneConfig};
+use crate::control_plane::{ControlPlane, ControlPlaneConfig, cache_dir};
 use crate::kubelet::{ImageCatalog, LocalImage, LocalNode, LocalNodeConfig, PodIpPool};
+use crate::machine::Machine;
+use crate::real_node::{RealNode, RealNodeConfig};
+
+/// How the cluster's nodes run pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Runtime {
+    /// The process kubelet ([`LocalNode`]): each container is a local process.
+    #[default]
+    Processes,
+    /// A real node ([`RealNode`]: containerd, runc, CNI, the real kubelet) in a
+    /// [`Machine`] of its own, running the images `scripts/build-images.sh` built; the
+    /// control plane runs in the same machine, as on a one-node kind cluster.
+    Containers,
+}
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -26,6 +40,10 @@ pub struct ClusterConfig {
     /// Where llama.cpp's `llama-server` is: the `llama.cpp` image (as in
     /// `ghcr.io/ggml-org/llama.cpp:server`) for external-engine pods.
     pub llama_server_dir: Option<PathBuf>,
+    pub runtime: Runtime,
+    /// [`Runtime::Containers`]: the image archives and the pause binary
+    /// `scripts/build-images.sh` leaves (`$LLAMANET_CACHE/images`).
+    pub images_dir: PathBuf,
 }
 
 impl Default for ClusterConfig {
@@ -37,6 +55,8 @@ impl Default for ClusterConfig {
             bin_dir: default_workspace_bin_dir(),
             k8s_bin_dir: crate::control_plane::default_bin_dir(),
             llama_server_dir: default_llama_server_dir(),
+            runtime: Runtime::default(),
+            images_dir: cache_dir().join("images"),
         }
     }
 }
@@ -82,11 +102,13 @@ pub fn default_llama_server_dir() -> Option<PathBuf> {
     built.pop()
 }
 
-/// A running cluster. Fields drop in order: nodes, control plane, folder.
+/// A running cluster. Fields drop in order: nodes, control plane, machine, folder.
 pub struct Cluster {
     nodes: Vec<LocalNode>,
+    real_nodes: Vec<RealNode>,
     plane: ControlPlane,
     client: kube::Client,
+    machine: Option<Arc<Machine>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -106,9 +128,13 @@ impl Cluster {
         std::fs::create_dir_all(&dir)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        if config.runtime == Runtime::Containers {
+            return Self::start_containers(config, dir, tmp).await;
+        }
         let plane = ControlPlane::start(&ControlPlaneConfig {
             bin_dir: config.k8s_bin_dir.clone(),
             dir: dir.join("control-plane"),
+            machine: None,
         })
         .await?;
         let client = plane.client().await?;
@@ -144,14 +170,118 @@ impl Cluster {
         }
         let cluster = Self {
             nodes,
+            real_nodes: Vec::new(),
             plane,
             client,
+            machine: None,
             _tmp: tmp,
         };
         // Two minutes: the cluster tests of one binary start their control planes at once,
         // and on two cores a node once took over 60 s to be ready and untainted.
         cluster.wait_usable(Duration::from_secs(120)).await?;
         Ok(cluster)
+    }
+
+    /// [`Runtime::Containers`]: one machine with the control plane and a real node.
+    async fn start_containers(
+        config: ClusterConfig,
+        dir: PathBuf,
+        tmp: Option<tempfile::TempDir>,
+    ) -> Result<Self> {
+        anyhow::ensure!(
+            config.nodes == 1,
+            "a cluster of real nodes has one node for now (asked for {})",
+            config.nodes
+        );
+        let machine = Arc::new(Machine::start(
+            &config.images_dir.join("pause/pause"),
+            &dir.join("machine"),
+        )?);
+        let plane = ControlPlane::start(&ControlPlaneConfig {
+            bin_dir: config.k8s_bin_dir.clone(),
+            dir: dir.join("control-plane"),
+            machine: Some(machine.clone()),
+        })
+        .await?;
+        let client = plane.client().await?;
+        let name = "local-node-0";
+        let images = image_archives(&config.images_dir.join("archives"))?;
+        let node = RealNode::start(
+            machine.clone(),
+            &RealNodeConfig {
+                name: name.into(),
+                dir: dir.join("nodes").join(name),
+                k8s_bin_dir: config.k8s_bin_dir.clone(),
+                kubeconfig: plane
+                    .kubeconfig_for(&format!("system:node:{name}"), Some("system:nodes"))?,
+                proxy_kubeconfig: plane.kubeconfig_for("system:kube-proxy", None)?,
+                ca_file: plane.ca_file(),
+                images,
+                gpus: config.gpus_per_node,
+            },
+        )?;
+        let cluster = Self {
+            nodes: Vec::new(),
+            real_nodes: vec![node],
+            plane,
+            client,
+            machine: Some(machine),
+            _tmp: tmp,
+        };
+        cluster.wait_usable(Duration::from_secs(120)).await?;
+        cluster.start_dns(Duration::from_secs(120)).await?;
+        Ok(cluster)
+    }
+
+    /// CoreDNS behind the `kube-dns` Service (`manifests/coredns.yaml`), ready to answer.
+    async fn start_dns(&self, timeout: Duration) -> Result<()> {
+        use k8s_openapi::api::apps::v1::Deployment;
+        use std::io::Write;
+        let mut apply = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running kubectl")?;
+        apply
+            .stdin
+            .take()
+            .context("kubectl's stdin")?
+            .write_all(COREDNS_MANIFEST.as_bytes())?;
+        let out = apply.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl apply of the CoreDNS manifest failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deployments = kube::Api::<Deployment>::namespaced(self.client.clone(), "kube-system");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let available = deployments
+                .get_opt("coredns")
+                .await?
+                .and_then(|d| d.status?.available_replicas)
+                .unwrap_or(0);
+            if available >= 1 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("CoreDNS not available after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The machine of a [`Runtime::Containers`] cluster.
+    pub fn machine(&self) -> Option<&Machine> {
+        self.machine.as_deref()
+    }
+
+    /// The real nodes of a [`Runtime::Containers`] cluster.
+    pub fn real_nodes(&self) -> &[RealNode] {
+        &self.real_nodes
     }
 
     async fn wait_usable(&self, timeout: Duration) -> Result<()> {
@@ -175,13 +305,13 @@ impl Cluster {
                 })
                 .count();
             let sa = sas.get_opt("default").await?.is_some();
-            if ready == self.nodes.len() && sa {
+            if ready == self.nodes.len() + self.real_nodes.len() && sa {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
                 anyhow::bail!(
                     "cluster not usable after {timeout:?}: {ready}/{} nodes ready and untainted, default serviceaccount: {sa}",
-                    self.nodes.len()
+                    self.nodes.len() + self.real_nodes.len()
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -232,6 +362,7 @@ impl Cluster {
         for node in self.nodes.drain(..) {
             node.shutdown().await;
         }
+        self.real_nodes.clear();
         self.plane.stop();
     }
 }
@@ -265,7 +396,11 @@ impl Cluster {
                 Err(e) => out.push_str(&format!("kubectl did not run: {e}\n")),
             }
         }
-        for log in container_logs(&self.dir().join("nodes")) {
+        let real_logs = self.real_nodes.iter().flat_map(RealNode::logs);
+        for log in container_logs(&self.dir().join("nodes"))
+            .into_iter()
+            .chain(real_logs)
+        {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
@@ -283,6 +418,26 @@ impl Cluster {
         out
     }
 }
+
+/// The `*.tar` image archives in `dir`, or an error that says how to make them.
+fn image_archives(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: run scripts/build-images.sh", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+        .collect();
+    found.sort();
+    anyhow::ensure!(
+        !found.is_empty(),
+        "no image archives in {}: run scripts/build-images.sh",
+        dir.display()
+    );
+    Ok(found)
+}
+
+/// The cluster DNS of a [`Runtime::Containers`] cluster.
+const COREDNS_MANIFEST: &str = include_str!("../manifests/coredns.yaml");
 
 /// How many lines of each container log a failure report shows.
 const LOG_TAIL: usize = 60;

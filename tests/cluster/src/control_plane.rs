@@ -7,8 +7,9 @@
 //! also gets `PR_SET_PDEATHSIG`, so a killed parent leaves no orphans.
 //! Pods are not run here: see [`crate::kubelet`].
 
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -17,6 +18,7 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 
+use crate::machine::Machine;
 use crate::process::ManagedProcess;
 
 /// The Kubernetes version the Go module in `tests/cluster/k8s` builds.
@@ -29,6 +31,9 @@ pub struct ControlPlaneConfig {
     pub bin_dir: PathBuf,
     /// State folder (PKI, etcd data, logs, kubeconfig). Created if missing.
     pub dir: PathBuf,
+    /// Where the components run: on this host's loopback (`None`), or inside a machine
+    /// (as kind's control-plane node), reached at the machine's address.
+    pub machine: Option<Arc<Machine>>,
 }
 
 impl ControlPlaneConfig {
@@ -37,6 +42,7 @@ impl ControlPlaneConfig {
         Self {
             bin_dir: default_bin_dir(),
             dir: dir.into(),
+            machine: None,
         }
     }
 }
@@ -65,6 +71,7 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     server: String,
     service_cidr: String,
+    pki: Pki,
     // Stopped in reverse start order by `stop`.
     processes: Vec<ManagedProcess>,
 }
@@ -89,14 +96,24 @@ impl ControlPlane {
             }
         }
         std::fs::create_dir_all(dir.join("logs"))?;
-        let pki = Pki::generate(&dir.join("pki"))?;
+        // On loopback each component takes a free port; a machine has all its ports free.
+        let on_host = config.machine.is_none();
+        let port = |fixed: u16| if on_host { free_port() } else { Ok(fixed) };
+        let address = config
+            .machine
+            .as_ref()
+            .map_or(Ipv4Addr::LOCALHOST, |m| m.address());
+        let pki = Pki::generate(&dir.join("pki"), address)?;
 
-        let etcd_port = free_port()?;
-        let etcd_peer_port = free_port()?;
-        let api_port = free_port()?;
-        let server = format!("https://127.0.0.1:{api_port}");
+        let etcd_port = port(2379)?;
+        let etcd_peer_port = port(2380)?;
+        let api_port = port(6443)?;
+        let server = format!("https://{address}:{api_port}");
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, pki.kubeconfig(&server))?;
+        std::fs::write(
+            &kubeconfig,
+            pki.kubeconfig(&server, "admin", Some("system:masters"))?,
+        )?;
 
         let mut plane = Self {
             dir: dir.clone(),
@@ -104,16 +121,20 @@ impl ControlPlane {
             server,
             // Room for thousands of Services (the operator benchmark creates one per resource).
             service_cidr: "10.0.0.0/16".into(),
+            pki,
             processes: Vec::new(),
         };
         let bin = |name: &str| config.bin_dir.join(name);
         let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
+        let spawn = |name: &str, args: &[String]| match &config.machine {
+            None => ManagedProcess::spawn(name, &bin(name), args, &log(name)),
+            Some(machine) => machine.spawn(name, &bin(name), args, &log(name)),
+        };
 
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
-        plane.processes.push(ManagedProcess::spawn(
+        plane.processes.push(spawn(
             "etcd",
-            &bin("etcd"),
             &[
                 "--name=default".into(),
                 format!("--data-dir={}", dir.join("etcd").display()),
@@ -126,42 +147,57 @@ impl ControlPlane {
                 "--unsafe-no-fsync=true".into(),
                 "--log-level=warn".into(),
             ],
-            &log("etcd"),
         )?);
 
-        let p = |f: &str| pki.dir.join(f).display().to_string();
-        plane.processes.push(ManagedProcess::spawn(
-            "kube-apiserver",
-            &bin("kube-apiserver"),
-            &[
-                format!("--etcd-servers={etcd_url}"),
+        let pki_dir = plane.pki.dir.clone();
+        let p = |f: &str| pki_dir.join(f).display().to_string();
+        let mut api_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", dir.join("apiserver").display()),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-cluster-ip-range={}", plane.service_cidr),
+            "--authorization-mode=Node,RBAC".into(),
+            "--allow-privileged=true".into(),
+            // What `kubectl logs`, `exec` and `port-forward` present to a real kubelet.
+            format!(
+                "--kubelet-client-certificate={}",
+                p("apiserver-kubelet-client.crt")
+            ),
+            format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
+            "--kubelet-preferred-address-types=InternalIP".into(),
+        ];
+        if on_host {
+            api_args.extend([
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                format!("--cert-dir={}", dir.join("apiserver").display()),
-                format!("--tls-cert-file={}", p("apiserver.crt")),
-                format!("--tls-private-key-file={}", p("apiserver.key")),
-                format!("--client-ca-file={}", p("ca.crt")),
-                format!("--service-account-key-file={}", p("sa.pub")),
-                format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
-                format!("--service-cluster-ip-range={}", plane.service_cidr),
-                "--authorization-mode=Node,RBAC".into(),
-                "--allow-privileged=true".into(),
+                // Pods here are host processes that reach the API server on loopback.
                 "--endpoint-reconciler-type=none".into(),
-            ],
-            &log("kube-apiserver"),
-        )?);
+            ]);
+        } else {
+            // Inside the machine every interface is the machine's own: its loopback, its
+            // veth to this host and its pods' bridge. The `kubernetes` Service's endpoint
+            // is the machine's address, which pods reach through the bridge.
+            api_args.extend([
+                "--bind-address=0.0.0.0".into(),
+                format!("--advertise-address={address}"),
+            ]);
+        }
+        plane.processes.push(spawn("kube-apiserver", &api_args)?);
         plane
             .wait_ready(Duration::from_secs(90))
             .await
             .context("kube-apiserver did not become ready")?;
 
         let kc = plane.kubeconfig.display().to_string();
-        let cm_port = free_port()?;
-        plane.processes.push(ManagedProcess::spawn(
+        let cm_port = port(10257)?;
+        plane.processes.push(spawn(
             "kube-controller-manager",
-            &bin("kube-controller-manager"),
             &[
                 format!("--kubeconfig={kc}"),
                 format!("--authentication-kubeconfig={kc}"),
@@ -178,12 +214,10 @@ impl ControlPlane {
                 // No cloud and no pod network to allocate.
                 "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller".into(),
             ],
-            &log("kube-controller-manager"),
         )?);
-        let sched_port = free_port()?;
-        plane.processes.push(ManagedProcess::spawn(
+        let sched_port = port(10259)?;
+        plane.processes.push(spawn(
             "kube-scheduler",
-            &bin("kube-scheduler"),
             &[
                 format!("--kubeconfig={kc}"),
                 format!("--authentication-kubeconfig={kc}"),
@@ -193,9 +227,19 @@ impl ControlPlane {
                 format!("--cert-dir={}", dir.join("scheduler").display()),
                 "--leader-elect=false".into(),
             ],
-            &log("kube-scheduler"),
         )?);
         Ok(plane)
+    }
+
+    /// A kubeconfig for this cluster whose client certificate says `user`, in `group` if
+    /// given (a kubelet's is `system:node:<name>` in `system:nodes`).
+    pub fn kubeconfig_for(&self, user: &str, group: Option<&str>) -> Result<String> {
+        self.pki.kubeconfig(&self.server, user, group)
+    }
+
+    /// The cluster CA's certificate file (what kubelets check clients against).
+    pub fn ca_file(&self) -> PathBuf {
+        self.pki.dir.join("ca.crt")
     }
 
     /// The admin kubeconfig (client certificate in `system:masters`).
@@ -264,16 +308,17 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The cluster's certificates and keys, written as PEM files.
+/// The cluster's certificates and keys, written as PEM files; the CA stays to issue
+/// client certificates.
 struct Pki {
     dir: PathBuf,
-    ca_pem: String,
-    admin_cert_pem: String,
-    admin_key_pem: String,
+    ca: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Pki {
-    fn generate(dir: &Path) -> Result<Self> {
+    /// The CA, the API server's serving certificate (for `address` too), its client
+    /// certificate towards kubelets, and the service account key pair.
+    fn generate(dir: &Path, address: Ipv4Addr) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let write = |name: &str, contents: &str| -> Result<()> {
             let path = dir.join(name);
@@ -301,42 +346,48 @@ impl Pki {
             "kubernetes.default.svc".into(),
             "kubernetes.default.svc.cluster.local".into(),
         ])?;
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress([10, 0, 0, 1].into()));
+        for ip in [Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 0, 0, 1), address] {
+            server
+                .subject_alt_names
+                .push(SanType::IpAddress(IpAddr::V4(ip)));
+        }
         server.distinguished_name = dn("kube-apiserver", None);
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = server.signed_by(&server_key, &ca)?;
         write("apiserver.crt", &server_cert.pem())?;
         write("apiserver.key", &server_key.serialize_pem())?;
 
-        let admin_key = KeyPair::generate()?;
-        let mut admin = CertificateParams::new(Vec::<String>::new())?;
-        admin.distinguished_name = dn("admin", Some("system:masters"));
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin.signed_by(&admin_key, &ca)?;
-        write("admin.crt", &admin_cert.pem())?;
-        write("admin.key", &admin_key.serialize_pem())?;
-
         let sa_key = KeyPair::generate()?;
         write("sa.key", &sa_key.serialize_pem())?;
         write("sa.pub", &sa_key.public_key_pem())?;
 
-        Ok(Self {
+        let pki = Self {
             dir: dir.to_path_buf(),
-            ca_pem: ca.pem(),
-            admin_cert_pem: admin_cert.pem(),
-            admin_key_pem: admin_key.serialize_pem(),
-        })
+            ca,
+        };
+        let (cert, key) =
+            pki.client_cert("kube-apiserver-kubelet-client", Some("system:masters"))?;
+        write("apiserver-kubelet-client.crt", &cert)?;
+        write("apiserver-kubelet-client.key", &key)?;
+        Ok(pki)
     }
 
-    fn kubeconfig(&self, server: &str) -> String {
+    /// A client certificate and its key (PEM) for `user`, in `group` if given.
+    fn client_cert(&self, user: &str, group: Option<&str>) -> Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = dn(user, group);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A kubeconfig for `server` with embedded credentials of `user` (in `group`).
+    fn kubeconfig(&self, server: &str, user: &str, group: Option<&str>) -> Result<String> {
         use base64::Engine as _;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        format!(
+        let (cert, key) = self.client_cert(user, group)?;
+        Ok(format!(
             "apiVersion: v1
 kind: Config
 clusters:
@@ -345,7 +396,7 @@ clusters:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: admin
+- name: {user}
   user:
     client-certificate-data: {cert}
     client-key-data: {key}
@@ -353,13 +404,13 @@ contexts:
 - name: llamanet-local
   context:
     cluster: llamanet-local
-    user: admin
+    user: {user}
 current-context: llamanet-local
 ",
-            ca = b64(&self.ca_pem),
-            cert = b64(&self.admin_cert_pem),
-            key = b64(&self.admin_key_pem),
-        )
+            ca = b64(&self.ca.pem()),
+            cert = b64(&cert),
+            key = b64(&key),
+        ))
     }
 }
 

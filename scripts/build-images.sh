@@ -7,8 +7,13 @@
 #     runtime stages fed the release binaries scripts/setup.sh builds (BINARIES=prebuilt;
 #     the router gets the engine-less one);
 #   - ghcr.io/ggml-org/llama.cpp:server (the sidecar example's engine) from
-#     deploy/docker/llama-server.Dockerfile, fed scripts/build-llama-cpp.sh's llama-server.
-# Images go to podman's local storage under the chart's default names. Each is rebuilt only
+#     deploy/docker/llama-server.Dockerfile, fed scripts/build-llama-cpp.sh's llama-server
+#     (skipped until that is built);
+#   - for the test bed's real node: localhost/llamanet/pause:1 (the pod sandbox),
+#     localhost/llamanet/coredns:<version> (cluster DNS) and localhost/llamanet/curl:bookworm
+#     (a client inside the cluster).
+# Images go to podman's local storage under the chart's default names, and each to a
+# docker-archive under $CACHE/images/archives/ that the real node's containerd imports. Each is rebuilt only
 # when its inputs changed (cache keys: the base's recipe; the Dockerfile, the binary and
 # the base); the base's tarball is kept in $CACHE/images. Each image is then run the way
 # the operator's pod specs run it: as 65532, read-only root, no capabilities, no network.
@@ -135,11 +140,15 @@ out=$(run_in "$NODE_IMAGE" \
 info "the node image generated: $(tail -1 <<<"$out")"
 
 LLAMA_SERVER_IMAGE=ghcr.io/ggml-org/llama.cpp:server
-[ -x "$LLAMA_SERVER_DIR/llama-server" ] || die "$LLAMA_SERVER_DIR/llama-server missing: run scripts/build-llama-cpp.sh first"
-image "$LLAMA_SERVER_IMAGE" llama-server.Dockerfile "$LLAMA_SERVER_DIR/llama-server"
-# (Read whole before matching: `grep -q` closing the pipe early would fail it under pipefail.)
-out=$(run_in "$LLAMA_SERVER_IMAGE" -- --version 2>&1) && grep -q "^version:" <<<"$out" \
-  || die "$LLAMA_SERVER_IMAGE does not run: $out"
+if [ -x "$LLAMA_SERVER_DIR/llama-server" ]; then
+  image "$LLAMA_SERVER_IMAGE" llama-server.Dockerfile "$LLAMA_SERVER_DIR/llama-server"
+  # (Read whole before matching: `grep -q` closing the pipe early would fail it under pipefail.)
+  out=$(run_in "$LLAMA_SERVER_IMAGE" -- --version 2>&1) && grep -q "^version:" <<<"$out" \
+    || die "$LLAMA_SERVER_IMAGE does not run: $out"
+else
+  # The main job does not need it; scripts/test.sh builds llama-server first.
+  info "skipped $LLAMA_SERVER_IMAGE: no llama-server yet (scripts/build-llama-cpp.sh builds it)"
+fi
 
 step "pause image (the pod sandbox of the test bed's real node)"
 # registry.k8s.io/pause is out of reach: the same few lines of C, static, in an empty image.
@@ -187,6 +196,27 @@ fi
 out=$(run_in "$COREDNS_IMAGE" -- -version 2>&1) || die "$COREDNS_IMAGE does not run: $out"
 info "$COREDNS_IMAGE runs: ${out%%$'\n'*}"
 
+step "curl image (a client inside the cluster)"
+# The base's packages and curl with what it links, in one more mmdebstrap: for requests from
+# inside a pod (`kubectl run --image=localhost/llamanet/curl:bookworm -- curl ...`).
+CURL_KEY=$(printf '%s\n' "$BASE_KEY" curl | sha256sum | cut -c1-12)
+CURL_IMAGE=localhost/llamanet/curl:bookworm
+CURL_TAR=$IMAGES_DIR/curl-$CURL_KEY.tar
+if [ "$(label_of "$CURL_IMAGE")" = "$CURL_KEY" ]; then
+  info "cached: $CURL_IMAGE"
+else
+  if [ ! -s "$CURL_TAR" ]; then
+    mmdebstrap --quiet --format=tar --variant=extract --include="$BASE_PACKAGES,curl" \
+      --extract-hook="$BASE_HOOK" bookworm "$CURL_TAR.tmp"
+    mv "$CURL_TAR.tmp" "$CURL_TAR"
+  fi
+  podman import --quiet --change "LABEL llamanet.inputs=$CURL_KEY" --change "USER 65532:65532" \
+    --change 'ENTRYPOINT ["curl"]' "$CURL_TAR" "$CURL_IMAGE" >/dev/null
+  info "imported $CURL_IMAGE"
+fi
+out=$(run_in "$CURL_IMAGE" -- --version 2>&1) && grep -q "^curl " <<<"$out" \
+  || die "$CURL_IMAGE does not run: $out"
+
 step "image archives (what the real node's containerd loads)"
 # One docker-archive per image, rewritten only when its image's inputs changed; archives of
 # images no longer built (an older version's tags) are removed.
@@ -194,10 +224,11 @@ ARCHIVES=$IMAGES_DIR/archives
 mkdir -p "$ARCHIVES"
 keep=()
 for tag in "$ROUTER_IMAGE" "$OPERATOR_IMAGE" "$NODE_IMAGE" "$LLAMA_SERVER_IMAGE" "$PAUSE_IMAGE" \
-  "$COREDNS_IMAGE"; do
+  "$COREDNS_IMAGE" "$CURL_IMAGE"; do
   file=$(tr '/:' '__' <<<"$tag").tar
   keep+=("$file")
   key=$(label_of "$tag")
+  [ -n "$key" ] || continue   # not built here (llama-server before its build)
   if [ -s "$ARCHIVES/$file" ] && [ "$(cat "$ARCHIVES/$file.key" 2>/dev/null)" = "$key" ]; then
     info "cached: $file"
     continue

@@ -7,6 +7,7 @@
 #   promtool, prometheus                                           (tests/cluster/tools/promtool)
 #   epp, the inference extension's endpoint picker                 (tests/cluster/tools/epp)
 #   coredns, the real node's cluster DNS                           (tests/cluster/tools/coredns)
+#   crictl, the real node's CRI client                             (tests/cluster/tools/crictl)
 # and fetches the Prometheus Operator's and the inference extension's CRDs (their modules
 # hold them as YAML).
 source "$(dirname "$0")/common.sh"
@@ -26,7 +27,7 @@ build() {
   info "$name built in $(( $(date +%s) - t0 ))s"
 }
 
-step "Go tools: Kubernetes $K8S_VERSION control plane and node, etcd $ETCD_VERSION, helm $HELM_VERSION, Prometheus $PROMTOOL_VERSION, endpoint picker $EPP_VERSION, CoreDNS $COREDNS_VERSION"
+step "Go tools: Kubernetes $K8S_VERSION control plane and node, etcd $ETCD_VERSION, helm $HELM_VERSION, Prometheus $PROMTOOL_VERSION, endpoint picker $EPP_VERSION, CoreDNS $COREDNS_VERSION, crictl $CRICTL_VERSION"
 minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
 k8s_ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -52,6 +53,8 @@ build "$PROMETHEUS_BIN" prometheus tests/cluster/tools/promtool \
   github.com/prometheus/prometheus/cmd/prometheus "$prom_ldflags"
 build "$EPP_BIN" epp tests/cluster/tools/epp sigs.k8s.io/gateway-api-inference-extension/cmd/epp "-s -w"
 build "$COREDNS_BIN" coredns tests/cluster/tools/coredns . "-s -w"
+build "$CRICTL_BIN" crictl tests/cluster/tools/crictl sigs.k8s.io/cri-tools/cmd/crictl \
+  "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
 
 # `crds DEST MODULE_DIR MODULE@VERSION FOLDER FILE...`: copies CRD files out of a module
 # (downloaded through MODULE_DIR's go.mod) into DEST, unless DEST has them all.

@@ -17,6 +17,7 @@ PROMETHEUS_OPERATOR_VERSION=v0.85.0
 EPP_VERSION=v1.5.0
 # The test bed's cluster DNS (tests/cluster/tools/coredns: CoreDNS with the plugins it uses).
 COREDNS_VERSION=v1.14.0
+CRICTL_VERSION=v1.34.0
 
 K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
 # helm reports the Kubernetes minor it was built for as the default
@@ -27,6 +28,7 @@ PROMTOOL_BIN=$CACHE/promtool-$PROMTOOL_VERSION/bin
 PROMETHEUS_BIN=$CACHE/prometheus-$PROMTOOL_VERSION/bin
 EPP_BIN=$CACHE/gateway-api-inference-extension-$EPP_VERSION/bin
 COREDNS_BIN=$CACHE/coredns-$COREDNS_VERSION/bin
+CRICTL_BIN=$CACHE/cri-tools-$CRICTL_VERSION/bin
 INFERENCE_CRDS=$CACHE/gateway-api-inference-extension-$EPP_VERSION/crds
 # The monitoring.coreos.com CRDs (PodMonitor, ServiceMonitor, PrometheusRule) the tests
 # install to check the chart's monitoring objects and the operator's PodMonitors.

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # The main job on its embedded default: a local Kubernetes control plane
-# with a local node, the operator installed with helm, and an InferenceNode of
-# two replicas serving the default model, with an OpenAI-compatible endpoint
-# to try. Runs in the background; stop it with scripts/down.sh.
+# with a real node (containerd, the kubelet, kube-proxy, CoreDNS), the operator
+# installed with helm from its image, and an InferenceNode of two replicas
+# serving the default model in containers of the node image, with an
+# OpenAI-compatible endpoint to try. Runs in the background; stop it with
+# scripts/down.sh.
 source "$(dirname "$0")/common.sh"
 
 RUN_DIR=${LLAMANET_RUN_DIR:-/var/tmp/llamanet}
 "$ROOT/scripts/setup.sh"
+# The images from deploy/docker/ the node runs (cached by their inputs).
+"$ROOT/scripts/build-images.sh"
 
 "$ROOT/scripts/down.sh" --quiet
-step "starting the local cluster in $RUN_DIR"
+step "starting the local cluster in $RUN_DIR (a real node in a machine of its own)"
 mkdir -p "$RUN_DIR"
-nohup "$CARGO_TARGET_DIR/release/llamanet-cluster" up --dir "$RUN_DIR/cluster" \
-  --bin-dir "$CARGO_TARGET_DIR/release" >"$RUN_DIR/cluster.log" 2>&1 &
+nohup "$CARGO_TARGET_DIR/release/llamanet-cluster" up --containers --dir "$RUN_DIR/cluster" \
+  >"$RUN_DIR/cluster.log" 2>&1 &
 echo $! >"$RUN_DIR/cluster.pid"
 for _ in $(seq 120); do
   [ -f "$RUN_DIR/cluster/ready" ] && break
@@ -42,13 +46,22 @@ kubectl wait --for=condition=Ready --timeout=300s inferencenode/gemma-cpu \
   || { kubectl describe inferencenode gemma-cpu; die "gemma-cpu did not become Ready"; }
 kubectl get inferencenodes
 
+kubectl get pods -A -o wide
+pods=($(kubectl get pods -l app.kubernetes.io/instance=gemma-cpu -o jsonpath='{.items[*].metadata.name}'))
 ips=($(kubectl get pods -l app.kubernetes.io/instance=gemma-cpu -o jsonpath='{.items[*].status.podIP}'))
 base="http://${ips[0]}:8080/v1"
-step "one chat completion through the swarm (node ${ips[0]})"
-curl -sf "$base/chat/completions" -H 'content-type: application/json' \
+step "kubectl logs ${pods[0]}: the model load"
+logs=$(kubectl logs "${pods[0]}" -c llamanet) || die "kubectl logs ${pods[0]} failed"
+grep -E "model loaded" <<<"$logs" | cut -c1-240 || die "kubectl logs ${pods[0]} shows no model load"
+
+step "one chat completion from inside the cluster, through the Service's ClusterIP (kube-proxy) by its DNS name (CoreDNS)"
+kubectl delete pod curl --ignore-not-found --wait >/dev/null
+kubectl run curl --rm -i --restart=Never --quiet --image=localhost/llamanet/curl:bookworm \
+  --image-pull-policy=Never -- -sf --max-time 60 \
+  http://gemma-cpu.default.svc.cluster.local:8080/v1/chat/completions -H 'content-type: application/json' \
   -d '{"model":"gemma-3-270m","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":24}' \
   | python3 -c 'import json,sys; r=json.load(sys.stdin); print("    " + r["choices"][0]["message"]["content"].strip()); print("    usage:", r["usage"])' \
-  || die "no answer from $base"
+  || die "no answer through the Service gemma-cpu"
 
 step "LlamaNet is up"
 cat <<TXT
@@ -60,6 +73,7 @@ cat <<TXT
     -d '{"model":"gemma-3-270m","messages":[{"role":"user","content":"Say hello"}],"max_tokens":32}'
   python3 -c "import openai; c = openai.OpenAI(base_url='$base', api_key='none'); print(c.chat.completions.create(model='gemma-3-270m', messages=[{'role': 'user', 'content': 'Hi'}]).choices[0].message.content)"
   $CARGO_TARGET_DIR/release/llamanet monitor --url http://${ips[0]}:8080
-  logs: $RUN_DIR/cluster.log, $RUN_DIR/cluster/nodes/*/pods/*/logs/
+  kubectl logs ${pods[0]} -c llamanet; kubectl exec ${pods[0]} -c llamanet -- llamanet --version
+  logs: $RUN_DIR/cluster.log, $RUN_DIR/cluster/nodes/*/logs/ (containerd, kubelet)
   stop: scripts/down.sh
 TXT

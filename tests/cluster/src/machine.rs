@@ -55,6 +55,7 @@ impl Machine {
         let (index, lock) = claim_index()?;
         let host_if = format!("lln{index}");
         remove_cgroups(&cgroup_root(index), Duration::ZERO);
+        create_cgroups(&cgroup_root(index))?;
         // A veth pair dies with its namespace; one left here belongs to nobody.
         let _ = run(Command::new("ip").args(["link", "del", &host_if]));
         let mut holder = ManagedProcess::spawn(
@@ -230,6 +231,29 @@ impl Drop for Machine {
 
 fn cgroup_root(index: u8) -> String {
     format!("/llamanet-machine-{index}")
+}
+
+/// Creates `root` in every cgroup v1 hierarchy: the kubelet puts its pods' cgroups under it
+/// (`cgroupRoot`) and refuses to start when a hierarchy lacks it. A new cpuset cgroup has no
+/// CPUs or memory nodes until it is given its parent's.
+fn create_cgroups(root: &str) -> Result<()> {
+    let name = root.trim_start_matches('/');
+    for entry in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
+        let hierarchy = entry.path();
+        // The v2 hierarchy of a hybrid mount holds no controllers.
+        if entry.file_name() == "unified" || !hierarchy.join("cgroup.procs").exists() {
+            continue;
+        }
+        let dir = hierarchy.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(value) = std::fs::read_to_string(hierarchy.join(file)) {
+                std::fs::write(dir.join(file), value.trim())
+                    .with_context(|| format!("writing {}", dir.join(file).display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes `root` and the cgroups under it in every cgroup v1 hierarchy (and the v2 one),

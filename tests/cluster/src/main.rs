@@ -87,10 +87,21 @@ async fn main() -> Result<()> {
     )?;
     println!("Kubernetes {K8S_VERSION} is up at {}", cluster.server());
     println!("  export KUBECONFIG={}", cluster.kubeconfig().display());
-    println!(
-        "  pod logs: {}/nodes/<node>/pods/<ns>_<pod>_<uid>/logs/",
-        dir.display()
-    );
+    if containers {
+        println!(
+            "  pod logs: {}/nodes/<node>/pod-logs/<ns>_<pod>_<uid>/<container>/ (or kubectl logs)",
+            dir.display()
+        );
+        println!(
+            "  node logs (containerd, kubelet, kube-proxy): {}/nodes/<node>/logs/",
+            dir.display()
+        );
+    } else {
+        println!(
+            "  pod logs: {}/nodes/<node>/pods/<ns>_<pod>_<uid>/logs/",
+            dir.display()
+        );
+    }
     println!("  component logs: {}/control-plane/logs/", dir.display());
     // A marker for scripts waiting on us.
     std::fs::write(dir.join("ready"), "")?;

@@ -210,6 +210,30 @@ impl RealNode {
         self.machine.run("ctr", &all)
     }
 
+    /// `crictl` against this node's containerd: the CRI as the kubelet sees it
+    /// (`scripts/build-tools.sh` builds crictl).
+    pub fn crictl(&self, args: &[&str]) -> Result<String> {
+        let bin = crictl_bin();
+        if !bin.is_file() {
+            bail!("{} is missing: run scripts/build-tools.sh", bin.display());
+        }
+        let out = std::process::Command::new(&bin)
+            .arg(format!(
+                "--runtime-endpoint=unix://{}",
+                self.containerd_socket().display()
+            ))
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        if !out.status.success() {
+            bail!(
+                "crictl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The host PID of the process a running container started (from containerd).
     pub fn container_pid(&self, container_id: &str) -> Result<u32> {
         let out = self.ctr(&["tasks", "ls"])?;
@@ -261,6 +285,11 @@ impl Drop for RealNode {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// crictl (sigs.k8s.io/cri-tools, its version pinned in scripts/common.sh).
+pub fn crictl_bin() -> PathBuf {
+    crate::control_plane::cache_dir().join("cri-tools-v1.34.0/bin/crictl")
 }
 
 /// The host PID of the process whose PID in the machine is `inner`: among the machine
@@ -332,7 +361,7 @@ fn cni_config(pod_cidr: &str, ipam_dir: &Path) -> String {
 }
 
 /// containerd's configuration: everything under `dir`, CRI with runc (cgroupfs) and the
-/// CNI plugins Debian installs.
+/// CNI plugins Debian installs, OOM scores no lower than containerd's.
 fn containerd_config_toml(dir: &Path) -> String {
     let d = |sub: &str| dir.join(sub).display().to_string();
     format!(
@@ -343,6 +372,9 @@ state = "{state}"
   address = "{socket}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
+  # No process here may lower its OOM score (CAP_SYS_RESOURCE is not ours): containers
+  # get at least containerd's own score instead of the kubelet's negative ones.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"

@@ -1,11 +1,11 @@
 //! The test bed's real node: containerd, runc, the CNI bridge and the real kubelet in a
 //! machine of their own, running the images `scripts/build-images.sh` built from
 //! `deploy/docker/`. A node pod with the security context the operator gives it loads
-//! the default model in its container; `kubectl logs` and `kubectl exec` go through the
-//! kubelet; the container really runs as 65532 on a read-only root with the GPU the device
+//! the default model in its container; `kubectl logs`, `exec` and `port-forward` go through
+//! the kubelet; the container really runs as 65532 on a read-only root with the GPU the device
 //! plugin double gave it; a Service answers by ClusterIP and by DNS name from inside the
 //! pod, the API on the pod's address from this host; an image that does not exist shows as
-//! a pull error.
+//! a pull error; a node over its memory limit is `OOMKilled`.
 
 use std::time::Duration;
 
@@ -92,6 +92,32 @@ fn kubectl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The local port `kubectl port-forward` says it listens on ("Forwarding from 127.0.0.1:N").
+/// Its output is read to the end afterwards: kubectl writes a line per connection and dies
+/// of a closed pipe.
+async fn forwarded_port(forward: &mut tokio::process::Child) -> u16 {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = forward.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("Forwarding from 127.0.0.1:") {
+                return line;
+            }
+        }
+        panic!("kubectl port-forward ended without forwarding");
+    })
+    .await
+    .expect("kubectl port-forward listens within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let port = line
+        .trim_start_matches("Forwarding from 127.0.0.1:")
+        .split_whitespace()
+        .next()
+        .unwrap();
+    port.parse().unwrap()
+}
+
 fn is_ready(p: &Pod) -> bool {
     p.status
         .as_ref()
@@ -170,6 +196,18 @@ async fn node_image_serves_in_a_real_container() {
     );
     assert!(version.contains(VERSION), "kubectl exec: {version}");
 
+    // The CRI lists it as the node's operator would see it.
+    let crictl = cluster.real_nodes()[0]
+        .crictl(&["ps", "--name", "server", "--state", "Running", "-o", "json"])
+        .unwrap();
+    let crictl: serde_json::Value = serde_json::from_str(&crictl).unwrap();
+    let listed = &crictl["containers"][0];
+    assert_eq!(
+        listed["labels"]["io.kubernetes.pod.name"], "node",
+        "{crictl}"
+    );
+    assert_eq!(listed["state"], "CONTAINER_RUNNING", "{crictl}");
+
     // What runs is the image's binary as 65532, on a read-only root, without capabilities.
     let container_id = status.container_statuses.unwrap()[0]
         .container_id
@@ -224,34 +262,46 @@ async fn node_image_serves_in_a_real_container() {
         None,
     );
     assert!(cluster_ip.starts_with("10.0."), "{cluster_ip}");
-    // By its address, then by its name (CoreDNS behind the kube-dns Service).
+    // By its address, then by its name (CoreDNS behind the kube-dns Service). kube-proxy
+    // writes the Service's rules within a second or two of its creation.
     for host in [cluster_ip.as_str(), "node.default.svc.cluster.local"] {
         let url = format!("--url=http://{host}:8080");
-        let check = kubectl(
-            &cluster,
-            &[
-                "exec",
-                "node",
-                "-c",
-                "server",
-                "--",
-                "llamanet",
-                "check",
-                &url,
-                "--timeout=20s",
-            ],
-            None,
-        );
-        assert!(
-            check.lines().any(|l| l == "healthy"),
-            "llamanet check through {host}: {check}"
-        );
+        let args = [
+            "exec", "node", "-c", "server", "--", "llamanet", "check", &url,
+        ];
+        let check = eventually(
+            Duration::from_secs(30),
+            &format!("llamanet check through {host} in the pod"),
+            || async {
+                let out = cluster.kubectl().args(args).output().ok()?;
+                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                stdout.lines().any(|l| l == "healthy").then_some(stdout)
+            },
+        )
+        .await;
+        assert!(check.contains("1 nodes (1 healthy)"), "{check}");
     }
+
+    // kubectl port-forward, through the API server and the kubelet into the pod.
+    let mut forward = tokio::process::Command::from(cluster.kubectl())
+        .args(["port-forward", "pod/node", ":8080"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl port-forward runs");
+    let local_port = forwarded_port(&mut forward).await;
+    let health = reqwest::get(format!("http://127.0.0.1:{local_port}/health"))
+        .await
+        .unwrap();
+    assert!(health.status().is_success(), "{health:?}");
+    drop(forward);
 
     // The API on the pod's own address, from this host (routed into the machine).
     let answer: serde_json::Value = reqwest::Client::new()
         .post(format!("http://{pod_ip}:8080/v1/chat/completions"))
         .json(&serde_json::json!({
+            "model": model_file.trim_end_matches(".gguf"),
             "messages": [{"role": "user", "content": "Say hello."}],
             "max_tokens": 8,
             "temperature": 0,
@@ -306,4 +356,37 @@ async fn an_image_that_does_not_exist_is_a_pull_error() {
         describe.contains("Failed to pull image \"ghcr.io/llamanet/does-not-exist:1\""),
         "{describe}"
     );
+}
+
+/// A node pod given less memory than the model needs is killed by the kernel's OOM killer in
+/// its cgroup, and the kubelet says so: `OOMKilled`, exit code 137.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_over_its_memory_limit_is_oom_killed() {
+    let cluster = start().await;
+    let model = default_model();
+    let model_dir = model.parent().unwrap().display().to_string();
+    let model_file = model.file_name().unwrap().to_string_lossy().into_owned();
+    let pod = node_pod(&model_dir, &model_file)
+        .replace("{nvidia.com/gpu: 1}", "{memory: 48Mi}")
+        .replace("containers:", "restartPolicy: Never\n  containers:");
+    kubectl(&cluster, &["apply", "-f", "-"], Some(&pod));
+    let pods = Api::<Pod>::namespaced(cluster.client(), "default");
+    let terminated = eventually(Duration::from_secs(120), "the node pod ends", || async {
+        let pod = pods.get("node").await.ok()?;
+        pod.status?
+            .container_statuses?
+            .first()?
+            .state
+            .clone()?
+            .terminated
+    })
+    .await;
+    assert_eq!(
+        terminated.reason.as_deref(),
+        Some("OOMKilled"),
+        "{terminated:?}"
+    );
+    assert_eq!(terminated.exit_code, 137, "{terminated:?}");
+    let describe = kubectl(&cluster, &["describe", "pod", "node"], None);
+    assert!(describe.contains("OOMKilled"), "{describe}");
 }

@@ -47,6 +47,9 @@ kubectl wait --for=condition=Ready --timeout=300s inferencenode/gemma-cpu \
 kubectl get inferencenodes
 
 kubectl get pods -A -o wide
+step "the node's containers (crictl ps)"
+crictl=("$CRICTL_BIN/crictl" --config "$RUN_DIR/cluster/nodes/local-node-0/crictl.yaml")
+"${crictl[@]}" ps
 pods=($(kubectl get pods -l app.kubernetes.io/instance=gemma-cpu -o jsonpath='{.items[*].metadata.name}'))
 ips=($(kubectl get pods -l app.kubernetes.io/instance=gemma-cpu -o jsonpath='{.items[*].status.podIP}'))
 base="http://${ips[0]}:8080/v1"
@@ -74,6 +77,7 @@ cat <<TXT
   python3 -c "import openai; c = openai.OpenAI(base_url='$base', api_key='none'); print(c.chat.completions.create(model='gemma-3-270m', messages=[{'role': 'user', 'content': 'Hi'}]).choices[0].message.content)"
   $CARGO_TARGET_DIR/release/llamanet monitor --url http://${ips[0]}:8080
   kubectl logs ${pods[0]} -c llamanet; kubectl exec ${pods[0]} -c llamanet -- llamanet --version
+  ${crictl[*]} ps
   logs: $RUN_DIR/cluster.log, $RUN_DIR/cluster/nodes/*/logs/ (containerd, kubelet)
   stop: scripts/down.sh
 TXT

@@ -101,6 +101,14 @@ impl RealNode {
             dir.join("cni/net.d/10-llamanet.conflist"),
             cni_config(&machine.pod_cidr(), &dir.join("cni/ipam")),
         )?;
+        // crictl's configuration: `crictl --config <dir>/crictl.yaml ps` lists the containers.
+        std::fs::write(
+            dir.join("crictl.yaml"),
+            format!(
+                "runtime-endpoint: unix://{socket}\nimage-endpoint: unix://{socket}\ntimeout: 10\n",
+                socket = node.containerd_socket().display()
+            ),
+        )?;
         let containerd_config = dir.join("containerd/config.toml");
         std::fs::write(&containerd_config, containerd_config_toml(dir))?;
         node.processes.push(machine.spawn(
@@ -219,8 +227,8 @@ impl RealNode {
         }
         let out = std::process::Command::new(&bin)
             .arg(format!(
-                "--runtime-endpoint=unix://{}",
-                self.containerd_socket().display()
+                "--config={}",
+                self.dir.join("crictl.yaml").display()
             ))
             .args(args)
             .output()

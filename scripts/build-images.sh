@@ -164,35 +164,31 @@ if [ "$(cat "$PAUSE_DIR/key" 2>/dev/null)" != "$PAUSE_KEY" ]; then
   mv "$PAUSE_DIR/pause.tmp" "$PAUSE_DIR/pause"
   echo "$PAUSE_KEY" > "$PAUSE_DIR/key"
 fi
-if [ "$(label_of "$PAUSE_IMAGE")" = "$PAUSE_KEY" ]; then
-  info "cached: $PAUSE_IMAGE"
-else
-  mkdir -p "$context/pause"
-  cp "$PAUSE_DIR/pause" "$context/pause/pause"
-  printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' \
-    > "$context/pause/Dockerfile"
-  buildah bud --quiet --layers=false --label "llamanet.inputs=$PAUSE_KEY" \
-    -t "$PAUSE_IMAGE" "$context/pause" >/dev/null
+# `binary_image TAG KEY FROM BINARY PATH USER`: TAG holds BINARY at PATH on FROM, runs it as
+# USER; built unless an image of the same KEY is there.
+binary_image() {
+  local tag=$1 key=$2 from=$3 binary=$4 path=$5 user=$6
+  if [ "$(label_of "$tag")" = "$key" ]; then
+    info "cached: $tag"
+    return
+  fi
+  local dir=$context/$(basename "$binary")
+  mkdir -p "$dir"
+  cp "$binary" "$dir/"
+  printf 'FROM %s\nCOPY %s %s\nUSER %s\nENTRYPOINT ["%s"]\n' \
+    "$from" "$(basename "$binary")" "$path" "$user" "$path" > "$dir/Dockerfile"
+  buildah bud --quiet --pull=never --layers=false --label "llamanet.inputs=$key" \
+    -t "$tag" "$dir" >/dev/null
   podman image prune --force >/dev/null
-  info "built $PAUSE_IMAGE"
-fi
+  info "built $tag"
+}
+binary_image "$PAUSE_IMAGE" "$PAUSE_KEY" scratch "$PAUSE_DIR/pause" /pause 65535:65535
 
 step "CoreDNS image (the real node's cluster DNS)"
 COREDNS_IMAGE=localhost/llamanet/coredns:${COREDNS_VERSION#v}
 [ -x "$COREDNS_BIN/coredns" ] || die "$COREDNS_BIN/coredns missing: run scripts/build-tools.sh first"
-coredns_key=$(sha256sum "$COREDNS_BIN/coredns" | cut -c1-16)-$BASE_KEY
-if [ "$(label_of "$COREDNS_IMAGE")" = "$coredns_key" ]; then
-  info "cached: $COREDNS_IMAGE"
-else
-  mkdir -p "$context/coredns"
-  cp "$COREDNS_BIN/coredns" "$context/coredns/coredns"
-  printf 'FROM %s\nCOPY coredns /usr/local/bin/coredns\nUSER 65532:65532\nENTRYPOINT ["coredns"]\n' \
-    "$BASE_IMAGE" > "$context/coredns/Dockerfile"
-  buildah bud --quiet --pull=never --layers=false --label "llamanet.inputs=$coredns_key" \
-    -t "$COREDNS_IMAGE" "$context/coredns" >/dev/null
-  podman image prune --force >/dev/null
-  info "built $COREDNS_IMAGE"
-fi
+binary_image "$COREDNS_IMAGE" "$(sha256sum "$COREDNS_BIN/coredns" | cut -c1-16)-$BASE_KEY" \
+  "$BASE_IMAGE" "$COREDNS_BIN/coredns" /usr/local/bin/coredns 65532:65532
 out=$(run_in "$COREDNS_IMAGE" -- -version 2>&1) || die "$COREDNS_IMAGE does not run: $out"
 info "$COREDNS_IMAGE runs: ${out%%$'\n'*}"
 

@@ -19,7 +19,7 @@ use rcgen::{
 };
 
 use crate::machine::Machine;
-use crate::process::ManagedProcess;
+use crate::process::{ManagedProcess, Processes};
 
 /// The Kubernetes version the Go module in `tests/cluster/k8s` builds.
 pub const K8S_VERSION: &str = "v1.34.4";
@@ -73,7 +73,7 @@ pub struct ControlPlane {
     service_cidr: String,
     pki: Pki,
     // Stopped in reverse start order by `stop`.
-    processes: Vec<ManagedProcess>,
+    processes: Processes,
 }
 
 impl ControlPlane {
@@ -122,7 +122,7 @@ impl ControlPlane {
             // Room for thousands of Services (the operator benchmark creates one per resource).
             service_cidr: "10.0.0.0/16".into(),
             pki,
-            processes: Vec::new(),
+            processes: Processes::default(),
         };
         let bin = |name: &str| config.bin_dir.join(name);
         let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
@@ -267,9 +267,7 @@ impl ControlPlane {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
-            for p in &mut self.processes {
-                p.check_alive()?;
-            }
+            self.processes.check_alive()?;
             let req = http::Request::get("/readyz").body(Vec::new())?;
             match client.request_text(req).await {
                 Ok(body) if body.trim() == "ok" => return Ok(()),
@@ -283,9 +281,7 @@ impl ControlPlane {
 
     /// Stops every component, newest first. Also done on drop.
     pub fn stop(&mut self) {
-        while let Some(mut p) = self.processes.pop() {
-            p.stop(Duration::from_secs(5));
-        }
+        self.processes.stop();
     }
 }
 

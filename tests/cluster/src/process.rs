@@ -118,6 +118,35 @@ impl Drop for ManagedProcess {
     }
 }
 
+/// Components that depend on the ones started before them (a control plane, a node): checked
+/// together, stopped newest first, also on drop.
+#[derive(Debug, Default)]
+pub struct Processes(Vec<ManagedProcess>);
+
+impl Processes {
+    pub fn push(&mut self, process: ManagedProcess) {
+        self.0.push(process);
+    }
+
+    /// Fails, with its log's end, on the first that has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.0.iter_mut().try_for_each(ManagedProcess::check_alive)
+    }
+
+    /// SIGTERM to each, newest first, SIGKILL after 5 s.
+    pub fn stop(&mut self) {
+        while let Some(mut p) = self.0.pop() {
+            p.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The last `n` lines of a text file (empty if unreadable).
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::machine::Machine;
-use crate::process::ManagedProcess;
+use crate::process::Processes;
 
 /// The pod sandbox image every pod starts with (`scripts/build-images.sh` builds it from
 /// `tests/cluster/pause/pause.c`); kubelets elsewhere use `registry.k8s.io/pause`.
@@ -51,7 +51,7 @@ pub struct RealNode {
     dir: PathBuf,
     machine: Arc<Machine>,
     // Stopped in reverse order: the kubelet first.
-    processes: Vec<ManagedProcess>,
+    processes: Processes,
 }
 
 impl RealNode {
@@ -95,7 +95,7 @@ impl RealNode {
             name: config.name.clone(),
             dir: dir.clone(),
             machine: machine.clone(),
-            processes: Vec::new(),
+            processes: Processes::default(),
         };
         std::fs::write(
             dir.join("cni/net.d/10-llamanet.conflist"),
@@ -259,9 +259,7 @@ impl RealNode {
     fn wait_containerd(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            for p in &mut self.processes {
-                p.check_alive()?;
-            }
+            self.processes.check_alive()?;
             if self.ctr(&["version"]).is_ok() {
                 return Ok(());
             }
@@ -274,18 +272,13 @@ impl RealNode {
 
     /// Fails, with its log's end, if containerd or the kubelet has exited.
     pub fn check_alive(&mut self) -> Result<()> {
-        for p in &mut self.processes {
-            p.check_alive()?;
-        }
-        Ok(())
+        self.processes.check_alive()
     }
 
     /// Stops kube-proxy, the kubelet, then containerd (the containers stop with the
     /// machine).
     pub fn stop(&mut self) {
-        while let Some(mut p) = self.processes.pop() {
-            p.stop(Duration::from_secs(5));
-        }
+        self.processes.stop();
     }
 }
 

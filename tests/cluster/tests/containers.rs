@@ -1,7 +1,8 @@
 //! The container build files agree with what runs them: the binary each
 //! builds is one the workspace defines, the entrypoint is the one the local
 //! node maps the image to, and the user is the uid the pod specs and the
-//! local node use. (No container engine runs here, so nothing is built.)
+//! local node use; and the real node's images and tools are the versions the scripts
+//! build. (scripts/build-images.sh builds the images; tests/real_node.rs runs them.)
 
 use std::path::Path;
 
@@ -58,4 +59,46 @@ fn dockerfiles_match_images_binaries_and_users() {
     );
     // The operator's pod specs run nodes as the images' user.
     assert!(read("operator/src/children.rs").contains(&IMAGE_USER.to_string()));
+}
+
+/// The names the real node's code uses for what the scripts build: the CoreDNS image's tag
+/// (its binary's version), the pause image, crictl's cache folder.
+#[test]
+fn the_real_node_uses_the_versions_the_scripts_build() {
+    let common = read("scripts/common.sh");
+    let version = |name: &str| -> String {
+        common
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in scripts/common.sh"))
+            .to_owned()
+    };
+    let coredns = version("COREDNS_VERSION");
+    let manifest = read("tests/cluster/manifests/coredns.yaml");
+    let image = format!(
+        "image: localhost/llamanet/coredns:{}",
+        coredns.trim_start_matches('v')
+    );
+    assert!(
+        manifest.contains(&image),
+        "the CoreDNS manifest lacks {image}"
+    );
+
+    let crictl = llamanet_cluster::real_node::crictl_bin();
+    let folder = format!("cri-tools-{}", version("CRICTL_VERSION"));
+    assert!(
+        crictl
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            == Some(std::ffi::OsStr::new(&folder)),
+        "{} is not in {folder}",
+        crictl.display()
+    );
+
+    let pause = format!("PAUSE_IMAGE={}", llamanet_cluster::real_node::PAUSE_IMAGE);
+    assert!(
+        read("scripts/build-images.sh").contains(&pause),
+        "scripts/build-images.sh does not build {pause}"
+    );
 }

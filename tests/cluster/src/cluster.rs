@@ -444,13 +444,7 @@ const LOG_TAIL: usize = 60;
 
 /// Every `<node>/pods/<pod>/logs/<container>.log` under `nodes`.
 fn container_logs(nodes: &Path) -> Vec<PathBuf> {
-    let children = |dir: &Path| -> Vec<PathBuf> {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|entries| entries.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        found.sort();
-        found
-    };
+    let children = crate::process::sorted_entries;
     children(nodes)
         .iter()
         .flat_map(|node| children(&node.join("pods")))

@@ -147,6 +147,15 @@ impl Drop for Processes {
     }
 }
 
+/// The entries of `dir`, sorted (none if it cannot be read).
+pub fn sorted_entries(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 /// The last `n` lines of a text file (empty if unreadable).
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::machine::Machine;
-use crate::process::Processes;
+use crate::process::{Processes, sorted_entries};
 
 /// The pod sandbox image every pod starts with (`scripts/build-images.sh` builds it from
 /// `tests/cluster/pause/pause.c`); kubelets elsewhere use `registry.k8s.io/pause`.
@@ -195,16 +195,9 @@ impl RealNode {
         let mut logs = ["containerd", "kubelet", "kube-proxy", "gpu-plugin-double"]
             .map(|c| self.log(c))
             .to_vec();
-        let sorted = |dir: &Path| -> Vec<PathBuf> {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map(|entries| entries.flatten().map(|e| e.path()).collect())
-                .unwrap_or_default();
-            found.sort();
-            found
-        };
-        for pod in sorted(&self.dir.join("pod-logs")) {
-            for container in sorted(&pod) {
-                logs.extend(sorted(&container));
+        for pod in sorted_entries(&self.dir.join("pod-logs")) {
+            for container in sorted_entries(&pod) {
+                logs.extend(sorted_entries(&container));
             }
         }
         logs

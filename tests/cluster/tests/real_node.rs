@@ -66,32 +66,6 @@ spec:
     )
 }
 
-fn kubectl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    let mut cmd = cluster.kubectl();
-    cmd.args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl runs");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The local port `kubectl port-forward` says it listens on ("Forwarding from 127.0.0.1:N").
 /// Its output is read to the end afterwards: kubectl writes a line per connection and dies
 /// of a closed pipe.
@@ -157,8 +131,7 @@ async fn node_image_serves_in_a_real_container() {
     let model = default_model();
     let model_dir = model.parent().unwrap().display().to_string();
     let model_file = model.file_name().unwrap().to_string_lossy().into_owned();
-    kubectl(
-        &cluster,
+    cluster.kubectl_ok(
         &["apply", "-f", "-"],
         Some(&node_pod(&model_dir, &model_file)),
     );
@@ -179,10 +152,9 @@ async fn node_image_serves_in_a_real_container() {
     );
 
     // The kubelet serves the container's log and exec.
-    let logs = kubectl(&cluster, &["logs", "node", "-c", "server"], None);
+    let logs = cluster.kubectl_ok(&["logs", "node", "-c", "server"], None);
     assert!(logs.contains("model loaded"), "kubectl logs:\n{logs}");
-    let version = kubectl(
-        &cluster,
+    let version = cluster.kubectl_ok(
         &[
             "exec",
             "node",
@@ -255,9 +227,8 @@ async fn node_image_serves_in_a_real_container() {
     assert!(options.split(',').any(|o| o == "ro"), "root mount: {root}");
 
     // A Service (kube-proxy's rules in the machine), from inside the pod.
-    kubectl(&cluster, &["expose", "pod", "node", "--port=8080"], None);
-    let cluster_ip = kubectl(
-        &cluster,
+    cluster.kubectl_ok(&["expose", "pod", "node", "--port=8080"], None);
+    let cluster_ip = cluster.kubectl_ok(
         &["get", "service", "node", "-o", "jsonpath={.spec.clusterIP}"],
         None,
     );
@@ -323,8 +294,7 @@ async fn node_image_serves_in_a_real_container() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_image_that_does_not_exist_is_a_pull_error() {
     let cluster = start().await;
-    kubectl(
-        &cluster,
+    cluster.kubectl_ok(
         &[
             "run",
             "missing",
@@ -350,7 +320,7 @@ async fn an_image_that_does_not_exist_is_a_pull_error() {
             .filter(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
     })
     .await;
-    let describe = kubectl(&cluster, &["describe", "pod", "missing"], None);
+    let describe = cluster.kubectl_ok(&["describe", "pod", "missing"], None);
     assert!(describe.contains(&reason), "{describe}");
     assert!(
         describe.contains("Failed to pull image \"ghcr.io/llamanet/does-not-exist:1\""),
@@ -369,7 +339,7 @@ async fn a_node_over_its_memory_limit_is_oom_killed() {
     let pod = node_pod(&model_dir, &model_file)
         .replace("{nvidia.com/gpu: 1}", "{memory: 48Mi}")
         .replace("containers:", "restartPolicy: Never\n  containers:");
-    kubectl(&cluster, &["apply", "-f", "-"], Some(&pod));
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&pod));
     let pods = Api::<Pod>::namespaced(cluster.client(), "default");
     let terminated = eventually(Duration::from_secs(120), "the node pod ends", || async {
         let pod = pods.get("node").await.ok()?;
@@ -387,6 +357,6 @@ async fn a_node_over_its_memory_limit_is_oom_killed() {
         "{terminated:?}"
     );
     assert_eq!(terminated.exit_code, 137, "{terminated:?}");
-    let describe = kubectl(&cluster, &["describe", "pod", "node"], None);
+    let describe = cluster.kubectl_ok(&["describe", "pod", "node"], None);
     assert!(describe.contains("OOMKilled"), "{describe}");
 }

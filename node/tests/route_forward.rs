@@ -93,6 +93,8 @@ struct Node {
     url: String,
     engine: Engine,
     router: Router,
+    /// What the node's shutdown does when its grace period is over.
+    grace_over: CancellationToken,
 }
 
 impl Node {
@@ -138,11 +140,13 @@ async fn node_via(
         }
     });
     let router = Router::for_swarm(swarm.clone(), PickPolicy::default(), fast_config());
+    let grace_over = CancellationToken::new();
     let gate = RouteLayer {
         router: router.clone(),
         local: Arc::new(move |model: &str| (serves && model == MODEL, load)),
         body_limit: 1 << 20,
         body_timeout: Duration::from_secs(30),
+        grace_over: grace_over.clone(),
     };
     let engine = Engine {
         name,
@@ -172,6 +176,7 @@ async fn node_via(
         url,
         engine,
         router,
+        grace_over,
     }
 }
 
@@ -755,6 +760,66 @@ async fn a_stream_nobody_can_continue_ends_with_an_error_event() {
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_stream_outlasting_the_entrys_grace_period_ends_with_an_error_event() {
+    init_logs();
+    bounded(Duration::from_secs(30), async {
+        let peer = node(
+            "peer-a",
+            true,
+            0.0,
+            Behaviour::Stream {
+                events: 100,
+                gap: Duration::from_millis(100),
+                done: true,
+            },
+            None,
+            PeerTrust::Members,
+        )
+        .await;
+        let entry = node(
+            "entry",
+            false,
+            f64::INFINITY,
+            Behaviour::Answer,
+            Some(&peer),
+            PeerTrust::Members,
+        )
+        .await;
+        meet(&[&peer, &entry]).await;
+
+        // The entry stops while it relays the peer's long stream: its client's connection
+        // ends with it, so the stream's last events say why.
+        let grace_over = entry.grace_over.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(650)).await;
+            grace_over.cancel();
+        });
+        let started = Instant::now();
+        let (status, headers, chunks) = send(&entry.url, CHAT).await;
+        assert_eq!(status, reqwest::StatusCode::OK);
+        assert_eq!(headers[NODE_HEADER], peer.id().to_string().as_str());
+        assert!(started.elapsed() < Duration::from_secs(5), "not cut short");
+        let body = text(&chunks);
+        let events: Vec<&str> = body
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .collect();
+        assert!(events.len() > 3, "events before the end: {body}");
+        assert_eq!(events.last(), Some(&"[DONE]"), "{body}");
+        let error: serde_json::Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+        assert_eq!(error["error"]["code"], "shutting_down", "{body}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("shutdown grace period"),
+            "{body}"
         );
     })
     .await;

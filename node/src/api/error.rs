@@ -153,6 +153,20 @@ impl ApiError {
         }
     }
 
+    /// The node's shutdown grace period ended before the answer did.
+    pub fn grace_over() -> Self {
+        ApiError {
+            code: Some("shutting_down"),
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "this node stopped before the answer was finished (its shutdown grace period \
+                 ended); send the request again, another node will answer it",
+            )
+        }
+    }
+
     /// 503 from a sidecar whose engine is not answering (or failed before answering).
     pub fn upstream_unavailable(reason: &str) -> Self {
         ApiError {

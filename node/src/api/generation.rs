@@ -482,9 +482,11 @@ async fn respond(
         let mut text = String::new();
         let mut logprobs = Vec::new();
         loop {
-            let event = tokio::time::timeout_at(deadline, receiver.recv())
-                .await
-                .map_err(|_| ApiError::timeout(state.config.request_timeout.as_secs()))?;
+            let event = tokio::select! {
+                event = tokio::time::timeout_at(deadline, receiver.recv()) => event
+                    .map_err(|_| ApiError::timeout(state.config.request_timeout.as_secs()))?,
+                () = state.grace_over.cancelled() => return Err(ApiError::grace_over()),
+            };
             match event {
                 Some(GenerationEvent::Text {
                     text: piece,
@@ -638,7 +640,18 @@ fn stream_events(
             events.push(Line::Data("[DONE]".to_string()));
             return Some((events, relay));
         }
-        let next = tokio::time::timeout_at(deadline, relay.merged.next()).await;
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, relay.merged.next()) => next,
+            () = relay.state.grace_over.cancelled() => {
+                relay.done = true;
+                // A forwarder continues a cut stream on another node (it sees no [DONE]);
+                // a client directly here gets told, and can send the request again.
+                if relay.annotate {
+                    return None;
+                }
+                return Some((error_lines(&ApiError::grace_over()), relay));
+            }
+        };
         let (index, event) = match next {
             Ok(Some(item)) => item,
             Ok(None) => {

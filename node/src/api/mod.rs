@@ -122,6 +122,10 @@ pub struct AppState {
     pub local: Local,
     pub metrics: Arc<Metrics>,
     pub shutting_down: Arc<AtomicBool>,
+    /// Cancelled when the shutdown grace period is over: answers still being generated end
+    /// at once, streams with an error event (see `generation.rs`), so that no client takes
+    /// a cut answer for a whole one.
+    pub grace_over: tokio_util::sync::CancellationToken,
     /// This node's swarm membership, once joined (never with `--no-swarm`).
     pub swarm: Arc<OnceLock<SwarmHandle>>,
     /// Why the node is unhealthy, once the watchdog found it so (see `watchdog.rs`).
@@ -146,6 +150,7 @@ impl AppState {
             local,
             metrics: Arc::new(Metrics::new()),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            grace_over: tokio_util::sync::CancellationToken::new(),
             swarm: Arc::new(OnceLock::new()),
             failure: Arc::new(OnceLock::new()),
             preparing: Arc::new(tokio::sync::Semaphore::new(PREPARING)),
@@ -316,6 +321,7 @@ pub fn router(state: AppState) -> Router {
             local: Arc::new(move |model: &str| view.local_view(model)),
             body_limit,
             body_timeout: state.config.body_timeout,
+            grace_over: state.grace_over.clone(),
         }
     });
     let routed = |handler: MethodRouter<AppState>| match gate.clone() {

@@ -16,6 +16,9 @@ use super::{ApiConfig, AppState, Local, hooks, router, strip_internal_headers, s
 use crate::sidecar::{Upstream, UpstreamConfig};
 use crate::swarm::membership::{Advertised, MembershipArgs};
 
+/// After the grace period: how long the answers ended then get to be written out.
+const GRACE_OVER_FLUSH: Duration = Duration::from_secs(2);
+
 /// What a serving process runs behind its API.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -186,17 +189,26 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         peer_tasks.wait().await;
         served
     };
-    let result = match tokio::time::timeout(options.shutdown_grace, drained).await {
-        Ok(Ok(Ok(()))) => {
+    tokio::pin!(drained);
+    let finished = match tokio::time::timeout(options.shutdown_grace, &mut drained).await {
+        Ok(finished) => {
             tracing::info!("all requests finished");
-            Ok(())
+            Some(finished)
         }
-        Ok(Ok(Err(err))) => Err(err.into()),
-        Ok(Err(err)) => Err(anyhow::anyhow!("the server task failed: {err}")),
         Err(_) => {
-            tracing::warn!("grace period over; dropping the requests still running");
-            Ok(())
+            // Answers still running end now: streams with an error event, the others with
+            // a 503 (which clients and forwarders retry); a moment to write them out.
+            tracing::warn!("grace period over; ending the requests still running");
+            state.grace_over.cancel();
+            tokio::time::timeout(GRACE_OVER_FLUSH, &mut drained)
+                .await
+                .ok()
         }
+    };
+    let result = match finished {
+        Some(Ok(Ok(()))) | None => Ok(()),
+        Some(Ok(Err(err))) => Err(err.into()),
+        Some(Err(err)) => Err(anyhow::anyhow!("the server task failed: {err}")),
     };
     swarm::leave(&state).await;
     result

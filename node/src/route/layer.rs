@@ -39,6 +39,9 @@ pub struct RouteLayer {
     pub body_limit: usize,
     /// Longest pause while the body arrives (the API's own body timeout).
     pub body_timeout: std::time::Duration,
+    /// Cancelled when this node's shutdown grace period is over: answers it relays from
+    /// peers end then, with an error a client can tell from a whole answer.
+    pub grace_over: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for RouteLayer {
@@ -131,7 +134,16 @@ impl Pending {
                     next: self.next,
                     view: layer.local.clone(),
                 };
-                Ok(layer.router.serve(plan, request, Some(here)).await)
+                let response = layer.router.serve(plan, request, Some(here)).await;
+                let from_peer = response
+                    .headers()
+                    .get(NODE_HEADER)
+                    .is_some_and(|node| node.as_bytes() != me.to_string().as_bytes());
+                Ok(if from_peer {
+                    ending_with_grace(response, layer.grace_over.clone())
+                } else {
+                    response
+                })
             }
             Route::NotServed => Err(self),
         }
@@ -233,6 +245,47 @@ async fn hold(layer: RouteLayer, request: Pending, arrived: Instant) -> Response
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     named(response, &me)
+}
+
+/// A relayed answer that ends when `grace_over` is cancelled (this node stops; the client's
+/// connection ends with it): a stream with the OpenAI error event that says so and
+/// `[DONE]`, a plain body aborted so that it cannot pass for a whole one.
+fn ending_with_grace(
+    response: Response,
+    grace_over: tokio_util::sync::CancellationToken,
+) -> Response {
+    let sse = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    let (parts, body) = response.into_parts();
+    let body = body.into_data_stream();
+    let ended = futures::stream::unfold(
+        (body, grace_over, false),
+        move |(mut body, grace_over, over)| async move {
+            if over {
+                return None;
+            }
+            tokio::select! {
+                chunk = body.next() => {
+                    let chunk = chunk?.map_err(std::io::Error::other);
+                    Some((chunk, (body, grace_over, false)))
+                }
+                () = grace_over.cancelled() => {
+                    let ending = if sse {
+                        let error = crate::api::error::ApiError::grace_over().body();
+                        let mut event = error_data(error.to_string().as_bytes()).to_vec();
+                        event.extend_from_slice(b"data: [DONE]\n\n");
+                        Ok(Bytes::from(event))
+                    } else {
+                        Err(std::io::Error::other("this node's shutdown grace period ended"))
+                    };
+                    Some((ending, (body, grace_over, true)))
+                }
+            }
+        },
+    );
+    Response::from_parts(parts, Body::from_stream(ended))
 }
 
 /// An OpenAI error object (JSON bytes) as the SSE event that ends a stream.

@@ -13,6 +13,7 @@ use crate::crd::{ConditionStatus, ConditionType, InferenceNodeStatus};
 const WARNING_REASONS: &[&str] = &[
     "ChecksumMismatch",
     "FetchFailed",
+    "OOMKilled",
     "ServerFailing",
     "Unschedulable",
     "HeartbeatLost",

@@ -11,8 +11,9 @@
 //! scaled away does not).
 //! - **ModelLoaded**: True (`Loaded`) when every replica serves (answers /health). Otherwise
 //!   False with the most serious reason of any replica: `ChecksumMismatch` (the fetch init
-//!   container found a file with another SHA-256), `FetchFailed`, `ServerFailing` (crashing,
-//!   image or config errors), `Fetching`, `Loading`, `Unschedulable`, `Pending`.
+//!   container found a file with another SHA-256), `FetchFailed`, `OOMKilled` (a container
+//!   was killed for going over its memory limit, and has not served since), `ServerFailing`
+//!   (crashing, image or config errors), `Fetching`, `Loading`, `Unschedulable`, `Pending`.
 //! - **SwarmJoined**: True when every replica has sent a heartbeat. False `AwaitingHeartbeat`
 //!   while a serving replica has not been heard from yet, `NotJoined` once it has served for
 //!   three heartbeat intervals without one.
@@ -20,7 +21,8 @@
 //!   than three intervals; True when every replica's heartbeat is fresh; Unknown
 //!   `AwaitingHeartbeat` while some have none yet.
 //! - **Ready**: True when readyReplicas equals replicas and every replica's heartbeat is fresh;
-//!   otherwise False with the reason of the condition that blocks it.
+//!   otherwise False with the reason of the condition that blocks it, most serious first
+//!   (a `ChecksumMismatch` or `OOMKilled` model, then stale heartbeats, then the rest).
 //!
 //! With zero replicas nothing is wrong and nothing serves: ModelLoaded, SwarmJoined and
 //! HeartbeatFresh are True and Ready is False, all with reason `ScaledToZero`; the phase is
@@ -31,7 +33,8 @@
 //! 1. ModelLoaded False `ChecksumMismatch` → **Failed** (only a spec change can fix it);
 //! 2. Ready True → **Ready**;
 //! 3. HeartbeatFresh False `HeartbeatLost` → **Degraded**;
-//! 4. ModelLoaded False `FetchFailed` or `ServerFailing`, or SwarmJoined False `NotJoined`
+//! 4. ModelLoaded False `FetchFailed`, `OOMKilled` or `ServerFailing`, or SwarmJoined False
+//!    `NotJoined`
 //!    → **Degraded**;
 //! 5. ModelLoaded False `Pending` or `Unschedulable` (pods not created, not scheduled)
 //!    → **Pending**;
@@ -90,6 +93,14 @@ pub enum PodStage {
     Serving { since: Option<Timestamp> },
     /// The server cannot run: it crashes, or its image or configuration is wrong.
     Failing { message: String },
+    /// A container was killed by the kernel's OOM killer for going over its memory limit
+    /// (now, or on its last run while it waits to restart or loads again).
+    OutOfMemory {
+        container: String,
+        /// Its memory limit as the pod spec gives it (`None`: no limit, the node ran out).
+        limit: Option<String>,
+        restarts: i32,
+    },
 }
 
 /// What the status computation needs to know about one pod.
@@ -130,6 +141,9 @@ fn stage_of(pod: &Pod) -> PodStage {
         .as_deref()
         .unwrap_or_default();
     if let Some(fetch) = inits.iter().find(|c| c.name == FETCH_CONTAINER) {
+        if let Some(oom) = out_of_memory(pod, fetch) {
+            return oom;
+        }
         if let Some(failure) = fetch_failure(fetch) {
             return failure;
         }
@@ -167,6 +181,9 @@ fn stage_of(pod: &Pod) -> PodStage {
             .map(|t| t.0);
         return PodStage::Serving { since };
     }
+    if let Some(oom) = out_of_memory(pod, server) {
+        return oom;
+    }
     if let Some(message) = blocked(server) {
         return PodStage::Failing { message };
     }
@@ -178,6 +195,37 @@ fn stage_of(pod: &Pod) -> PodStage {
         };
     }
     PodStage::Loading
+}
+
+/// A container (not ready) whose current or last run the OOM killer ended: restarting it
+/// will most likely end the same way, so it counts until the container serves again.
+fn out_of_memory(pod: &Pod, container: &ContainerStatus) -> Option<PodStage> {
+    let state = container.state.as_ref();
+    let current = state.and_then(|s| s.terminated.as_ref());
+    let last = container
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref());
+    let killed = current
+        .or(last)
+        .is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"));
+    if !killed || container.ready {
+        return None;
+    }
+    let spec = pod.spec.as_ref()?;
+    let limit = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == container.name)
+        .and_then(|c| c.resources.as_ref()?.limits.as_ref()?.get("memory"))
+        .map(|q| q.0.clone());
+    Some(PodStage::OutOfMemory {
+        container: container.name.clone(),
+        limit,
+        restarts: container.restart_count,
+    })
 }
 
 /// Why a container waits, when someone has to act: every waiting reason but the ordinary
@@ -467,6 +515,26 @@ fn mark_model_loaded(set: &mut ConditionSet, replicas: &[Replica]) {
     if !fetch_failed.is_empty() {
         return set.mark_false(loaded, "FetchFailed", fetch_failed);
     }
+    let oom = first_message(&|s| match s {
+        PodStage::OutOfMemory {
+            container,
+            limit,
+            restarts,
+        } => {
+            let limit = limit.as_deref().map_or_else(
+                || "no memory limit: the Kubernetes node ran out".to_owned(),
+                |l| format!("memory limit {l}"),
+            );
+            Some(format!(
+                "container {container} was OOMKilled ({limit}, {restarts} restarts); \
+                 raise spec.resources.memory or use a smaller model or context"
+            ))
+        }
+        _ => None,
+    });
+    if !oom.is_empty() {
+        return set.mark_false(loaded, "OOMKilled", oom);
+    }
     let failing = first_message(&|s| match s {
         PodStage::Failing { message } => Some(message.clone()),
         _ => None,
@@ -614,7 +682,10 @@ fn mark_ready(
     }
     // The reason is taken from the condition that blocks readiness, most serious first.
     let blocking = [
-        (ConditionType::ModelLoaded, &["ChecksumMismatch"][..]),
+        (
+            ConditionType::ModelLoaded,
+            &["ChecksumMismatch", "OOMKilled"][..],
+        ),
         (ConditionType::HeartbeatFresh, &[][..]),
         (ConditionType::ModelLoaded, &[][..]),
         (ConditionType::SwarmJoined, &[][..]),
@@ -644,7 +715,11 @@ fn phase_of(set: &ConditionSet) -> Phase {
     } else if set.is(Ready, True, &[]) {
         Phase::Ready
     } else if set.is(HeartbeatFresh, False, &["HeartbeatLost"])
-        || set.is(ModelLoaded, False, &["FetchFailed", "ServerFailing"])
+        || set.is(
+            ModelLoaded,
+            False,
+            &["FetchFailed", "OOMKilled", "ServerFailing"],
+        )
         || set.is(SwarmJoined, False, &["NotJoined"])
     {
         Phase::Degraded
@@ -1177,6 +1252,99 @@ mod tests {
             PodSummary::from_pod(&unschedulable).stage,
             PodStage::Unschedulable { .. }
         ));
+    }
+
+    #[test]
+    fn an_oom_killed_container_counts_until_it_serves_again() {
+        let oom_pod = |status: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "gemma-0"},
+                "spec": {"nodeName": "node-0", "containers": [{"name": "llamanet",
+                    "resources": {"limits": {"memory": "48Mi"}}}]},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let oom = PodStage::OutOfMemory {
+            container: "llamanet".into(),
+            limit: Some("48Mi".into()),
+            restarts: 2,
+        };
+        // Just killed; backing off before the next run; running (loading) again: all OOM.
+        for state in [
+            json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}),
+            json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}}),
+            json!({"running": {}}),
+        ] {
+            let killed = oom_pod(json!({
+                "phase": "Running",
+                "containerStatuses": [{"name": "llamanet", "ready": false, "restartCount": 2,
+                    "image": "i", "imageID": "", "state": state,
+                    "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}],
+            }));
+            assert_eq!(PodSummary::from_pod(&killed).stage, oom, "{state}");
+        }
+        // Serving again after an OOM kill: it serves.
+        let recovered = oom_pod(json!({
+            "phase": "Running",
+            "containerStatuses": [{"name": "llamanet", "ready": true, "restartCount": 2,
+                "image": "i", "imageID": "", "state": {"running": {}},
+                "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}],
+        }));
+        assert!(matches!(
+            PodSummary::from_pod(&recovered).stage,
+            PodStage::Serving { .. }
+        ));
+        // Another crash than an OOM kill is not one.
+        let crashed = oom_pod(json!({
+            "phase": "Running",
+            "containerStatuses": [{"name": "llamanet", "ready": false, "restartCount": 1,
+                "image": "i", "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}],
+        }));
+        assert!(matches!(
+            PodSummary::from_pod(&crashed).stage,
+            PodStage::Failing { .. }
+        ));
+        // The fetch init container killed too (no limit of its own: the node's memory).
+        let fetch_killed = pod_from(json!({
+            "phase": "Pending",
+            "initContainerStatuses": [{"name": "fetch-model", "ready": false, "restartCount": 0,
+                "image": "i", "imageID": "",
+                "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}],
+        }));
+        assert_eq!(
+            PodSummary::from_pod(&fetch_killed).stage,
+            PodStage::OutOfMemory {
+                container: "fetch-model".into(),
+                limit: None,
+                restarts: 0
+            }
+        );
+
+        // The condition names the pod, the container, the limit and what to change; the
+        // resource is Degraded, and an OOM kill outranks another replica's crash loop.
+        let pods = [
+            pod("gemma-0", oom.clone()),
+            pod(
+                "gemma-1",
+                PodStage::Failing {
+                    message: "CrashLoopBackOff".into(),
+                },
+            ),
+        ];
+        let status = observe(2, &pods, &[], t(0), None);
+        assert_eq!(status.phase, Some(Phase::Degraded));
+        let loaded = condition(&status, ConditionType::ModelLoaded);
+        assert_eq!(loaded.status, ConditionStatus::False);
+        assert_eq!(loaded.reason, "OOMKilled");
+        assert_eq!(
+            loaded.message,
+            "gemma-0: container llamanet was OOMKilled (memory limit 48Mi, 2 restarts); \
+             raise spec.resources.memory or use a smaller model or context"
+        );
+        assert_eq!(condition(&status, ConditionType::Ready).reason, "OOMKilled");
     }
 
     #[test]

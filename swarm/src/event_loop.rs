@@ -643,6 +643,11 @@ impl EventLoop {
         let gone = write(&self.channels.table).expire();
         for peer in gone {
             info!(%peer, "peer left (heartbeats stopped)");
+            // Its addresses go too: a peer that comes back (a pod restarted under the same
+            // identity) usually has a new one, and the old address of a pod can swallow
+            // dials without an answer. Handed out by the DHT, it would stall whoever dials
+            // the peer next; the peer is added again when it reconnects.
+            self.swarm.behaviour_mut().kad.remove_peer(&peer);
             self.emit(PeerEvent::PeerLeft(peer));
         }
         self.rearm_lost_bootstrap();

@@ -11,7 +11,7 @@
 #     (skipped until that is built);
 #   - for the test bed's real node: localhost/llamanet/pause:1 (the pod sandbox),
 #     localhost/llamanet/coredns:<version> (cluster DNS) and localhost/llamanet/curl:bookworm
-#     (a client inside the cluster).
+#     (a client inside the cluster, with busybox for a shell).
 # Images go to podman's local storage under the chart's default names, and each to a
 # docker-archive under $CACHE/images/archives/ that the real node's containerd imports. Each is rebuilt only
 # when its inputs changed (cache keys: the base's recipe; the Dockerfile, the binary and
@@ -192,17 +192,19 @@ binary_image "$COREDNS_IMAGE" "$(sha256sum "$COREDNS_BIN/coredns" | cut -c1-16)-
 out=$(run_in "$COREDNS_IMAGE" -- -version 2>&1) || die "$COREDNS_IMAGE does not run: $out"
 info "$COREDNS_IMAGE runs: ${out%%$'\n'*}"
 
-step "curl image (a client inside the cluster)"
-# The base's packages and curl with what it links, in one more mmdebstrap: for requests from
-# inside a pod (`kubectl run --image=localhost/llamanet/curl:bookworm -- curl ...`).
-CURL_KEY=$(printf '%s\n' "$BASE_KEY" curl | sha256sum | cut -c1-12)
+step "curl image (a client and a shell inside the cluster)"
+# The base's packages, curl with what it links and busybox, in one more mmdebstrap: for
+# requests from inside a pod (`kubectl run --image=localhost/llamanet/curl:bookworm -- curl
+# ...`) and for looking into containers without a shell (`kubectl debug --image=... --
+# busybox sh`).
+CURL_KEY=$(printf '%s\n' "$BASE_KEY" curl busybox | sha256sum | cut -c1-12)
 CURL_IMAGE=localhost/llamanet/curl:bookworm
 CURL_TAR=$IMAGES_DIR/curl-$CURL_KEY.tar
 if [ "$(label_of "$CURL_IMAGE")" = "$CURL_KEY" ]; then
   info "cached: $CURL_IMAGE"
 else
   if [ ! -s "$CURL_TAR" ]; then
-    mmdebstrap --quiet --format=tar --variant=extract --include="$BASE_PACKAGES,curl" \
+    mmdebstrap --quiet --format=tar --variant=extract --include="$BASE_PACKAGES,curl,busybox" \
       --extract-hook="$BASE_HOOK" bookworm "$CURL_TAR.tmp"
     mv "$CURL_TAR.tmp" "$CURL_TAR"
   fi
@@ -212,6 +214,8 @@ else
 fi
 out=$(run_in "$CURL_IMAGE" -- --version 2>&1) && grep -q "^curl " <<<"$out" \
   || die "$CURL_IMAGE does not run: $out"
+out=$(run_in "$CURL_IMAGE" --entrypoint busybox -- sh -c 'busybox id -u' 2>&1) \
+  && [ "$out" = 65532 ] || die "$CURL_IMAGE has no working busybox shell: $out"
 
 step "image archives (what the real node's containerd loads)"
 # One docker-archive per image, rewritten only when its image's inputs changed; archives of

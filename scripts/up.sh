@@ -15,7 +15,7 @@ RUN_DIR=${LLAMANET_RUN_DIR:-/var/tmp/llamanet}
 "$ROOT/scripts/down.sh" --quiet
 step "starting the local cluster in $RUN_DIR (a real node in a machine of its own)"
 mkdir -p "$RUN_DIR"
-nohup "$CARGO_TARGET_DIR/release/llamanet-cluster" up --containers --dir "$RUN_DIR/cluster" \
+nohup "$CARGO_TARGET_DIR/release/llamanet-cluster" up --dir "$RUN_DIR/cluster" \
   >"$RUN_DIR/cluster.log" 2>&1 &
 echo $! >"$RUN_DIR/cluster.pid"
 for _ in $(seq 120); do

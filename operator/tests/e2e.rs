@@ -115,7 +115,7 @@ async fn operator_reconciles_on_a_real_control_plane() {
     let started = Instant::now();
     let cluster = Cluster::start(ClusterConfig::default())
         .await
-        .expect("local cluster starts (run scripts/build-k8s.sh first)");
+        .expect("the cluster starts (scripts/build-tools.sh and scripts/build-images.sh first)");
     let client = cluster.client();
     eprintln!("cluster up after {:?}", started.elapsed());
 

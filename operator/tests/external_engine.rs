@@ -1,10 +1,12 @@
-//! An InferenceNode with `engine.kind: external` on the local control plane:
+//! An InferenceNode with `engine.kind: external` on the test bed's real node:
 //! `deploy/examples/llama-server-sidecar.yaml` applied with kubectl runs llama.cpp's own
-//! `llama-server` (the `llama.cpp` image of the test kubelet, built by
-//! `scripts/build-llama-cpp.sh`) with the LlamaNet sidecar beside it. The resource becomes
-//! Ready on the sidecar's heartbeats, which carry llama-server's own slots, and after a
-//! request `kubectl get inode` shows its tokens/s.
+//! `llama-server` (the `ghcr.io/ggml-org/llama.cpp:server` image scripts/build-images.sh
+//! builds from `scripts/build-llama-cpp.sh`'s llama-server) in a container, with the
+//! LlamaNet sidecar (the router image) beside it. The resource becomes Ready on the
+//! sidecar's heartbeats, which carry llama-server's own slots, and after a request
+//! `kubectl get inode` shows its tokens/s.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -33,28 +35,35 @@ async fn inode(client: &Client) -> Option<InferenceNode> {
 async fn an_external_llama_server_joins_the_swarm_through_its_sidecar() {
     default_model();
     let config = ClusterConfig::default();
+    // The example's engine image, as scripts/build-images.sh saves it once llama-server is
+    // built.
+    let archive = config
+        .images_dir
+        .join("archives/ghcr.io_ggml-org_llama.cpp_server.tar");
     assert!(
-        config.llama_server_dir.is_some(),
-        "llama-server is not built: run scripts/build-llama-cpp.sh (or set LLAMA_SERVER_DIR)"
+        archive.is_file(),
+        "{} missing: run scripts/build-llama-cpp.sh, then scripts/build-images.sh",
+        archive.display()
     );
     let cluster = Cluster::start(config)
         .await
-        .expect("local cluster starts (run scripts/build-k8s.sh first)");
+        .expect("the cluster starts (scripts/build-tools.sh and scripts/build-images.sh first)");
     let client = cluster.client();
     cluster.install_crd();
     let swarm_port = llamanet_cluster::control_plane::free_port().unwrap();
+    let host = cluster.host_address();
     let mut operator = Operator::start_with(
         &cluster,
         "operator-external",
         OperatorOptions {
             config: OperatorConfig {
-                bootstrap_peers: vec![format!("/ip4/127.0.0.1/tcp/{swarm_port}")],
+                bootstrap_peers: vec![format!("/ip4/{host}/tcp/{swarm_port}")],
                 heartbeat_interval: Duration::from_secs(1),
                 ..OperatorConfig::default()
             },
             leader_election: None,
             swarm: Some(SwarmPeerConfig {
-                listen: vec![format!("/ip4/127.0.0.1/tcp/{swarm_port}").parse().unwrap()],
+                listen: vec![format!("/ip4/{host}/tcp/{swarm_port}").parse().unwrap()],
                 bootstrap: vec![],
                 identity: None,
                 swarm_key: None,
@@ -111,11 +120,20 @@ async fn an_external_llama_server_joins_the_swarm_through_its_sidecar() {
     );
     let sidecars = processes_with(&format!("--inference-node {NAMESPACE}/{NAME}"));
     assert_eq!(sidecars.len(), 1, "one sidecar process");
-    let exe = std::fs::read_link(format!("/proc/{}/exe", sidecars[0].0)).unwrap();
+    let exe = format!("/proc/{}/exe", sidecars[0].0);
+    assert_eq!(
+        std::fs::read_link(&exe).unwrap(),
+        Path::new("/usr/local/bin/llamanet")
+    );
+    // The image's binary is the build without llama.cpp: it cannot serve a model itself.
+    let serve = std::process::Command::new(&exe)
+        .args(["serve", "--model", "x.gguf"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&serve.stderr);
     assert!(
-        exe.ends_with("llamanet-router/llamanet"),
-        "the sidecar runs {}",
-        exe.display()
+        !serve.status.success() && said.contains("built without the engine"),
+        "the sidecar's binary: {said}"
     );
     assert_eq!(
         processes_with("--alias gemma-3-270m").len(),

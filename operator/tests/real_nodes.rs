@@ -1,6 +1,6 @@
 //! The operator with real node pods: `deploy/examples/cpu-node.yaml` applied with kubectl on
-//! the local control plane, whose kubelet runs the pods as `llamanet` processes serving the
-//! default model. The operator (in this process, see `common`) joins the swarm, and the pods
+//! the test bed's real node (containerd, the real kubelet), whose pods run the node image
+//! serving the default model. The operator (in this process, see `common`) joins the swarm, and the pods
 //! bootstrap through it, so every figure in the status comes from real heartbeats.
 //!
 //! One test, in the order a user would meet things: the resource becomes Ready with a
@@ -196,7 +196,7 @@ async fn operator_runs_real_node_pods() {
     let started = Instant::now();
     let cluster = Cluster::start(ClusterConfig::default())
         .await
-        .expect("local cluster starts (run scripts/build-k8s.sh first)");
+        .expect("the cluster starts (scripts/build-tools.sh and scripts/build-images.sh first)");
     let client = cluster.client();
     cluster.install_crd();
 
@@ -207,15 +207,16 @@ async fn operator_runs_real_node_pods() {
     // restarted operator is found where the pods' bootstrap address points.
     let state = tempfile::tempdir().unwrap();
     let swarm_port = llamanet_cluster::control_plane::free_port().unwrap();
+    let host = cluster.host_address();
     let options = || OperatorOptions {
         config: OperatorConfig {
-            bootstrap_peers: vec![format!("/ip4/127.0.0.1/tcp/{swarm_port}")],
+            bootstrap_peers: vec![format!("/ip4/{host}/tcp/{swarm_port}")],
             heartbeat_interval: HEARTBEAT_INTERVAL,
             ..OperatorConfig::default()
         },
         leader_election: None,
         swarm: Some(SwarmPeerConfig {
-            listen: vec![format!("/ip4/127.0.0.1/tcp/{swarm_port}").parse().unwrap()],
+            listen: vec![format!("/ip4/{host}/tcp/{swarm_port}").parse().unwrap()],
             bootstrap: vec![],
             identity: Some(state.path().join("operator.key")),
             swarm_key: None,

@@ -1,6 +1,6 @@
 //! Scale from zero through the swarm, end to end: the CPU example InferenceNode with
-//! `autoscaling: {minReplicas: 0, maxReplicas: 1, scaleDownAfter: 8s}` on the local control
-//! plane, its pods real `llamanet serve` processes, the operator in this process with its
+//! `autoscaling: {minReplicas: 0, maxReplicas: 1, scaleDownAfter: 8s}` on the test bed's
+//! real node, its pods the node image serving in containers, the operator in this process with its
 //! swarm peer, and `llamanet router` processes as the entry nodes clients talk to.
 //!
 //! In order: the idle resource goes to zero replicas after `scaleDownAfter` and shows
@@ -116,7 +116,7 @@ async fn a_request_at_any_node_wakes_a_model_scaled_to_zero() {
     default_model();
     let cluster = Cluster::start(ClusterConfig::default())
         .await
-        .expect("local cluster starts (run scripts/build-k8s.sh first)");
+        .expect("the cluster starts (scripts/build-tools.sh and scripts/build-images.sh first)");
     let client = cluster.client();
     cluster.install_crd();
     let (_operator, operator_addr) = Operator::meeting_point(&cluster, "operator-a", None);

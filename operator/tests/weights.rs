@@ -1,4 +1,4 @@
-//! Model weights through the swarm on the local cluster: the first replica of a `url` model
+//! Model weights through the swarm on the test bed's real node: the first replica of a `url` model
 //! downloads it from the origin (an HTTP server in this test that counts what it sends);
 //! with the origin stopped, a second replica gets the file from the first one through the
 //! private swarm, verified, and serves. The origin served exactly one copy.
@@ -32,8 +32,9 @@ struct Origin {
 }
 
 impl Origin {
-    async fn start(file: PathBuf) -> Origin {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// Listens on `host` (where the cluster's pods reach this host).
+    async fn start(file: PathBuf, host: std::net::Ipv4Addr) -> Origin {
+        let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
         let url = format!(
             "http://{}/gemma-3-270m-q4_k_m.gguf",
             listener.local_addr().unwrap()
@@ -82,23 +83,9 @@ async fn ready_replicas(client: &Client) -> Option<String> {
     api.get(NAME).await.ok()?.status?.replicas_ready
 }
 
-/// The log of `container` in the pod named `pod`, as the local kubelet writes it.
+/// The log of `container` in the pod named `pod` (`kubectl logs`).
 fn container_log(cluster: &Cluster, pod: &str, container: &str) -> String {
-    let nodes = cluster.dir().join("nodes");
-    let prefix = format!("{NAMESPACE}_{pod}_");
-    for node in std::fs::read_dir(&nodes).into_iter().flatten().flatten() {
-        for entry in std::fs::read_dir(node.path().join("pods"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let log = entry.path().join("logs").join(format!("{container}.log"));
-                return std::fs::read_to_string(log).unwrap_or_default();
-            }
-        }
-    }
-    String::new()
+    cluster.kubectl_ok(&["logs", pod, "-c", container], None)
 }
 
 /// The `model ready` line of a fetch log, as JSON.
@@ -119,7 +106,7 @@ async fn a_second_replica_fetches_the_model_from_the_first_with_the_origin_stopp
     let size = model_size(&model);
     let cluster = Cluster::start(ClusterConfig::default())
         .await
-        .expect("local cluster starts (run scripts/build-k8s.sh first)");
+        .expect("the cluster starts (scripts/build-tools.sh and scripts/build-images.sh first)");
     let client = cluster.client();
     cluster.install_crd();
 
@@ -128,7 +115,7 @@ async fn a_second_replica_fetches_the_model_from_the_first_with_the_origin_stopp
     let key = format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", "5e".repeat(32));
     let (_operator, _) = Operator::meeting_point(&cluster, "operator-a", Some(key));
 
-    let origin = Origin::start(model.clone()).await;
+    let origin = Origin::start(model.clone(), cluster.host_address()).await;
     let resource = format!(
         "apiVersion: llamanet.io/v1alpha1
 kind: InferenceNode

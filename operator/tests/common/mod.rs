@@ -52,7 +52,7 @@ impl Operator {
     }
 
     /// A replica without leader election that is also the swarm's meeting point: it listens
-    /// on a free loopback port and every replica bootstraps from it, with heartbeats every
+    /// on a free port where the cluster's pods reach this host, and every replica bootstraps from it, with heartbeats every
     /// second; with `swarm_key` (the key file's text) the swarm is private. Returns it and
     /// its swarm address.
     pub fn meeting_point(
@@ -61,7 +61,8 @@ impl Operator {
         swarm_key: Option<String>,
     ) -> (Self, String) {
         let swarm_port = llamanet_cluster::control_plane::free_port().unwrap();
-        let addr = format!("/ip4/127.0.0.1/tcp/{swarm_port}");
+        // Where the pods reach this host (loopback for the process kubelet's pods).
+        let addr = format!("/ip4/{}/tcp/{swarm_port}", cluster.host_address());
         let key_file = swarm_key.as_ref().map(|key| {
             let file = cluster.dir().join(format!("{identity}-swarm.key"));
             std::fs::write(&file, key).unwrap();

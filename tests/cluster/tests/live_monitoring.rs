@@ -1,11 +1,11 @@
-//! LlamaNet read by the monitoring users run, on the local cluster: a real Prometheus (built
+//! LlamaNet read by the monitoring users run, on the test bed's real nodes: a real Prometheus (built
 //! from the module promtool comes from) with `deploy/prometheus/prometheus.yml` and the
 //! alert rules, finding the node and operator pods through Kubernetes service discovery; and
 //! the Gateway API inference extension's real endpoint picker (EPP v1.5.0), pointed at an
 //! InferencePool the chart made, with the configuration the chart ships.
 //!
-//! The cluster has two nodes: the operator (helm install) on one, the InferenceNode's two
-//! replicas on the other. Under load the picker reports both pods ready and the same queue
+//! The cluster has two nodes, each a machine of its own: the operator (helm install) on one,
+//! the InferenceNode's two replicas on the other. Under load the picker reports both pods ready and the same queue
 //! sizes the nodes' own `/metrics` show, and every PromQL expression of every dashboard panel
 //! returns data. A pool whose InferenceNode does not exist has no ready pods. Then the node
 //! machine dies (its kubelet and every process on it, SIGKILL): the picker drops the pods

@@ -2,27 +2,26 @@
 //! machine of their own, running the images `scripts/build-images.sh` built from
 //! `deploy/docker/`. A node pod with the security context the operator gives it loads
 //! the default model in its container; `kubectl logs`, `exec` and `port-forward` go through
-//! the kubelet; the container really runs as 65532 on a read-only root with the GPU the device
-//! plugin double gave it; a Service answers by ClusterIP and by DNS name from inside the
-//! pod, the API on the pod's address from this host; an image that does not exist shows as
-//! a pull error; a node over its memory limit is `OOMKilled`.
+//! the kubelet; the container really runs as 65532 on a read-only root with the GPU the
+//! device plugin double gave it (seen from this host's /proc, and with `kubectl debug` as a
+//! user looks into an image without a shell); a Service answers by ClusterIP and by DNS name
+//! from inside the pod, the API on the pod's address from this host; an image that does not
+//! exist shows as a pull error; a node over its memory limit is `OOMKilled`; and a test bed killed outright
+//! leaves nothing running.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use llamanet_cluster::testing::{default_model, eventually};
-use llamanet_cluster::{Cluster, ClusterConfig, Runtime};
+use llamanet_cluster::{Cluster, ClusterConfig};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 async fn start() -> Cluster {
-    Cluster::start(ClusterConfig {
-        runtime: Runtime::Containers,
-        ..Default::default()
-    })
-    .await
-    .expect("the real node starts (scripts/build-tools.sh, scripts/build-images.sh first)")
+    Cluster::start(ClusterConfig::default())
+        .await
+        .expect("the real node starts (scripts/build-tools.sh, scripts/build-images.sh first)")
 }
 
 /// The node pod as the operator shapes it: non-root, read-only root, no capabilities,
@@ -226,6 +225,58 @@ async fn node_image_serves_in_a_real_container() {
     let options = root.split_whitespace().nth(5).unwrap();
     assert!(options.split(',').any(|o| o == "ro"), "root mount: {root}");
 
+    // The same, seen the way a user looks into an image without a shell: `kubectl debug`
+    // puts a shell image beside the container, in its process namespace (restricted, as
+    // the pod's own user), and reads the server's /proc/1.
+    let custom = cluster.dir().join("debug.json");
+    std::fs::write(&custom, r#"{"securityContext": {"runAsUser": 65532}}"#).unwrap();
+    cluster.kubectl_ok(
+        &[
+            "debug",
+            "node",
+            "--image=localhost/llamanet/curl:bookworm",
+            "--image-pull-policy=Never",
+            "--target=server",
+            "--container=inspect",
+            "--profile=restricted",
+            &format!("--custom={}", custom.display()),
+            "--",
+            "busybox",
+            "sh",
+            "-c",
+            "busybox grep -E '^(Uid|CapEff):' /proc/1/status; \
+             busybox sed -n 's|^[0-9]* [0-9]* [0-9:]* / / \\([^ ]*\\) .*|root \\1|p' \
+             /proc/1/mountinfo; busybox tr '\\0' ' ' < /proc/1/cmdline",
+        ],
+        None,
+    );
+    let inspected = eventually(
+        Duration::from_secs(60),
+        "the debug container's output",
+        || async {
+            let pod = pods.get("node").await.ok()?;
+            let done = pod
+                .status?
+                .ephemeral_container_statuses?
+                .iter()
+                .any(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()));
+            done.then(|| cluster.kubectl_ok(&["logs", "node", "-c", "inspect"], None))
+        },
+    )
+    .await;
+    eprintln!("kubectl debug --target=server:\n{inspected}");
+    assert!(
+        inspected.contains("Uid:\t65532\t65532\t65532\t65532"),
+        "{inspected}"
+    );
+    assert!(
+        inspected.contains("CapEff:\t0000000000000000"),
+        "{inspected}"
+    );
+    let root = inspected.lines().find(|l| l.starts_with("root ")).unwrap();
+    assert!(root.split([' ', ',']).any(|o| o == "ro"), "{inspected}");
+    assert!(inspected.contains("llamanet serve"), "{inspected}");
+
     // A Service (kube-proxy's rules in the machine), from inside the pod.
     cluster.kubectl_ok(&["expose", "pod", "node", "--port=8080"], None);
     let cluster_ip = cluster.kubectl_ok(
@@ -359,4 +410,84 @@ async fn a_node_over_its_memory_limit_is_oom_killed() {
     assert_eq!(terminated.exit_code, 137, "{terminated:?}");
     let describe = cluster.kubectl_ok(&["describe", "pod", "node"], None);
     assert!(describe.contains("OOMKilled"), "{describe}");
+}
+
+/// `llamanet-cluster up` killed outright (SIGKILL: no chance to clean up, as when a test
+/// run is cut): the machine's PID 1 dies with it, and with it the control plane, containerd,
+/// the kubelet, every container and the machine's mounts; its number is free for the next.
+#[test]
+fn a_killed_test_bed_leaves_nothing_behind() {
+    use llamanet_cluster::testing::processes_with;
+    let dir = tempfile::Builder::new()
+        .prefix("llamanet-killed-")
+        .tempdir()
+        .unwrap();
+    let cluster_dir = dir.path().join("cluster");
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_llamanet-cluster"))
+        .args(["up", "--dir"])
+        .arg(&cluster_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while !cluster_dir.join("ready").exists() {
+        assert!(
+            up.try_wait().unwrap().is_none(),
+            "llamanet-cluster up exited"
+        );
+        assert!(std::time::Instant::now() < deadline, "not up within 180 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let marker = cluster_dir.display().to_string();
+    let running = processes_with(&marker);
+    assert!(running.len() >= 5, "the components run: {running:?}");
+    // The machine's number, from the API server's address (https://198.18.<k>.2:6443).
+    let kubeconfig = std::fs::read_to_string(cluster_dir.join("control-plane/kubeconfig"));
+    let k = kubeconfig
+        .unwrap()
+        .split("https://198.18.")
+        .nth(1)
+        .and_then(|rest| rest.split('.').next())
+        .expect("the API server's address")
+        .to_owned();
+    let veth = |k: &str| {
+        std::process::Command::new("ip")
+            .args(["link", "show", &format!("lln{k}")])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(veth(&k), "the machine's veth lln{k}");
+
+    up.kill().unwrap();
+    up.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = processes_with(&marker);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 20 s after the kill: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The machine's number is free again (its lock died with the process). The kernel
+    // removes the veth pair once the namespace's last sockets have timed out (about two
+    // minutes here); a machine that gets the number sooner replaces it.
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(format!("/tmp/llamanet-machines/{k}.lock"))
+        .unwrap();
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let locked = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(locked, 0, "machine {k} is still claimed");
 }

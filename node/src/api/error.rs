@@ -142,28 +142,23 @@ impl ApiError {
     }
 
     pub fn shutting_down() -> Self {
-        ApiError {
-            code: Some("shutting_down"),
-            retry_after: Some(1),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "this node is shutting down; send the request to another node",
-            )
-        }
+        Self::stopping("this node is shutting down; send the request to another node")
     }
 
     /// The node's shutdown grace period ended before the answer did.
     pub fn grace_over() -> Self {
+        Self::stopping(
+            "this node stopped before the answer was finished (its shutdown grace period \
+             ended); send the request again, another node will answer it",
+        )
+    }
+
+    /// 503 `shutting_down`: retried elsewhere by clients and forwarders.
+    fn stopping(message: &'static str) -> Self {
         ApiError {
             code: Some("shutting_down"),
             retry_after: Some(1),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "this node stopped before the answer was finished (its shutdown grace period \
-                 ended); send the request again, another node will answer it",
-            )
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
         }
     }
 

@@ -315,6 +315,12 @@ impl Cluster {
     }
 
     /// Waits (`kubectl wait`, up to 240 s) until InferenceNode `name` is Ready.
+    /// The InferenceNode `name` in `default` as the API server has it (`kubectl get -o json`).
+    pub fn inference_node(&self, name: &str) -> serde_json::Value {
+        let json = self.kubectl_ok(&["get", "inferencenode", name, "-o", "json"], None);
+        serde_json::from_str(&json).expect("kubectl prints JSON")
+    }
+
     pub fn wait_inference_node_ready(&self, name: &str) {
         self.wait_for(
             "condition=Ready",

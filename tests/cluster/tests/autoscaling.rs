@@ -35,8 +35,7 @@ fn resource(cluster: &Cluster, autoscaling: &str) -> String {
 
 /// The resource as the API server has it.
 fn get(cluster: &Cluster) -> serde_json::Value {
-    let json = cluster.kubectl_ok(&["get", "inferencenode", "gemma-cpu", "-o", "json"], None);
-    serde_json::from_str(&json).unwrap()
+    cluster.inference_node("gemma-cpu")
 }
 
 fn spec_replicas(cluster: &Cluster) -> i64 {

@@ -171,13 +171,8 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
     })
     .await;
     eprintln!("{wide}");
-    let swarm_nodes = || async {
-        let node: serde_json::Value = serde_json::from_str(
-            &cluster.kubectl_ok(&["get", "inferencenode", "gemma-cpu", "-o", "json"], None),
-        )
-        .ok()?;
-        node["status"]["swarmNodes"].as_i64()
-    };
+    let swarm_nodes =
+        || async { cluster.inference_node("gemma-cpu")["status"]["swarmNodes"].as_i64() };
 
     // A node outside Kubernetes joins through one pod's swarm address: the count covers the
     // whole swarm, not only this resource's replicas, and drops again when it dies.
@@ -294,10 +289,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator() {
         Duration::from_secs(90),
         "Ready on heartbeats the new operator received",
         || async {
-            let node: serde_json::Value = serde_json::from_str(
-                &cluster.kubectl_ok(&["get", "inferencenode", "gemma-cpu", "-o", "json"], None),
-            )
-            .ok()?;
+            let node = cluster.inference_node("gemma-cpu");
             let status = &node["status"];
             let peers = status["peers"].as_array()?;
             let fresh = peers.iter().all(|p| {
@@ -357,10 +349,7 @@ fn node_header(line: &str) -> Option<String> {
 
 /// The pod of the InferenceNode `gemma-cpu` whose replica has `peer_id`.
 fn pod_of_peer(cluster: &Cluster, peer_id: &str) -> String {
-    let node: serde_json::Value = serde_json::from_str(
-        &cluster.kubectl_ok(&["get", "inferencenode", "gemma-cpu", "-o", "json"], None),
-    )
-    .unwrap();
+    let node = cluster.inference_node("gemma-cpu");
     node["status"]["peers"]
         .as_array()
         .into_iter()
@@ -495,10 +484,7 @@ async fn over_its_memory_limit(cluster: &Cluster) {
         Duration::from_secs(180),
         "ModelLoaded False/OOMKilled",
         || async {
-            let node: serde_json::Value = serde_json::from_str(
-                &cluster.kubectl_ok(&["get", "inferencenode", "gemma-tiny", "-o", "json"], None),
-            )
-            .ok()?;
+            let node = cluster.inference_node("gemma-tiny");
             let status = &node["status"];
             let loaded = status["conditions"]
                 .as_array()?

@@ -55,11 +55,7 @@ fn install(cluster: &Cluster, key: &std::path::Path) {
 
 /// `status` of an InferenceNode as JSON.
 fn status(cluster: &Cluster, name: &str) -> serde_json::Value {
-    let node: serde_json::Value = serde_json::from_str(
-        &cluster.kubectl_ok(&["get", "inferencenode", name, "-o", "json"], None),
-    )
-    .unwrap();
-    node["status"].clone()
+    cluster.inference_node(name)["status"].clone()
 }
 
 fn pod_ip(cluster: &Cluster, pod: &str) -> String {

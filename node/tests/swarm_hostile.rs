@@ -43,6 +43,7 @@ fn signed(key: &Keypair, seq: u64, status: NodeStatus) -> Vec<u8> {
         timestamp_ms: seq,
         interval_ms: INTERVAL.as_millis() as u64,
         uptime_s: 0,
+        swarm_addrs: Vec::new(),
         status,
     };
     SignedHeartbeat::sign(&heartbeat, key).to_bytes()

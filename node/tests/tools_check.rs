@@ -25,6 +25,7 @@ fn listed(model: Option<&str>, healthy: bool) -> PeerSnapshot {
             timestamp_ms: 0,
             interval_ms: 2000,
             uptime_s: 10,
+            swarm_addrs: Vec::new(),
             status: NodeStatus {
                 healthy,
                 ..status(model)

@@ -111,14 +111,11 @@ async fn streamed(base: &str) -> (String, Option<Duration>, Option<Duration>) {
     (text, comment, data)
 }
 
-// Fails on the real node (passed on the process kubelet, whose dead loopback addresses
-// refused at once): the woken replica comes back under the same peer id at a new pod IP, the
-// router outside the cluster knows only the old address (from the DHT), a pod IP nobody holds
-// swallows the dial, and the first held request's stream open uses up its 2 s connect
-// timeout: `no_peer_answered`. Forgetting expired peers in kad (b386a9c) was not enough; the
-// fix belongs in route/ and swarm/ (race a DHT lookup against a silent dial, or take the
-// swarm addresses a peer signs into its heartbeats). Run it with `--ignored`.
-#[ignore = "fails on the real node: a woken replica's old pod IP swallows the router's dial"]
+// The woken replica comes back under the same peer id at a new pod IP, and the router
+// outside the cluster may still know the old one (from the DHT): a pod IP nobody holds
+// swallows a dial without an answer. The replica's heartbeats sign where its swarm listens
+// now, and every stream open dials there beside any dial stuck at the old address
+// (`swarm/src/signed_addresses.rs`), so the first held request is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_at_any_node_wakes_a_model_scaled_to_zero() {
     default_model();

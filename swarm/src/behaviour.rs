@@ -24,6 +24,7 @@ use libp2p::{
 use sha2::{Digest, Sha256};
 
 use super::SwarmConfig;
+use super::signed_addresses::SignedAddresses;
 
 /// The Kademlia protocol name. Our own, not `/ipfs/kad/1.0.0`, so a LlamaNet DHT never
 /// merges with the IPFS one (or any other) through a misconfigured bootstrap address.
@@ -44,6 +45,10 @@ const MAX_PROVIDERS_PER_KEY: usize = 64;
 /// Everything the swarm speaks.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// The addresses peers sign into their heartbeats, offered to every dial (first, so a
+    /// peer that moved is dialed at its new address before the DHT's old ones; see
+    /// `signed_addresses.rs`).
+    pub addresses: SignedAddresses,
     pub kad: kad::Behaviour<MemoryStore>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -130,6 +135,7 @@ impl Behaviour {
             .map_err(|err| io::Error::other(format!("gossipsub peer scoring: {err}")))?;
 
         Ok(Behaviour {
+            addresses: SignedAddresses::default(),
             kad,
             identify,
             ping: ping::Behaviour::new(ping::Config::new()),

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult};
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify};
@@ -61,6 +62,8 @@ pub(crate) struct EventLoop {
     lookups: ProviderLookups<QueryId, oneshot::Sender<Vec<PeerId>>>,
     /// DHT lookups of where a peer is, by query: the peer and who waits for the answer.
     locates: HashMap<QueryId, (PeerId, Vec<oneshot::Sender<bool>>)>,
+    /// Dials at a peer's signed addresses under way (see [`EventLoop::reach`]), one per peer.
+    reaching: HashMap<PeerId, ConnectionId>,
     /// Whether the DHT routing table has had anyone in it yet.
     reached_dht: bool,
     /// Peers this node dialed and is connected to, since when (the connection budget).
@@ -99,6 +102,7 @@ impl EventLoop {
             weights: HashSet::new(),
             lookups: ProviderLookups::default(),
             locates: HashMap::new(),
+            reaching: HashMap::new(),
             reached_dht: false,
             dialed: HashMap::new(),
             resolved_tx,
@@ -250,6 +254,7 @@ impl EventLoop {
                 self.announce_models();
             }
             Command::Locate(peer, reply) => self.locate(peer, reply),
+            Command::Reach(peer) => self.reach(peer),
             Command::ConnectedPeers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
@@ -274,6 +279,7 @@ impl EventLoop {
             timestamp_ms: unix_ms(SystemTime::now()),
             interval_ms: self.config.heartbeat_interval.as_millis() as u64,
             uptime_s: self.started.elapsed().as_secs(),
+            swarm_addrs: self.own_swarm_addrs(),
             status: self.channels.status.borrow().clone(),
         };
         let envelope = SignedHeartbeat::sign(&heartbeat, &self.key);
@@ -311,9 +317,39 @@ impl EventLoop {
         if matches!(update, Update::Joined | Update::Refreshed)
             && let Some(heartbeat) = accepted
         {
+            self.learn_addresses(&heartbeat);
             self.emit(PeerEvent::Heartbeat(Box::new(heartbeat)));
         }
         update
+    }
+
+    /// What this node signs into its heartbeats as where its swarm listens: loopback only
+    /// when that is all it has (a swarm on one machine), nothing else no one could reach.
+    fn own_swarm_addrs(&self) -> Vec<String> {
+        let listening = read(&self.channels.listen_addrs).clone();
+        let local_only = listening.iter().all(super::addresses::is_local);
+        super::addresses::usable(listening, local_only)
+            .iter()
+            .map(Multiaddr::to_string)
+            .collect()
+    }
+
+    /// Takes the swarm addresses a peer signed (bounds already checked) for its next dials:
+    /// the ones that could reach it from here, none naming another peer.
+    fn learn_addresses(&mut self, heartbeat: &Heartbeat) {
+        let local = read(&self.channels.listen_addrs)
+            .iter()
+            .any(super::addresses::is_local);
+        let signed = heartbeat
+            .swarm_addrs
+            .iter()
+            .filter_map(|addr| addr.parse::<Multiaddr>().ok())
+            .filter(|addr| !addr.iter().any(|p| matches!(p, Protocol::P2p(_))))
+            .collect();
+        self.swarm
+            .behaviour_mut()
+            .addresses
+            .set(heartbeat.peer_id, super::addresses::usable(signed, local));
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -355,6 +391,7 @@ impl EventLoop {
                 if endpoint.is_dialer() {
                     self.dialed.entry(peer_id).or_insert_with(Instant::now);
                 }
+                self.reaching.remove(&peer_id);
                 if num_established.get() == 1 {
                     debug!(peer = %peer_id, "connected");
                     self.emit(PeerEvent::Connected(peer_id));
@@ -374,6 +411,7 @@ impl EventLoop {
                 error,
                 ..
             } => {
+                self.reaching.retain(|_, dial| *dial != connection_id);
                 let failure = dial_failure(&error);
                 if let Some(news) =
                     self.bootstrap
@@ -559,6 +597,32 @@ impl EventLoop {
         }
     }
 
+    /// Dials `peer` at the addresses it signed last, beside any dial of it already under
+    /// way: that one may be stuck at an address the peer has left (where a dial gets no
+    /// answer, not a refusal), and a stream about to open takes whichever connection comes
+    /// first. Nothing to do when connected, when such a dial is under way, or without signed
+    /// addresses.
+    fn reach(&mut self, peer: PeerId) {
+        if self.swarm.is_connected(&peer) || self.reaching.contains_key(&peer) {
+            return;
+        }
+        let addrs = self.swarm.behaviour().addresses.get(&peer).to_vec();
+        if addrs.is_empty() {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::Disconnected)
+            .build();
+        let connection = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.reaching.insert(peer, connection);
+            }
+            Err(err) => debug!(%peer, %err, "dial at signed addresses not started"),
+        }
+    }
+
     /// Looks `peer` up in the DHT (one query per peer however many ask) unless it is
     /// connected already.
     fn locate(&mut self, peer: PeerId, reply: oneshot::Sender<bool>) {
@@ -648,6 +712,7 @@ impl EventLoop {
             // dials without an answer. Handed out by the DHT, it would stall whoever dials
             // the peer next; the peer is added again when it reconnects.
             self.swarm.behaviour_mut().kad.remove_peer(&peer);
+            self.swarm.behaviour_mut().addresses.forget(&peer);
             self.emit(PeerEvent::PeerLeft(peer));
         }
         self.rearm_lost_bootstrap();

@@ -33,6 +33,10 @@ pub const MAX_MODEL_ID: usize = 128;
 pub const MAX_ENDPOINTS: usize = 4;
 pub const MAX_URL: usize = 256;
 
+/// Most swarm addresses one heartbeat may carry, and the longest one.
+pub const MAX_SWARM_ADDRS: usize = crate::addresses::MAX_ADDRESSES;
+pub const MAX_SWARM_ADDR: usize = 256;
+
 /// Longest free-text field (version, cluster, zone, pod, resource names, quantization,
 /// fingerprint).
 pub const MAX_LABEL: usize = 128;
@@ -157,6 +161,12 @@ pub struct Heartbeat {
     pub interval_ms: u64,
     /// Seconds since the sender started.
     pub uptime_s: u64,
+    /// Where the sender's swarm listens (multiaddrs, without `/p2p`), in its own words: at
+    /// most [`MAX_SWARM_ADDRS`]. Dialers try them besides what the DHT remembers, so a peer
+    /// that moved (a pod rescheduled) is reached at its new address at once (see
+    /// `signed_addresses.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub swarm_addrs: Vec<String>,
     #[serde(flatten)]
     pub status: NodeStatus,
 }
@@ -341,7 +351,12 @@ pub fn check_bounds(heartbeat: &Heartbeat) -> Result<(), RejectReason> {
                 && label(&c.inference_node.name)
         })
         && figure(status.tokens_per_second)
-        && figure(status.ttft_p50_ms);
+        && figure(status.ttft_p50_ms)
+        && heartbeat.swarm_addrs.len() <= MAX_SWARM_ADDRS
+        && heartbeat
+            .swarm_addrs
+            .iter()
+            .all(|a| a.len() <= MAX_SWARM_ADDR && a.parse::<libp2p::Multiaddr>().is_ok());
     if fine {
         Ok(())
     } else {
@@ -392,6 +407,7 @@ pub mod samples {
             timestamp_ms: 1_700_000_000_000 + seq * 2000,
             interval_ms: 2000,
             uptime_s: seq * 2,
+            swarm_addrs: vec!["/ip4/10.0.0.7/tcp/4001".into()],
             status: NodeStatus {
                 endpoints: vec!["http://127.0.0.1:8080".into()],
                 models: vec![ModelInfo {
@@ -589,6 +605,18 @@ mod tests {
             (
                 "negative time to first token",
                 Box::new(|h| h.status.ttft_p50_ms = -0.5),
+            ),
+            (
+                "9 swarm addresses",
+                Box::new(|h| h.swarm_addrs = vec!["/ip4/10.0.0.1/tcp/1".into(); 9]),
+            ),
+            (
+                "a swarm address that is no multiaddr",
+                Box::new(|h| h.swarm_addrs = vec!["10.0.0.1:4001".into()]),
+            ),
+            (
+                "a 257-character swarm address",
+                Box::new(|h| h.swarm_addrs = vec![format!("/dns4/{}/tcp/1", "a".repeat(245))]),
             ),
         ];
         for (what, change) in cases {

@@ -47,6 +47,7 @@ pub mod membership;
 pub mod metrics;
 pub mod peer_table;
 pub mod providers;
+pub mod signed_addresses;
 pub mod streams;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -254,6 +255,9 @@ pub(crate) enum Command {
     /// Finds where a peer listens through the DHT; answers whether it is connected or has
     /// addresses to dial now.
     Locate(PeerId, oneshot::Sender<bool>),
+    /// Dials a peer that is not connected at the addresses its heartbeats signed, even
+    /// while another dial of it is under way.
+    Reach(PeerId),
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     Shutdown(oneshot::Sender<()>),
     /// Blocks the event loop for this long (`serve --test-hooks`): what a hung swarm task
@@ -526,6 +530,10 @@ impl SwarmHandle {
         protocol: libp2p::StreamProtocol,
         deadline: tokio::time::Instant,
     ) -> Result<PeerStream, SwarmError> {
+        // A dial of the peer may be under way at an address it has left; this one goes where
+        // its heartbeats say it is (nothing when connected). Best effort: a full command
+        // queue only means no extra dial.
+        let _ = self.shared.commands.try_send(Command::Reach(peer));
         // Each control has one slot for opening streams; a clone per call lets forwards to
         // different peers open concurrently.
         let mut control = self.shared.streams.clone();

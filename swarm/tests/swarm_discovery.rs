@@ -210,3 +210,127 @@ async fn a_peer_known_only_from_gossip_is_located_through_the_dht() {
     })
     .await;
 }
+
+/// A peer that comes back under the same identity at another address, while the old one
+/// now swallows dials (a pod IP taken by something that never answers), is reached at once:
+/// its heartbeats sign where it listens now, and dials try that next to what the DHT
+/// remembers. Without them the stream open waits out its timeout at the old address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_moved_is_dialed_where_its_heartbeats_say() {
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    init_logs();
+    bounded(Duration::from_secs(60), async {
+        let protocol = libp2p::StreamProtocol::new("/llamanet-test/echo/1");
+        let dir = tempfile::tempdir().unwrap();
+        let identity = dir.path().join("identity.key");
+        let seed = start_node(Vec::new(), None).await;
+        // A DHT client: nobody dials it, so the moved peer cannot come to it.
+        let entry = swarm::start(
+            swarm::identity::ephemeral(),
+            SwarmConfig {
+                dht_server: false,
+                initial_status: status(None),
+                ..node_config(vec![addr_of(&seed)])
+            },
+        )
+        .await
+        .unwrap();
+        let start_moving = || async {
+            let (key, _) = swarm::identity::load_or_create(&identity).unwrap();
+            let config = SwarmConfig {
+                initial_status: status(Some("m")),
+                ..node_config(vec![addr_of(&seed)])
+            };
+            let node = swarm::start(key, config).await.unwrap();
+            let mut incoming = node.accept_streams(protocol.clone()).unwrap();
+            let echo = tokio::spawn(async move {
+                while let Some(mut stream) = incoming.next().await {
+                    let mut word = [0u8; 5];
+                    if stream.read_exact(&mut word).await.is_ok() {
+                        let _ = stream.write_all(&word).await;
+                        let _ = stream.close().await;
+                    }
+                }
+            });
+            (node, echo)
+        };
+        let echo_once = |peer| {
+            let entry = &entry;
+            let protocol = protocol.clone();
+            async move {
+                let started = Instant::now();
+                let mut stream = entry
+                    .open_stream(peer, protocol, Duration::from_secs(2))
+                    .await?;
+                stream.write_all(b"hello").await.unwrap();
+                let mut back = Vec::new();
+                stream.read_to_end(&mut back).await.unwrap();
+                assert_eq!(back, b"hello");
+                Ok::<_, swarm::SwarmError>(started.elapsed())
+            }
+        };
+
+        let (first, first_echo) = start_moving().await;
+        let id = first.peer_id();
+        let old: std::net::SocketAddr = match addr_of(&first).iter().nth(1) {
+            Some(libp2p::multiaddr::Protocol::Tcp(port)) => ([127, 0, 0, 1], port).into(),
+            other => panic!("not a TCP address: {other:?}"),
+        };
+        wait_until(
+            "the entry to hear the peer",
+            Duration::from_secs(10),
+            || entry.heartbeat_of(&id).is_some(),
+        )
+        .await;
+        // The entry has talked to it at its first address (the DHT keeps that one).
+        echo_once(id).await.expect("the first run answers");
+
+        first.abort();
+        first_echo.abort();
+        // Its old address now takes connections and never says a word.
+        let silent = bounded(Duration::from_secs(5), async {
+            loop {
+                match tokio::net::TcpListener::bind(old).await {
+                    Ok(listener) => return listener,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await;
+        let swallower = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        let (second, _second_echo) = start_moving().await;
+        assert_ne!(addr_of(&second), addr_of(&first), "a new address");
+        wait_until(
+            "the new run's own heartbeat",
+            Duration::from_secs(5),
+            || second.heartbeat_of(&id).is_some(),
+        )
+        .await;
+        let run = second.heartbeat_of(&id).unwrap().started_at_ms;
+        wait_until(
+            "the entry to hear the new run",
+            Duration::from_secs(10),
+            || {
+                entry
+                    .heartbeat_of(&id)
+                    .is_some_and(|hb| hb.started_at_ms == run)
+            },
+        )
+        .await;
+        assert!(
+            !entry.connected_peers().await.unwrap().contains(&id),
+            "precondition: the entry is not connected to the moved peer"
+        );
+        let took = echo_once(id)
+            .await
+            .expect("the moved peer answers within the connect timeout");
+        println!("moved peer: stream opened and echoed in {took:?}");
+        swallower.abort();
+    })
+    .await;
+}

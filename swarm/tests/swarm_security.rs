@@ -18,6 +18,7 @@ fn heartbeat_claiming(peer: libp2p::PeerId, seq: u64) -> Heartbeat {
         timestamp_ms: 1,
         interval_ms: INTERVAL.as_millis() as u64,
         uptime_s: 0,
+        swarm_addrs: Vec::new(),
         status: status(Some("stolen-model")),
     }
 }

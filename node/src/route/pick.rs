@@ -383,6 +383,7 @@ mod tests {
             timestamp_ms: 0,
             interval_ms: 2000,
             uptime_s: 0,
+            swarm_addrs: Vec::new(),
             status: NodeStatus {
                 endpoints: vec![format!("http://{peer_id}")],
                 models: vec![ModelInfo {

@@ -152,6 +152,7 @@ pub(crate) mod tests {
                 timestamp_ms: 0,
                 interval_ms: 2000,
                 uptime_s: 6,
+                swarm_addrs: Vec::new(),
                 status: NodeStatus {
                     endpoints: vec!["http://127.0.0.1:8080".into()],
                     models: model

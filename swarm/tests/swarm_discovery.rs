@@ -144,6 +144,21 @@ async fn restarted_node_keeps_its_peer_id_and_rejoins() {
     .await;
 }
 
+/// An entry node that is a DHT client, bootstrapped from `seed`: the seed never hands its
+/// address to others, so nobody dials it.
+async fn start_dht_client(seed: &swarm::SwarmHandle) -> swarm::SwarmHandle {
+    swarm::start(
+        swarm::identity::ephemeral(),
+        SwarmConfig {
+            dht_server: false,
+            initial_status: status(None),
+            ..node_config(vec![addr_of(seed)])
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// A peer whose heartbeat came through gossip, but whose address nobody handed over yet (it
 /// joined after this node's DHT bootstrap, through another peer), is found through the DHT
 /// when a stream is opened to it: a forward to it does not fail to dial.
@@ -154,17 +169,7 @@ async fn a_peer_known_only_from_gossip_is_located_through_the_dht() {
     bounded(Duration::from_secs(60), async {
         let protocol = libp2p::StreamProtocol::new("/llamanet-test/echo/1");
         let seed = start_node(Vec::new(), None).await;
-        // A DHT client: the seed never hands its address to others, so nobody dials it.
-        let entry = swarm::start(
-            swarm::identity::ephemeral(),
-            SwarmConfig {
-                dht_server: false,
-                initial_status: status(None),
-                ..node_config(vec![addr_of(&seed)])
-            },
-        )
-        .await
-        .unwrap();
+        let entry = start_dht_client(&seed).await;
         wait_until("the entry to see the seed", Duration::from_secs(10), || {
             entry.heartbeat_of(&seed.peer_id()).is_some()
         })
@@ -224,17 +229,8 @@ async fn a_peer_that_moved_is_dialed_where_its_heartbeats_say() {
         let dir = tempfile::tempdir().unwrap();
         let identity = dir.path().join("identity.key");
         let seed = start_node(Vec::new(), None).await;
-        // A DHT client: nobody dials it, so the moved peer cannot come to it.
-        let entry = swarm::start(
-            swarm::identity::ephemeral(),
-            SwarmConfig {
-                dht_server: false,
-                initial_status: status(None),
-                ..node_config(vec![addr_of(&seed)])
-            },
-        )
-        .await
-        .unwrap();
+        // The moved peer cannot come to it.
+        let entry = start_dht_client(&seed).await;
         let start_moving = || async {
             let (key, _) = swarm::identity::load_or_create(&identity).unwrap();
             let config = SwarmConfig {

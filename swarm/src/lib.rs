@@ -531,9 +531,12 @@ impl SwarmHandle {
         deadline: tokio::time::Instant,
     ) -> Result<PeerStream, SwarmError> {
         // A dial of the peer may be under way at an address it has left; this one goes where
-        // its heartbeats say it is (nothing when connected). Best effort: a full command
-        // queue only means no extra dial.
-        let _ = self.shared.commands.try_send(Command::Reach(peer));
+        // its heartbeats say it is. Not while a stream with the peer is open (it is
+        // connected: the hot path of a busy forwarder sends nothing). Best effort: a full
+        // command queue only means no extra dial.
+        if self.shared.in_use.open(&peer) == 0 {
+            let _ = self.shared.commands.try_send(Command::Reach(peer));
+        }
         // Each control has one slot for opening streams; a clone per call lets forwards to
         // different peers open concurrently.
         let mut control = self.shared.streams.clone();

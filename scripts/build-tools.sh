@@ -12,9 +12,9 @@
 # hold them as YAML).
 source "$(dirname "$0")/common.sh"
 
-# build OUT_DIR NAME MODULE_DIR PACKAGE LDFLAGS
+# build OUT_DIR NAME MODULE_DIR PACKAGE LDFLAGS [TAGS]
 build() {
-  local out=$1 name=$2 mod=$3 pkg=$4 ldflags=$5
+  local out=$1 name=$2 mod=$3 pkg=$4 ldflags=$5 tags=${6:-}
   if [ -x "$out/$name" ]; then
     info "$name cached ($out)"
     return
@@ -22,7 +22,7 @@ build() {
   mkdir -p "$out"
   local t0; t0=$(date +%s)
   info "building $name (cold: minutes; cached afterwards)..."
-  (cd "$ROOT/$mod" && go build -trimpath -ldflags "$ldflags" -o "$out/$name.tmp" "$pkg")
+  (cd "$ROOT/$mod" && go build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$out/$name.tmp" "$pkg")
   mv "$out/$name.tmp" "$out/$name"
   info "$name built in $(( $(date +%s) - t0 ))s"
 }
@@ -46,11 +46,13 @@ k8s_minor=${K8S_VERSION#v1.}; k8s_minor=${k8s_minor%%.*}
 build "$HELM_BIN" helm tests/cluster/tools/helm helm.sh/helm/v3/cmd/helm \
   "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor"
 prom_ldflags="-s -w -X github.com/prometheus/common/version.Version=${PROMTOOL_VERSION#v0.}"
+# Only the service discovery the tests use ($PROMETHEUS_SD_TAGS, part of the cache key): the
+# others are most of the cloud SDKs (AWS, Azure, GCE, OpenStack...) a full build compiles.
 build "$PROMTOOL_BIN" promtool tests/cluster/tools/promtool github.com/prometheus/prometheus/cmd/promtool \
-  "$prom_ldflags"
+  "$prom_ldflags" "$PROMETHEUS_SD_TAGS"
 # The same module's server: most of its packages are compiled for promtool already.
 build "$PROMETHEUS_BIN" prometheus tests/cluster/tools/promtool \
-  github.com/prometheus/prometheus/cmd/prometheus "$prom_ldflags"
+  github.com/prometheus/prometheus/cmd/prometheus "$prom_ldflags" "$PROMETHEUS_SD_TAGS"
 build "$EPP_BIN" epp tests/cluster/tools/epp sigs.k8s.io/gateway-api-inference-extension/cmd/epp "-s -w"
 build "$COREDNS_BIN" coredns tests/cluster/tools/coredns . "-s -w"
 build "$CRICTL_BIN" crictl tests/cluster/tools/crictl sigs.k8s.io/cri-tools/cmd/crictl \

@@ -23,9 +23,12 @@ K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
 # helm reports the Kubernetes minor it was built for as the default
 # capabilities of `helm template`, so it is part of the cache key.
 HELM_BIN=$CACHE/helm-$HELM_VERSION-k8s-${K8S_VERSION%.*}/bin
-PROMTOOL_BIN=$CACHE/promtool-$PROMTOOL_VERSION/bin
+# Prometheus and promtool are built with Kubernetes service discovery only (the live
+# monitoring test's pod discovery; static targets need no tag): Prometheus' own build tags.
+PROMETHEUS_SD_TAGS=remove_all_sd,enable_kubernetes_sd
+PROMTOOL_BIN=$CACHE/promtool-$PROMTOOL_VERSION-k8s-sd/bin
 # Prometheus itself, from the module promtool comes from (the live monitoring test runs it).
-PROMETHEUS_BIN=$CACHE/prometheus-$PROMTOOL_VERSION/bin
+PROMETHEUS_BIN=$CACHE/prometheus-$PROMTOOL_VERSION-k8s-sd/bin
 EPP_BIN=$CACHE/gateway-api-inference-extension-$EPP_VERSION/bin
 COREDNS_BIN=$CACHE/coredns-$COREDNS_VERSION/bin
 CRICTL_BIN=$CACHE/cri-tools-$CRICTL_VERSION/bin
@@ -91,4 +94,35 @@ ensure_disk_space() {
   (( free >= MIN_FREE_GIB )) ||
     die "only $free GiB free where $CARGO_TARGET_DIR is, $MIN_FREE_GIB GiB needed (LLAMANET_MIN_FREE_GIB): free some space"
   info "$free GiB free now"
+}
+
+# Builds that run beside each other: on two cores one build's serial stretches (Go's and
+# rustc's links, cmake's configure, a crate graph's narrow parts) leave a core idle that the
+# other fills. `bg_start NAME CMD...` starts CMD with its output in $CACHE/logs/NAME.log;
+# `bg_wait NAME` waits for it, shows that log, and stops the script if it failed.
+declare -A _bg_pid=() _bg_t0=()
+BG_SECONDS=0
+bg_start() {
+  local name=$1; shift
+  mkdir -p "$CACHE/logs"
+  # A session of its own, so stopping it stops the compilers it started too.
+  setsid "$@" >"$CACHE/logs/$name.log" 2>&1 </dev/null &
+  _bg_pid[$name]=$!
+  _bg_t0[$name]=$(date +%s)
+  info "$name: building in the background (log: $CACHE/logs/$name.log)"
+}
+bg_wait() {
+  local name=$1 rc=0
+  step "waiting for $name (started $(( $(date +%s) - _bg_t0[$name] ))s ago)"
+  wait "${_bg_pid[$name]}" || rc=$?
+  sed 's/^/  | /' "$CACHE/logs/$name.log"
+  unset "_bg_pid[$name]"
+  (( rc == 0 )) || die "$name failed (exit $rc; log: $CACHE/logs/$name.log)"
+  # Its own duration, for the caller's timing table (it overlapped the caller's work).
+  BG_SECONDS=$(( $(date +%s) - _bg_t0[$name] ))
+}
+# Background builds do not outlive a script that stopped early.
+bg_stop_all() {
+  local pid
+  for pid in "${_bg_pid[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
 }

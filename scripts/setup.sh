@@ -19,7 +19,9 @@ for tool in go cargo kubectl python3; do
   command -v "$tool" >/dev/null || die "$tool is not installed (this machine kind ships it; see README)"
 done
 
-"$ROOT/scripts/build-tools.sh"
+# The Go tools build beside the model's download and the cargo build (seconds when cached).
+trap bg_stop_all EXIT
+bg_start go-tools "$ROOT/scripts/build-tools.sh"
 "$ROOT/scripts/fetch-model.sh"
 
 step "cargo build --release (first build compiles llama.cpp: about 6-9 minutes on two cores)"
@@ -45,3 +47,5 @@ mkdir -p "$CARGO_TARGET_DIR/light"
 cp "$CARGO_TARGET_DIR/release/llamanet" "$CARGO_TARGET_DIR/light/llamanet"
 cargo build --release --workspace --bins
 info "binaries in $CARGO_TARGET_DIR/release (without llama.cpp: $CARGO_TARGET_DIR/light/llamanet)"
+bg_wait go-tools
+info "Go tools: ${BG_SECONDS}s beside the cargo build"

@@ -12,11 +12,16 @@ timed() {
   timings+=("$(printf '%-34s %5ss' "$label" $(( $(date +%s) - t0 )))")
 }
 results=$(mktemp)
-trap 'rm -f "$results"' EXIT
+trap 'bg_stop_all; rm -f "$results"' EXIT
 
-timed "setup (packages, Go tools, model)" "$ROOT/scripts/setup.sh"
-# The sidecar tests run llama.cpp's own llama-server (cached after the first build).
-timed "llama-server (llama.cpp)" "$ROOT/scripts/build-llama-cpp.sh"
+# The sidecar tests run llama.cpp's own llama-server (cached after the first build): it
+# builds beside the set-up's builds, which leave one of two cores idle for minutes.
+step "llama.cpp's build tools"
+ensure_packages cmake g++
+bg_start llama-server "$ROOT/scripts/build-llama-cpp.sh"
+timed "setup (packages, Go tools, model, build)" "$ROOT/scripts/setup.sh"
+bg_wait llama-server
+timings+=("$(printf '%-34s %5ss' "llama-server (beside the setup)" "$BG_SECONDS")")
 # The router image from deploy/docker (podman storage; rebuilt only when its inputs change).
 timed "images (mmdebstrap, buildah)" "$ROOT/scripts/build-images.sh"
 cd "$ROOT"

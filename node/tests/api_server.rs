@@ -301,7 +301,7 @@ fn promtool_accepts(scrape: &str) {
             let cache = std::env::var_os("LLAMANET_CACHE")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| std::path::Path::new(&home).join(".cache/llamanet"));
-            cache.join("promtool-v0.316.0/bin/promtool")
+            cache.join("promtool-v0.316.0-k8s-sd/bin/promtool")
         });
     assert!(
         promtool.is_file(),

@@ -261,7 +261,7 @@ async fn node_pods(cluster: &Cluster) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_and_the_endpoint_picker_read_llamanet() {
-    let prometheus_bin = tool("prometheus-v0.316.0/bin/prometheus");
+    let prometheus_bin = tool("prometheus-v0.316.0-k8s-sd/bin/prometheus");
     assert!(default_model().is_file(), "run scripts/fetch-model.sh");
     let started = Instant::now();
     let mut cluster = Cluster::start(ClusterConfig {

@@ -18,7 +18,8 @@ fn promtool() -> PathBuf {
     if let Some(p) = std::env::var_os("LLAMANET_PROMTOOL") {
         return p.into();
     }
-    let path = llamanet_cluster::control_plane::cache_dir().join("promtool-v0.316.0/bin/promtool");
+    let path =
+        llamanet_cluster::control_plane::cache_dir().join("promtool-v0.316.0-k8s-sd/bin/promtool");
     assert!(
         path.is_file(),
         "{} missing: run scripts/build-tools.sh",

@@ -34,11 +34,19 @@ timed "clippy (node without engine)" \
   cargo clippy --release -p llamanet-node --no-default-features --all-targets -- -D warnings
 
 step "cargo test (unit and end-to-end)"
-# One test binary at a time: the end-to-end tests start control planes and
-# model servers that would otherwise fight over two cores.
+# Two tests at a time, as two lanes of test binaries with one test thread each: the
+# end-to-end tests start control planes and model servers that would fight over more, and
+# cargo's one binary at a time left a core idle through every one-test binary
+# (scripts/run-tests.py). The two timing-sensitive binaries run alone at the end.
 run_cargo_tests() {
-  cargo test --release --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee -a "$results"
-  return "${PIPESTATUS[0]}"
+  local artifacts="$CACHE/logs/cargo-test-artifacts.json" rc=0
+  mkdir -p "$CACHE/logs"
+  cargo test --release --workspace --no-run --message-format=json-render-diagnostics >"$artifacts"
+  python3 "$ROOT/scripts/run-tests.py" --artifacts "$artifacts" \
+    --durations "$CACHE/test-durations.json" --alone engine_batching --alone swarm_budget \
+    2>&1 | tee -a "$results" || rc=$?
+  cargo test --release --workspace --doc 2>&1 | tee -a "$results" || rc=$?
+  return "$rc"
 }
 # The node without the engine (the router and sidecar binary) first: its build puts the
 # engine-less `llamanet` in release/, and the workspace's tests and build put the full one

@@ -47,7 +47,8 @@ def test_binaries(artifacts: Path) -> list[dict]:
         target = message["target"]
         kind = target["kind"][0]
         name = f"{package_dir.name}/{target['name']} ({kind})"
-        found[name] = {"name": name, "exe": message["executable"], "dir": str(package_dir)}
+        found[name] = {"name": name, "target": target["name"], "exe": message["executable"],
+                       "dir": str(package_dir)}
     return list(found.values())
 
 
@@ -114,7 +115,7 @@ def main() -> int:
         previous = {}
     # Longest first; a binary never timed before counts as a minute.
     binaries.sort(key=lambda b: previous.get(b["name"], 60.0), reverse=True)
-    alone = [b for b in binaries if b["name"].split("/", 1)[1].split(" ")[0] in args.alone]
+    alone = [b for b in binaries if b["target"] in args.alone]
     shared = [b for b in binaries if b not in alone]
     print(f"{len(binaries)} test binaries: {len(shared)} in {args.lanes} lanes, "
           f"then {len(alone)} alone", flush=True)

@@ -3,11 +3,8 @@
 # them per version outside the clone (a second run is a no-op):
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler  (tests/cluster/k8s)
 #   kubelet, kube-proxy, gpu-plugin-double (the test bed's real node) (tests/cluster/k8s)
-#   helm                                                           (tests/cluster/tools/helm)
-#   promtool, prometheus                                           (tests/cluster/tools/promtool)
-#   epp, the inference extension's endpoint picker                 (tests/cluster/tools/epp)
-#   coredns, the real node's cluster DNS                           (tests/cluster/tools/coredns)
-#   crictl, the real node's CRI client                             (tests/cluster/tools/crictl)
+#   helm, promtool, prometheus, epp (the inference extension's endpoint picker),
+#   coredns (the real node's cluster DNS), crictl (its CRI client)  (tests/cluster/tools)
 # and fetches the Prometheus Operator's and the inference extension's CRDs (their modules
 # hold them as YAML).
 source "$(dirname "$0")/common.sh"
@@ -22,7 +19,10 @@ build() {
   mkdir -p "$out"
   local t0; t0=$(date +%s)
   info "building $name (cold: minutes; cached afterwards)..."
-  (cd "$ROOT/$mod" && go build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$out/$name.tmp" "$pkg")
+  # No DWARF from the compiler: -ldflags -w strips it from the binaries anyway, and making
+  # it is a part of every package's compile.
+  (cd "$ROOT/$mod" && go build -trimpath -tags "$tags" -gcflags=all=-dwarf=false \
+    -ldflags "$ldflags" -o "$out/$name.tmp" "$pkg")
   mv "$out/$name.tmp" "$out/$name"
   info "$name built in $(( $(date +%s) - t0 ))s"
 }
@@ -43,19 +43,21 @@ for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-prox
   build "$K8S_BIN" "$b" tests/cluster/k8s "k8s.io/kubernetes/cmd/$b" "$k8s_ldflags"
 done
 k8s_minor=${K8S_VERSION#v1.}; k8s_minor=${k8s_minor%%.*}
-build "$HELM_BIN" helm tests/cluster/tools/helm helm.sh/helm/v3/cmd/helm \
+build "$HELM_BIN" helm tests/cluster/tools helm.sh/helm/v3/cmd/helm \
   "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor"
-prom_ldflags="-s -w -X github.com/prometheus/common/version.Version=${PROMTOOL_VERSION#v0.}"
+# Prometheus v3.10.0 is the Go module version v0.310.0: the binaries say the former.
+prom_version=$(sed -E 's/^v0\.([0-9])([0-9][0-9])\.([0-9]+)$/\1.\2.\3/; s/\.0([0-9])\./.\1./' <<<"$PROMTOOL_VERSION")
+prom_ldflags="-s -w -X github.com/prometheus/common/version.Version=$prom_version"
 # Only the service discovery the tests use ($PROMETHEUS_SD_TAGS, part of the cache key): the
 # others are most of the cloud SDKs (AWS, Azure, GCE, OpenStack...) a full build compiles.
-build "$PROMTOOL_BIN" promtool tests/cluster/tools/promtool github.com/prometheus/prometheus/cmd/promtool \
+build "$PROMTOOL_BIN" promtool tests/cluster/tools github.com/prometheus/prometheus/cmd/promtool \
   "$prom_ldflags" "$PROMETHEUS_SD_TAGS"
 # The same module's server: most of its packages are compiled for promtool already.
-build "$PROMETHEUS_BIN" prometheus tests/cluster/tools/promtool \
+build "$PROMETHEUS_BIN" prometheus tests/cluster/tools \
   github.com/prometheus/prometheus/cmd/prometheus "$prom_ldflags" "$PROMETHEUS_SD_TAGS"
-build "$EPP_BIN" epp tests/cluster/tools/epp sigs.k8s.io/gateway-api-inference-extension/cmd/epp "-s -w"
-build "$COREDNS_BIN" coredns tests/cluster/tools/coredns . "-s -w"
-build "$CRICTL_BIN" crictl tests/cluster/tools/crictl sigs.k8s.io/cri-tools/cmd/crictl \
+build "$EPP_BIN" epp tests/cluster/tools sigs.k8s.io/gateway-api-inference-extension/cmd/epp "-s -w"
+build "$COREDNS_BIN" coredns tests/cluster/tools ./coredns "-s -w"
+build "$CRICTL_BIN" crictl tests/cluster/tools sigs.k8s.io/cri-tools/cmd/crictl \
   "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
 
 # `crds DEST MODULE_DIR MODULE@VERSION FOLDER FILE...`: copies CRD files out of a module
@@ -77,10 +79,10 @@ crds() {
   chmod 644 "$dest.tmp"/*
   rm -rf "$dest" && mv "$dest.tmp" "$dest"
 }
-crds "$MONITORING_CRDS" tests/cluster/tools/promtool \
+crds "$MONITORING_CRDS" tests/cluster/tools \
   "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
   example/prometheus-operator-crd monitoring.coreos.com_podmonitors.yaml \
   monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml
-crds "$INFERENCE_CRDS" tests/cluster/tools/epp \
+crds "$INFERENCE_CRDS" tests/cluster/tools \
   "sigs.k8s.io/gateway-api-inference-extension@$EPP_VERSION" \
   config/crd/bases inference.networking.k8s.io_inferencepools.yaml

@@ -9,7 +9,9 @@ CACHE=${LLAMANET_CACHE:-$HOME/.cache/llamanet}
 K8S_VERSION=v1.34.4
 ETCD_VERSION=v3.6.4
 HELM_VERSION=v3.22.0
-PROMTOOL_VERSION=v0.316.0
+# Prometheus v3.10: the endpoint picker below parses PromQL with this module's parser,
+# which v3.11 changed, and both are built from one Go module (tests/cluster/tools).
+PROMTOOL_VERSION=v0.310.0
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
 # The Gateway API inference extension's endpoint picker (EPP) and its InferencePool CRD.
 # v1.5.0 is the last release with the full picker in this module (v1.6.0 moved it to
@@ -17,21 +19,29 @@ PROMETHEUS_OPERATOR_VERSION=v0.85.0
 EPP_VERSION=v1.5.0
 # The test bed's cluster DNS (tests/cluster/tools/coredns: CoreDNS with the plugins it uses).
 COREDNS_VERSION=v1.14.0
-CRICTL_VERSION=v1.34.0
+CRICTL_VERSION=v1.37.0
 
 K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
-# helm reports the Kubernetes minor it was built for as the default
-# capabilities of `helm template`, so it is part of the cache key.
-HELM_BIN=$CACHE/helm-$HELM_VERSION-k8s-${K8S_VERSION%.*}/bin
 # Prometheus and promtool are built with Kubernetes service discovery only (the live
 # monitoring test's pod discovery; static targets need no tag): Prometheus' own build tags.
 PROMETHEUS_SD_TAGS=remove_all_sd,enable_kubernetes_sd
-PROMTOOL_BIN=$CACHE/promtool-$PROMTOOL_VERSION-k8s-sd/bin
-# Prometheus itself, from the module promtool comes from (the live monitoring test runs it).
-PROMETHEUS_BIN=$CACHE/prometheus-$PROMTOOL_VERSION-k8s-sd/bin
-EPP_BIN=$CACHE/gateway-api-inference-extension-$EPP_VERSION/bin
-COREDNS_BIN=$CACHE/coredns-$COREDNS_VERSION/bin
-CRICTL_BIN=$CACHE/cri-tools-$CRICTL_VERSION/bin
+# helm, promtool, Prometheus, the endpoint picker, CoreDNS and crictl come from one Go module
+# (tests/cluster/tools), so each shared package (client-go, gRPC, protobuf, OpenTelemetry...)
+# is compiled once for all of them, not once per tool: a third of the Go compile of a cold
+# run. Their folder's key covers what the binaries are built from: that module's go.sum
+# (every version, the tools' own included), the build tags, the Kubernetes minor helm
+# reports as its default capabilities, and how build-tools.sh stamps versions (edit the
+# last when changing that).
+GO_TOOLS_KEY=$( { cat "$ROOT/tests/cluster/tools/go.sum"
+  echo "tags=$PROMETHEUS_SD_TAGS k8s=${K8S_VERSION%.*} prometheus-version=x.y.z"; } \
+  | sha256sum | cut -c1-12)
+GO_TOOLS_BIN=$CACHE/go-tools-$GO_TOOLS_KEY/bin
+HELM_BIN=$GO_TOOLS_BIN
+PROMTOOL_BIN=$GO_TOOLS_BIN
+PROMETHEUS_BIN=$GO_TOOLS_BIN
+EPP_BIN=$GO_TOOLS_BIN
+COREDNS_BIN=$GO_TOOLS_BIN
+CRICTL_BIN=$GO_TOOLS_BIN
 INFERENCE_CRDS=$CACHE/gateway-api-inference-extension-$EPP_VERSION/crds
 # The monitoring.coreos.com CRDs (PodMonitor, ServiceMonitor, PrometheusRule) the tests
 # install to check the chart's monitoring objects and the operator's PodMonitors.

@@ -41,8 +41,11 @@ for out in "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out; do
   fi
 done
 # The router and sidecar binary without llama.cpp (what their image ships), first: the
-# workspace build below puts the full `llamanet` back in release/.
-cargo build --release -p llamanet-node --no-default-features --bin llamanet
+# workspace build below puts the full `llamanet` back in release/. `--workspace` resolves
+# features over the whole workspace, as the full build does, so this build shares every
+# dependency with it and compiles only the node itself again (`-p llamanet-node` resolved
+# them for the node alone: 115 crates compiled twice, minutes of a cold run).
+cargo build --release --workspace --no-default-features --bin llamanet
 mkdir -p "$CARGO_TARGET_DIR/light"
 cp "$CARGO_TARGET_DIR/release/llamanet" "$CARGO_TARGET_DIR/light/llamanet"
 cargo build --release --workspace --bins

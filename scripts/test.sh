@@ -31,7 +31,7 @@ timed "fmt" cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 timed "clippy" cargo clippy --release --workspace --all-targets -- -D warnings
 timed "clippy (node without engine)" \
-  cargo clippy --release -p llamanet-node --no-default-features --all-targets -- -D warnings
+  cargo clippy --release --workspace --no-default-features --all-targets -- -D warnings
 
 step "cargo test (unit and end-to-end)"
 # Two tests at a time, as two lanes of test binaries with one test thread each: the
@@ -54,7 +54,7 @@ run_cargo_tests() {
 # Its API limits over a socket (the lib's unit tests run in the full build; clippy checks
 # that they build without the engine): compiling the lib's tests again costs 2 minutes.
 run_light_tests() {
-  cargo test --release -p llamanet-node --no-default-features --test http_limits 2>&1 \
+  cargo test --release --workspace --no-default-features --test http_limits 2>&1 \
     | tee -a "$results"
   return "${PIPESTATUS[0]}"
 }

@@ -297,11 +297,17 @@ fn promtool_accepts(scrape: &str) {
     let promtool = std::env::var_os("LLAMANET_PROMTOOL")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_default();
-            let cache = std::env::var_os("LLAMANET_CACHE")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| std::path::Path::new(&home).join(".cache/llamanet"));
-            cache.join("promtool-v0.316.0-k8s-sd/bin/promtool")
+            // Where scripts/build-tools.sh put it: the folder named once, in common.sh.
+            let out = std::process::Command::new("bash")
+                .args([
+                    "-c",
+                    r#"source scripts/common.sh && printf %s "$PROMTOOL_BIN""#,
+                ])
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .output()
+                .expect("bash");
+            std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).into_owned())
+                .join("promtool")
         });
     assert!(
         promtool.is_file(),

@@ -393,8 +393,7 @@ mod peer_id_string {
     }
 }
 
-#[cfg(any(test, feature = "testing"))]
-/// Heartbeats for tests: this crate's, and other crates' with the `testing` feature.
+/// Heartbeats for tests: this crate's and other crates' (always compiled, like `testing`).
 pub mod samples {
     use super::*;
 

@@ -49,7 +49,10 @@ pub mod peer_table;
 pub mod providers;
 pub mod signed_addresses;
 pub mod streams;
-#[cfg(feature = "testing")]
+// Test helpers (sample heartbeats, loopback swarms) for this crate's and other crates' tests.
+// Always compiled, not behind a feature: a feature only tests enable would give the test
+// build a second copy of this library and of everything above it (the node, the operator),
+// a few minutes of a cold CI run on two cores.
 pub mod testing;
 pub mod wake;
 

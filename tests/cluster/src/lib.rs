@@ -13,6 +13,7 @@ pub mod machine;
 pub mod process;
 pub mod real_node;
 pub mod testing;
+pub mod tools;
 
 pub use cluster::{Cluster, ClusterConfig};
 pub use control_plane::{ControlPlane, ControlPlaneConfig, K8S_VERSION};

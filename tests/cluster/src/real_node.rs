@@ -283,7 +283,7 @@ impl Drop for RealNode {
 
 /// crictl (sigs.k8s.io/cri-tools, its version pinned in scripts/common.sh).
 pub fn crictl_bin() -> PathBuf {
-    crate::control_plane::cache_dir().join("cri-tools-v1.34.0/bin/crictl")
+    crate::tools::folder("CRICTL_BIN").join("crictl")
 }
 
 /// The host PID of the process whose PID in the machine is `inner`: among the machine

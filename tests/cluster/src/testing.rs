@@ -168,13 +168,9 @@ impl Cluster {
     /// Installs the Gateway API inference extension's InferencePool CRD (fetched by
     /// scripts/build-tools.sh) and waits until it is served.
     pub fn install_inference_pool_crd(&self) {
-        let crd = crate::control_plane::cache_dir().join(
-            "gateway-api-inference-extension-v1.5.0/crds/inference.networking.k8s.io_inferencepools.yaml",
-        );
-        assert!(
-            crd.is_file(),
-            "{} missing: run scripts/build-tools.sh",
-            crd.display()
+        let crd = crate::tools::file(
+            "INFERENCE_CRDS",
+            "inference.networking.k8s.io_inferencepools.yaml",
         );
         self.kubectl_ok(
             &["apply", "--server-side", "-f", crd.to_str().unwrap()],
@@ -190,10 +186,7 @@ impl Cluster {
 
 /// helm as scripts/build-tools.sh built it (`$LLAMANET_HELM` overrides).
 pub fn helm() -> std::path::PathBuf {
-    std::env::var_os("LLAMANET_HELM").map_or_else(
-        || crate::control_plane::cache_dir().join("helm-v3.22.0-k8s-v1.34/bin/helm"),
-        std::path::PathBuf::from,
-    )
+    crate::tools::file_or_env("LLAMANET_HELM", "HELM_BIN", "helm")
 }
 
 /// The release namespace the tests install the chart into, as the main job does.

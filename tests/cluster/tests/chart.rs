@@ -12,18 +12,7 @@ fn repo() -> PathBuf {
 
 /// `$LLAMANET_HELM`, else where scripts/build-tools.sh caches it.
 fn helm() -> PathBuf {
-    if let Some(p) = std::env::var_os("LLAMANET_HELM") {
-        return p.into();
-    }
-    let path = llamanet_cluster::control_plane::cache_dir()
-        .join("helm-v3.22.0-k8s-v1.34")
-        .join("bin/helm");
-    assert!(
-        path.is_file(),
-        "{} missing: run scripts/build-tools.sh",
-        path.display()
-    );
-    path
+    llamanet_cluster::testing::helm()
 }
 
 /// The PrometheusRule the chart renders holds exactly the groups of the plain rules file.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
-use llamanet_cluster::control_plane::{cache_dir, free_port};
+use llamanet_cluster::control_plane::free_port;
 use llamanet_cluster::testing::{dashboard_exprs, default_model, eventually, get_json, repo_root};
 use llamanet_cluster::{Cluster, ClusterConfig};
 use serde_json::Value;
@@ -35,16 +35,6 @@ const OPERATOR_NODE: &str = "local-node-0";
 const MODEL_NODE: &str = "local-node-1";
 /// Grafana panels that need an NVIDIA GPU (NVML): this machine has none, so no series.
 const GPU_ONLY: &str = "llamanet_gpu_";
-
-fn tool(path: &str) -> PathBuf {
-    let path = cache_dir().join(path);
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/build-tools.sh",
-        path.display()
-    );
-    path
-}
 
 /// A process of this test (Prometheus, a picker), its output in a file; killed on drop, and
 /// the end of its log printed when the test failed.
@@ -189,7 +179,7 @@ fn picker(cluster: &Cluster, pool: &str, dir: &Path) -> (Daemon, String) {
     let file = dir.join(format!("{pool}-epp.yaml"));
     std::fs::write(&file, config).unwrap();
     let metrics = free_port().unwrap();
-    let mut command = Command::new(tool("gateway-api-inference-extension-v1.5.0/bin/epp"));
+    let mut command = Command::new(llamanet_cluster::tools::file("EPP_BIN", "epp"));
     command
         .env("KUBECONFIG", cluster.kubeconfig())
         .args(["--pool-name", pool, "--pool-namespace", "default"])
@@ -261,7 +251,7 @@ async fn node_pods(cluster: &Cluster) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_and_the_endpoint_picker_read_llamanet() {
-    let prometheus_bin = tool("prometheus-v0.316.0-k8s-sd/bin/prometheus");
+    let prometheus_bin = llamanet_cluster::tools::file("PROMETHEUS_BIN", "prometheus");
     assert!(default_model().is_file(), "run scripts/fetch-model.sh");
     let started = Instant::now();
     let mut cluster = Cluster::start(ClusterConfig {

@@ -15,17 +15,7 @@ fn repo() -> PathBuf {
 }
 
 fn promtool() -> PathBuf {
-    if let Some(p) = std::env::var_os("LLAMANET_PROMTOOL") {
-        return p.into();
-    }
-    let path =
-        llamanet_cluster::control_plane::cache_dir().join("promtool-v0.316.0-k8s-sd/bin/promtool");
-    assert!(
-        path.is_file(),
-        "{} missing: run scripts/build-tools.sh",
-        path.display()
-    );
-    path
+    llamanet_cluster::tools::file_or_env("LLAMANET_PROMTOOL", "PROMTOOL_BIN", "promtool")
 }
 
 fn run_ok(cmd: &mut Command) -> String {

@@ -506,12 +506,22 @@ async fn over_its_memory_limit(cluster: &Cluster) {
     assert!(message.contains("spec.resources.memory"), "{message}");
     let pod = cluster.kubectl_ok(&["get", "pod", "gemma-tiny-0", "-o", "json"], None);
     assert!(pod.contains("\"reason\": \"OOMKilled\""), "{pod}");
-    let described = cluster.kubectl_ok(&["describe", "inferencenode", "gemma-tiny"], None);
-    assert!(
-        described
+    // The Warning event is recorded after the condition (a cold CI run once described the
+    // resource between the two): give it a bounded while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let described = cluster.kubectl_ok(&["describe", "inferencenode", "gemma-tiny"], None);
+        if described
             .lines()
-            .any(|l| l.contains("Warning") && l.contains("OOMKilled")),
-        "{described}"
-    );
+            .any(|l| l.contains("Warning") && l.contains("OOMKilled"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no OOMKilled Warning event: {described}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     cluster.kubectl_ok(&["delete", "inferencenode", "gemma-tiny", "--wait"], None);
 }

@@ -476,8 +476,10 @@ async fn prometheus_and_the_endpoint_picker_read_llamanet() {
     alert_becomes("firing", "LlamaNetHeartbeatLost firing", 120).await;
     let firing = crashed.elapsed();
     eprintln!("LlamaNetHeartbeatLost pending {pending:?} and firing {firing:?} after the crash");
+    // The age counts from the last heartbeat before the crash, up to one interval (2 s) and
+    // a scrape's timestamp earlier than the crash: a cold CI run saw 27.6 s.
     assert!(
-        pending >= Duration::from_secs(28),
+        pending >= Duration::from_secs(26),
         "pending before the 30 s threshold: {pending:?}"
     );
     assert!(

@@ -9,8 +9,8 @@ CACHE=${LLAMANET_CACHE:-$HOME/.cache/llamanet}
 K8S_VERSION=v1.34.4
 ETCD_VERSION=v3.6.4
 HELM_VERSION=v3.22.0
-# Prometheus v3.10: the endpoint picker below parses PromQL with this module's parser,
-# which v3.11 changed, and both are built from one Go module (tests/cluster/tools).
+# Prometheus v3.10: the endpoint picker below is built on it (v3.16 lacks the PromQL parser
+# function it calls), and both come from one Go module (tests/cluster/tools).
 PROMTOOL_VERSION=v0.310.0
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
 # The Gateway API inference extension's endpoint picker (EPP) and its InferencePool CRD.

@@ -115,8 +115,11 @@ BG_SECONDS=0
 bg_start() {
   local name=$1; shift
   mkdir -p "$CACHE/logs"
-  # A session of its own, so stopping it stops the compilers it started too.
-  setsid "$@" >"$CACHE/logs/$name.log" 2>&1 </dev/null &
+  # A session of its own, so stopping it stops the compilers it started too. It notes when
+  # it ended, so that bg_wait reports its own duration, not the caller's.
+  rm -f "$CACHE/logs/$name.end"
+  setsid bash -c '"${@:2}"; rc=$?; date +%s >"$1"; exit $rc' bg "$CACHE/logs/$name.end" "$@" \
+    >"$CACHE/logs/$name.log" 2>&1 </dev/null &
   _bg_pid[$name]=$!
   _bg_t0[$name]=$(date +%s)
   info "$name: building in the background (log: $CACHE/logs/$name.log)"
@@ -129,7 +132,8 @@ bg_wait() {
   unset "_bg_pid[$name]"
   (( rc == 0 )) || die "$name failed (exit $rc; log: $CACHE/logs/$name.log)"
   # Its own duration, for the caller's timing table (it overlapped the caller's work).
-  BG_SECONDS=$(( $(date +%s) - _bg_t0[$name] ))
+  local end; end=$(cat "$CACHE/logs/$name.end" 2>/dev/null || date +%s)
+  BG_SECONDS=$(( end - _bg_t0[$name] ))
 }
 # Background builds do not outlive a script that stopped early.
 bg_stop_all() {

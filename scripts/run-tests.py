@@ -1,22 +1,24 @@
 #!/usr/bin/env python3
-"""Runs the workspace's test binaries in two lanes instead of one after another.
+"""Runs the workspace's tests in lanes, each module of an integration test binary in a
+process of its own, instead of one binary after another.
 
 `cargo test` runs its test binaries one at a time, each with `--test-threads` threads. Most
-of the suite's time is end-to-end binaries of one test each (a control plane, a cluster, the
-model), which leave the second core idle for minutes. Here two binaries run at once, each
-with one test thread, so at most two tests run at any moment, as before, but a one-test
-binary no longer holds the machine alone. The longest binaries (by the durations of the
-last run, kept in a file) start first, so the two lanes end close together.
+of the suite's time is end-to-end tests (a control plane, a cluster, the model) that also
+wait (for pods, alert windows), leaving a core idle while they do. Here each crate's one
+integration test binary is split by module (one module per subject: `chaos`, `e2e`, ...),
+each module runs in its own process with one test thread, as the separate binaries did, and
+`--lanes` of them run at once. Unit test binaries run whole. The longest jobs (by the
+durations of the last run, kept in a file) start first, so the lanes end close together.
 
-Binaries named with --alone (timing-sensitive ones) run with nothing beside them.
+Jobs named with --alone (timing-sensitive modules) run with nothing beside them.
 
     scripts/run-tests.py --artifacts cargo-test-no-run.json --durations FILE \
-        [--lanes 2] [--timeout 1800] [--alone NAME]...
+        [--lanes 2] [--timeout 1800] [--alone MODULE]...
 
 The artifacts file holds the JSON messages of `cargo test --no-run --message-format=json`.
 Each binary runs in its package's folder with CARGO_MANIFEST_DIR set, as cargo runs it.
-Its output is shown whole when it ends, with its duration; the exit status is 1 when any
-binary failed or ran past --timeout (it is then killed with its process group).
+Each job's output is shown whole when it ends, with its duration; the exit status is 1 when
+any job failed or ran past --timeout (it is then killed with its process group).
 """
 
 import argparse
@@ -47,9 +49,35 @@ def test_binaries(artifacts: Path) -> list[dict]:
         target = message["target"]
         kind = target["kind"][0]
         name = f"{package_dir.name}/{target['name']} ({kind})"
-        found[name] = {"name": name, "target": target["name"], "exe": message["executable"],
-                       "dir": str(package_dir)}
+        found[name] = {"name": name, "target": target["name"], "kind": kind,
+                       "exe": message["executable"], "dir": str(package_dir)}
     return list(found.values())
+
+
+def listed_tests(exe: str, cwd: str) -> list[str]:
+    """The tests a libtest binary holds (`module::test`), ignored ones included."""
+    out = subprocess.run([exe, "--list", "--format", "terse"], cwd=cwd, capture_output=True,
+                         text=True, timeout=60, check=True,
+                         env=dict(os.environ, CARGO_MANIFEST_DIR=cwd)).stdout
+    return [line[: -len(": test")] for line in out.splitlines() if line.endswith(": test")]
+
+
+def jobs_of(binary: dict, libtest_args: list[str]) -> list[dict]:
+    """One job per module of an integration test binary, named as the binary of its own it
+    once was (`cluster/chaos (test)`, so recorded durations still apply); one job for any
+    other test binary (unit tests: many short tests in one process)."""
+    env = {"CARGO_MANIFEST_DIR": binary["dir"]}
+    base = [binary["exe"], "--test-threads", "1", *libtest_args]
+    if binary["kind"] != "test":
+        return [dict(binary, command=base, env=env)]
+    modules: dict[str, list[str]] = {}
+    for test in listed_tests(binary["exe"], binary["dir"]):
+        module = test.split("::")[0] if "::" in test else binary["target"]
+        modules.setdefault(module, []).append(test)
+    crate = Path(binary["dir"]).name
+    return [{"name": f"{crate}/{module} (test)", "target": module, "dir": binary["dir"],
+             "env": env, "command": [*base, "--exact", *tests]}
+            for module, tests in modules.items()]
 
 
 class Runner:
@@ -59,13 +87,12 @@ class Runner:
         self.failed: list[str] = []
         self.durations: dict[str, float] = {}
 
-    def run(self, binary: dict) -> None:
-        env = dict(os.environ, CARGO_MANIFEST_DIR=binary["dir"])
-        command = [binary["exe"], "--test-threads", "1", *self.args.libtest_args]
+    def run(self, job: dict) -> None:
         started = time.monotonic()
         with tempfile.TemporaryFile(mode="w+b") as log:
             process = subprocess.Popen(
-                command, cwd=binary["dir"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                job["command"], cwd=job["dir"], env=dict(os.environ, **job["env"]),
+                stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
             try:
                 status = process.wait(timeout=self.args.timeout)
@@ -78,10 +105,10 @@ class Runner:
             log.seek(0)
             output = log.read().decode(errors="replace")
         with self.print_lock:
-            self.durations[binary["name"]] = round(elapsed, 1)
+            self.durations[job["name"]] = round(elapsed, 1)
             if not outcome.startswith("ok"):
-                self.failed.append(binary["name"])
-            print(f"\n---- {binary['name']}: {outcome} in {elapsed:.1f} s", flush=True)
+                self.failed.append(job["name"])
+            print(f"\n---- {job['name']}: {outcome} in {elapsed:.1f} s", flush=True)
             sys.stdout.write(output)
             sys.stdout.flush()
 
@@ -90,12 +117,12 @@ class Runner:
             with queue_lock:
                 if not queue:
                     return
-                binary = queue.pop(0)
-            self.run(binary)
+                job = queue.pop(0)
+            self.run(job)
 
 
 def first_guess(name: str) -> float:
-    """Seconds a binary never timed before is guessed to take, from its display name
+    """Seconds a job never timed before is guessed to take, from its display name
     (`cluster/chaos (test)`, `node/llamanet_node (lib)`)."""
     crate, _, kind = name.partition(" ")
     if kind != "(test)":
@@ -110,7 +137,7 @@ def main() -> int:
     parser.add_argument("--lanes", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--alone", action="append", default=[],
-                        help="a target name whose binary runs with nothing beside it")
+                        help="a module (or unit test target) that runs with nothing beside it")
     parser.add_argument("libtest_args", nargs="*")
     args = parser.parse_args()
 
@@ -118,18 +145,24 @@ def main() -> int:
     if not binaries:
         print("error: no test binaries in", args.artifacts, file=sys.stderr)
         return 1
+    jobs = [job for binary in binaries for job in jobs_of(binary, args.libtest_args)]
+    unknown = set(args.alone) - {job["target"] for job in jobs}
+    if unknown:
+        print("error: --alone names no test module:", ", ".join(sorted(unknown)),
+              file=sys.stderr)
+        return 1
     try:
         previous = json.loads(args.durations.read_text())
     except (OSError, ValueError):
         previous = {}
-    # Longest first. A binary never timed before (every one on a first run) is guessed by
-    # what it is: the test bed's and the operator's end-to-end tests start control planes and
-    # take minutes, so they go first and the short ones fill the lanes' ends.
-    binaries.sort(key=lambda b: previous.get(b["name"], first_guess(b["name"])), reverse=True)
-    alone = [b for b in binaries if b["target"] in args.alone]
-    shared = [b for b in binaries if b not in alone]
-    print(f"{len(binaries)} test binaries: {len(shared)} in {args.lanes} lanes, "
-          f"then {len(alone)} alone", flush=True)
+    # Longest first. A job never timed before (every one on a first run) is guessed by what
+    # it is: the test bed's and the operator's end-to-end tests start control planes and take
+    # minutes, so they go first and the short ones fill the lanes' ends.
+    jobs.sort(key=lambda j: previous.get(j["name"], first_guess(j["name"])), reverse=True)
+    alone = [j for j in jobs if j["target"] in args.alone]
+    shared = [j for j in jobs if j not in alone]
+    print(f"{len(jobs)} test jobs from {len(binaries)} binaries: {len(shared)} in "
+          f"{args.lanes} lanes, then {len(alone)} alone", flush=True)
 
     runner = Runner(args)
     queue_lock = threading.Lock()
@@ -145,7 +178,7 @@ def main() -> int:
     args.durations.write_text(json.dumps({**previous, **runner.durations}, indent=1,
                                          sort_keys=True))
     slowest = sorted(runner.durations.items(), key=lambda kv: kv[1], reverse=True)[:10]
-    print("\nslowest test binaries:")
+    print("\nslowest test jobs:")
     for name, seconds in slowest:
         print(f"  {seconds:7.1f} s  {name}")
     if runner.failed:

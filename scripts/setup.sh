@@ -19,9 +19,10 @@ for tool in go cargo kubectl python3; do
   command -v "$tool" >/dev/null || die "$tool is not installed (this machine kind ships it; see README)"
 done
 
-# The Go tools build beside the model's download and the cargo build (seconds when cached).
+# The Go tools build beside the model's download and the cargo build (seconds when cached),
+# unless the caller builds them (scripts/test.sh: LLAMANET_GO_TOOLS=elsewhere).
 trap bg_stop_all EXIT
-bg_start go-tools "$ROOT/scripts/build-tools.sh"
+[ "${LLAMANET_GO_TOOLS:-}" = elsewhere ] || bg_start go-tools "$ROOT/scripts/build-tools.sh"
 "$ROOT/scripts/fetch-model.sh"
 
 step "cargo build --release (first build compiles llama.cpp: about 6-9 minutes on two cores)"
@@ -40,15 +41,21 @@ for out in "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out; do
     break
   fi
 done
-# The router and sidecar binary without llama.cpp (what their image ships), first: the
-# workspace build below puts the full `llamanet` back in release/. `--workspace` resolves
-# features over the whole workspace, as the full build does, so this build shares every
-# dependency with it and compiles only the node itself again (`-p llamanet-node` resolved
-# them for the node alone: 115 crates compiled twice, minutes of a cold run).
+# The full build first: llama.cpp's own build (inside llama-cpp-sys-2, minutes of C++) then
+# starts at once, beside the Rust dependencies, the Go tools and llama-server, instead of
+# after them all at the end of a cold run. Then the router and sidecar binary without
+# llama.cpp (what their image ships): `--workspace` resolves features over the whole
+# workspace, as the full build does, so it shares every dependency and compiles only the
+# node again (`-p llamanet-node` resolved them for the node alone: 115 crates compiled
+# twice). That build leaves the engine-less `llamanet` in release/; the last one, which
+# compiles nothing, puts the full one back.
+cargo build --release --workspace --bins
 cargo build --release --workspace --no-default-features --bin llamanet
 mkdir -p "$CARGO_TARGET_DIR/light"
 cp "$CARGO_TARGET_DIR/release/llamanet" "$CARGO_TARGET_DIR/light/llamanet"
 cargo build --release --workspace --bins
 info "binaries in $CARGO_TARGET_DIR/release (without llama.cpp: $CARGO_TARGET_DIR/light/llamanet)"
-bg_wait go-tools
-info "Go tools: ${BG_SECONDS}s beside the cargo build"
+if [ "${LLAMANET_GO_TOOLS:-}" != elsewhere ]; then
+  bg_wait go-tools
+  info "Go tools: ${BG_SECONDS}s beside the cargo build"
+fi

@@ -14,16 +14,16 @@ timed() {
 results=$(mktemp)
 trap 'bg_stop_all; rm -f "$results"' EXIT
 
-# The sidecar tests run llama.cpp's own llama-server (cached after the first build): it
-# builds beside the set-up's builds, which leave one of two cores idle for minutes.
+# Two builds go to the background at the lowest priority: the Go tools (control plane, helm,
+# Prometheus...) and llama.cpp's own llama-server (for the sidecar tests). Only the tests
+# need them, so the Rust chain (set-up build, clippy, test build: the longest path of a cold
+# run) keeps both cores and they take what it leaves idle (its serial steps, links,
+# downloads) instead of a third of the machine each.
 step "llama.cpp's build tools"
 ensure_packages cmake g++
-bg_start llama-server "$ROOT/scripts/build-llama-cpp.sh"
-timed "setup (packages, Go tools, model, build)" "$ROOT/scripts/setup.sh"
-bg_wait llama-server
-timings+=("$(printf '%-34s %5ss' "llama-server (beside the setup)" "$BG_SECONDS")")
-# The router image from deploy/docker (podman storage; rebuilt only when its inputs change).
-timed "images (mmdebstrap, buildah)" "$ROOT/scripts/build-images.sh"
+bg_start llama-server nice -n 19 "$ROOT/scripts/build-llama-cpp.sh"
+bg_start go-tools nice -n 19 "$ROOT/scripts/build-tools.sh"
+LLAMANET_GO_TOOLS=elsewhere timed "setup (packages, model, build)" "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 
 step "cargo fmt --check"
@@ -33,49 +33,60 @@ timed "clippy" cargo clippy --release --workspace --all-targets -- -D warnings
 timed "clippy (node without engine)" \
   cargo clippy --release --workspace --no-default-features --all-targets -- -D warnings
 
-step "cargo test (unit and end-to-end)"
-# Two tests at a time, as two lanes of test binaries with one test thread each: the
-# end-to-end tests start control planes and model servers that would fight over more, and
-# cargo's one binary at a time left a core idle through every one-test binary
-# (scripts/run-tests.py). The two timing-sensitive binaries run alone at the end.
-run_cargo_tests() {
-  local artifacts="$CACHE/logs/cargo-test-artifacts.json" rc=0
-  mkdir -p "$CACHE/logs"
-  cargo test --release --workspace --no-run --message-format=json-render-diagnostics >"$artifacts"
-  python3 "$ROOT/scripts/run-tests.py" --artifacts "$artifacts" \
-    --durations "$CACHE/test-durations.json" --alone engine_batching --alone swarm_budget \
-    2>&1 | tee -a "$results" || rc=$?
-  cargo test --release --workspace --doc 2>&1 | tee -a "$results" || rc=$?
-  return "$rc"
-}
-# The node without the engine (the router and sidecar binary) first: its build puts the
-# engine-less `llamanet` in release/, and the workspace's tests and build put the full one
-# back before pytest runs it.
-# Its API limits over a socket (the lib's unit tests run in the full build; clippy checks
-# that they build without the engine): compiling the lib's tests again costs 2 minutes.
+# The node without the engine (the router and sidecar binary): its API limits over a socket
+# (the lib's unit tests run in the full build; clippy checks that they build without the
+# engine: compiling the lib's tests again costs 2 minutes).
 run_light_tests() {
   cargo test --release --workspace --no-default-features --test http_limits 2>&1 \
     | tee -a "$results"
   return "${PIPESTATUS[0]}"
 }
 timed "cargo test (node without engine)" run_light_tests
-timed "cargo test" run_cargo_tests
+
+step "cargo test --no-run (the test build, while the Go tools and llama-server finish)"
+artifacts="$CACHE/logs/cargo-test-artifacts.json"
+mkdir -p "$CACHE/logs"
+timed "test build" \
+  cargo test --release --workspace --no-run --message-format=json-render-diagnostics >"$artifacts"
+# The full `llamanet` back in release/ (the engine-less tests above built theirs there).
 cargo build --release --workspace --bins
 
-if [ -d "$ROOT/tests/e2e" ]; then
-  step "end-to-end tests with the official openai client (pytest)"
-  venv=$CACHE/venv-test
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/e2e/requirements.txt"
-  run_pytest() {
-    LLAMANET_BIN="$CARGO_TARGET_DIR/release/llamanet" LLAMANET_MODEL="$DEFAULT_MODEL" \
-      LLAMANET_LIGHT_BIN="$CARGO_TARGET_DIR/light/llamanet" \
-      LLAMA_SERVER="$LLAMA_SERVER_DIR/llama-server" \
-      "$venv/bin/python" -m pytest -q "$ROOT/tests/e2e" 2>&1 | tee -a "$results"
-    return "${PIPESTATUS[0]}"
-  }
-  timed "pytest (openai client)" run_pytest
-fi
+bg_wait go-tools
+timings+=("$(printf '%-34s %5ss' "Go tools (in the background)" "$BG_SECONDS")")
+bg_wait llama-server
+timings+=("$(printf '%-34s %5ss' "llama-server (in the background)" "$BG_SECONDS")")
+# The project's images from deploy/docker (rebuilt only when their inputs change).
+timed "images (mmdebstrap, buildah)" "$ROOT/scripts/build-images.sh"
+cd "$ROOT"
+
+step "cargo test (unit and end-to-end)"
+# Two tests at a time (scripts/run-tests.py): each module of a crate's integration test
+# binary and each unit test binary is a job with one test thread, so no one-test binary
+# leaves a core idle while it waits. A third lane, or the pytest suite as a job beside
+# them, gained nothing: the suite is mostly CPU (the chaos test took twice as long beside
+# the pytest suite). The two timing-sensitive modules run alone at the end.
+run_cargo_tests() {
+  local rc=0
+  python3 "$ROOT/scripts/run-tests.py" --artifacts "$artifacts" \
+    --durations "$CACHE/test-durations.json" --alone engine_batching --alone swarm_budget \
+    2>&1 | tee -a "$results" || rc=$?
+  cargo test --release --workspace --doc 2>&1 | tee -a "$results" || rc=$?
+  return "$rc"
+}
+timed "cargo test" run_cargo_tests
+
+step "end-to-end tests with the official openai client (pytest)"
+venv=$CACHE/venv-test
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/e2e/requirements.txt"
+run_pytest() {
+  LLAMANET_BIN="$CARGO_TARGET_DIR/release/llamanet" LLAMANET_MODEL="$DEFAULT_MODEL" \
+    LLAMANET_LIGHT_BIN="$CARGO_TARGET_DIR/light/llamanet" \
+    LLAMA_SERVER="$LLAMA_SERVER_DIR/llama-server" \
+    "$venv/bin/python" -m pytest -q "$ROOT/tests/e2e" 2>&1 | tee -a "$results"
+  return "${PIPESTATUS[0]}"
+}
+timed "pytest (openai client)" run_pytest
 
 step "timings"
 printf '  %s\n' "${timings[@]}"

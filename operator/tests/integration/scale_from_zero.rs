@@ -24,8 +24,7 @@ use llamanet_operator::crd::{ConditionStatus, ConditionType, InferenceNode, Phas
 use llamanet_swarm::wake::{self, WAKE_PROTOCOL, WakeAnswer, WakeOutcome, WakeRequest};
 use llamanet_swarm::{self as swarm, InferenceNodeRef, PeerId, SwarmConfig, SwarmHandle};
 
-mod common;
-use common::Operator;
+use crate::common::Operator;
 
 const NAMESPACE: &str = "default";
 const NAME: &str = "gemma-cpu";

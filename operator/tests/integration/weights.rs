@@ -3,8 +3,6 @@
 //! with the origin stopped, a second replica gets the file from the first one through the
 //! private swarm, verified, and serves. The origin served exactly one copy.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +15,7 @@ use llamanet_operator::children::{FETCH_CONTAINER, SERVER_CONTAINER};
 use llamanet_operator::crd::InferenceNode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::Operator;
+use crate::common::Operator;
 
 const NAMESPACE: &str = "default";
 const NAME: &str = "gemma-shared";

@@ -31,8 +31,7 @@ use llamanet_operator::crd::{
 };
 use llamanet_operator::swarm_peer::SwarmPeerConfig;
 
-mod common;
-use common::{Operator, OperatorOptions, repo_root};
+use crate::common::{Operator, OperatorOptions, repo_root};
 
 const NAMESPACE: &str = "default";
 /// The name in `deploy/examples/cpu-node.yaml`.

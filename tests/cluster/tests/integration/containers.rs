@@ -1,7 +1,7 @@
 //! The container build files agree with what runs them: the binary each builds is one the
 //! workspace defines and is its entrypoint, and the user is the uid the operator's pod specs
 //! run as; and the real node's images and tools are the versions the scripts build.
-//! (scripts/build-images.sh builds the images; tests/real_node.rs runs them.)
+//! (scripts/build-images.sh builds the images; tests/integration/real_node.rs runs them.)
 
 /// The uid:gid the images run as and the operator's pod specs ask for.
 const IMAGE_USER: u32 = 65532;

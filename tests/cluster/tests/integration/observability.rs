@@ -4,7 +4,7 @@
 //! unique uid, panels inside the 24-column grid).
 //!
 //! That every metric the PromQL names is really exported is checked against live scrapes of
-//! a node and the operator in `operator/tests/real_nodes.rs`.
+//! a node and the operator in `operator/tests/integration/real_nodes.rs`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

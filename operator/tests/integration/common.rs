@@ -2,8 +2,6 @@
 //! each on its own tokio runtime so that one can be killed outright (its runtime dropped: no
 //! Lease release, no goodbye on the swarm, like a crashed pod).
 
-#![allow(dead_code)] // Each test file uses its own part.
-
 use std::path::PathBuf;
 use std::time::Duration;
 

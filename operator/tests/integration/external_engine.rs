@@ -17,8 +17,7 @@ use llamanet_operator::config::OperatorConfig;
 use llamanet_operator::crd::{ConditionStatus, ConditionType, InferenceNode, Phase};
 use llamanet_operator::swarm_peer::SwarmPeerConfig;
 
-mod common;
-use common::{Operator, OperatorOptions};
+use crate::common::{Operator, OperatorOptions};
 
 const NAMESPACE: &str = "default";
 /// The name in `deploy/examples/llama-server-sidecar.yaml`.

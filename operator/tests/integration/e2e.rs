@@ -25,8 +25,7 @@ use llamanet_cluster::{Cluster, ClusterConfig};
 use llamanet_operator::crd::{ConditionStatus, ConditionType, InferenceNode};
 use llamanet_operator::status::ReplicaHeartbeat;
 
-mod common;
-use common::{Operator, repo_root};
+use crate::common::{Operator, repo_root};
 
 const NAMESPACE: &str = "default";
 const NAME: &str = "e2e";

@@ -108,21 +108,33 @@ ensure_disk_space() {
 
 # Builds that run beside each other: on two cores one build's serial stretches (Go's and
 # rustc's links, cmake's configure, a crate graph's narrow parts) leave a core idle that the
-# other fills. `bg_start NAME CMD...` starts CMD with its output in $CACHE/logs/NAME.log;
-# `bg_wait NAME` waits for it, shows that log, and stops the script if it failed.
+# other fills. `bg_start [--low] NAME CMD...` starts CMD with its output in
+# $CACHE/logs/NAME.log; `bg_wait NAME` waits for it, shows that log, and stops the script if
+# it failed. With --low it runs at the lowest CPU priority, taking only what the caller
+# leaves idle.
 declare -A _bg_pid=() _bg_t0=()
 BG_SECONDS=0
 bg_start() {
+  local low=0
+  [ "$1" = --low ] && { low=1; shift; }
   local name=$1; shift
   mkdir -p "$CACHE/logs"
-  # A session of its own, so stopping it stops the compilers it started too. It notes when
-  # it ended, so that bg_wait reports its own duration, not the caller's.
+  # A session of its own, so stopping it stops the compilers it started too. A new session
+  # is a new scheduling autogroup where the kernel has them (sched_autogroup_enabled), and
+  # the CPU is shared between autogroups by their own nice value, not their processes': a
+  # low job sets both. It notes when it ended, so that bg_wait reports its own duration,
+  # not the caller's.
   rm -f "$CACHE/logs/$name.end"
-  setsid bash -c '"${@:2}"; rc=$?; date +%s >"$1"; exit $rc' bg "$CACHE/logs/$name.end" "$@" \
+  setsid bash -c '
+    if [ "$2" = 1 ]; then
+      echo 19 2>/dev/null >/proc/self/autogroup || true
+      renice -n 19 -p $$ >/dev/null
+    fi
+    "${@:3}"; rc=$?; date +%s >"$1"; exit $rc' bg "$CACHE/logs/$name.end" "$low" "$@" \
     >"$CACHE/logs/$name.log" 2>&1 </dev/null &
   _bg_pid[$name]=$!
   _bg_t0[$name]=$(date +%s)
-  info "$name: building in the background (log: $CACHE/logs/$name.log)"
+  info "$name: building in the background$( ((low)) && echo ' at low priority') (log: $CACHE/logs/$name.log)"
 }
 bg_wait() {
   local name=$1 rc=0

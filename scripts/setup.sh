@@ -41,14 +41,17 @@ for out in "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out; do
     break
   fi
 done
-# The full build first: llama.cpp's own build (inside llama-cpp-sys-2, minutes of C++) then
-# starts at once, beside the Rust dependencies, the Go tools and llama-server, instead of
-# after them all at the end of a cold run. Then the router and sidecar binary without
+# llama.cpp first (inside llama-cpp-sys-2: minutes of C++ on both cores). In the workspace
+# build cargo schedules it behind the crates that more others depend on: on a cold run of
+# 984374b its cmake started 26 minutes in, and the node waited for it at the end. Built
+# alone it resolves the same features and build dependencies (the workspace build finds it
+# fresh). Then the full build, then the router and sidecar binary without
 # llama.cpp (what their image ships): `--workspace` resolves features over the whole
 # workspace, as the full build does, so it shares every dependency and compiles only the
 # node again (`-p llamanet-node` resolved them for the node alone: 115 crates compiled
 # twice). That build leaves the engine-less `llamanet` in release/; the last one, which
 # compiles nothing, puts the full one back.
+cargo build --release -p llama-cpp-sys-2
 cargo build --release --workspace --bins
 cargo build --release --workspace --no-default-features --bin llamanet
 mkdir -p "$CARGO_TARGET_DIR/light"

@@ -21,8 +21,8 @@ trap 'bg_stop_all; rm -f "$results"' EXIT
 # downloads) instead of a third of the machine each.
 step "llama.cpp's build tools"
 ensure_packages cmake g++
-bg_start llama-server nice -n 19 "$ROOT/scripts/build-llama-cpp.sh"
-bg_start go-tools nice -n 19 "$ROOT/scripts/build-tools.sh"
+bg_start --low llama-server "$ROOT/scripts/build-llama-cpp.sh"
+bg_start --low go-tools "$ROOT/scripts/build-tools.sh"
 LLAMANET_GO_TOOLS=elsewhere timed "setup (packages, model, build)" "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 

@@ -41,16 +41,14 @@ for out in "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out; do
     break
   fi
 done
-# llama.cpp first (inside llama-cpp-sys-2: minutes of C++ on both cores). In the workspace
-# build cargo schedules it behind the crates that more others depend on: on a cold run of
-# 984374b its cmake started 26 minutes in, and the node waited for it at the end. Built
-# alone it resolves the same features and build dependencies (the workspace build finds it
-# fresh). Then the full build, then the router and sidecar binary without
-# llama.cpp (what their image ships): `--workspace` resolves features over the whole
-# workspace, as the full build does, so it shares every dependency and compiles only the
-# node again (`-p llamanet-node` resolved them for the node alone: 115 crates compiled
-# twice). That build leaves the engine-less `llamanet` in release/; the last one, which
-# compiles nothing, puts the full one back.
+# llama.cpp first (inside llama-cpp-sys-2, minutes of C++ on both cores): in the workspace
+# build cargo starts it late (26 minutes into a cold run of 984374b) and the node waits for
+# it at the end. Alone it resolves the same features, so the workspace build finds it fresh.
+# Then the full build, and the router and sidecar binary without llama.cpp (what their
+# image ships): `--workspace` resolves features as the full build does, so only the node
+# compiles again (`-p llamanet-node` recompiled 115 shared crates). That build leaves the
+# engine-less `llamanet` in release/; the last one, which compiles nothing, puts the full
+# one back.
 cargo build --release -p llama-cpp-sys-2
 cargo build --release --workspace --bins
 cargo build --release --workspace --no-default-features --bin llamanet

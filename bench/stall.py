@@ -1,12 +1,15 @@
 """Can one client stall the others? Inter-token latency of streaming chats, quiet and under load.
 
 Usage: bench/stall.py [--bin PATH] [--model PATH] [--seconds S] [--streams N]
-Runs `llamanet serve --embeddings` (8 slots, context 8192, 2 threads) on a free loopback port.
+                      [--threads T] [--embedding-threads E]
+Runs `llamanet serve --embeddings` (8 slots, context 8192, T threads, default 2; with E,
+embeddings on a worker of their own with E threads) on a free loopback port.
 N clients (default 4) stream chat completions of 64 tokens back to back and time the gap
 between consecutive content chunks. First for S seconds alone, then for S seconds while one
 more client loops, one after the other: an embeddings request of 64 inputs (about 40 tokens
 each), and a chat request whose response_format is a 10 KB JSON schema (16 tokens). Prints
-p50 / p99 inter-token latency of each phase and the ratio.
+p50 / p99 inter-token latency of each phase and the ratio, and how long the extra client's
+requests took (what its share of the machine cost it).
 """
 
 import argparse
@@ -53,25 +56,31 @@ def stream_gaps(base, stop_at, gaps, seed):
 def adversary(base, stop_at, counts, kinds):
     while time.monotonic() < stop_at:
         if "embeddings" in kinds:
+            started = time.monotonic()
             with post(base, "/v1/embeddings", {"model": "bench", "input": INPUTS,
                                                "encoding_format": "float"}) as response:
                 response.read()
             counts["embeddings"] += 1
-        if "schemas" not in kinds:
+            counts["embeddings_s"].append(time.monotonic() - started)
+        if "schemas" not in kinds and "chats" not in kinds:
             continue
+        # "chats" is the same request without its schema: what a fifth client costs anyway.
         body = {"model": "bench", "max_tokens": 16, "temperature": 0,
-                "messages": [{"role": "user", "content": "Fill the form."}],
-                "response_format": {"type": "json_schema",
-                                    "json_schema": {"name": "form", "schema": SCHEMA}}}
+                "messages": [{"role": "user", "content": "Fill the form."}]}
+        if "schemas" in kinds:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "form", "schema": SCHEMA}}
+        started = time.monotonic()
         with post(base, "/v1/chat/completions", body) as response:
             response.read()
         counts["schemas"] += 1
+        counts["schemas_s"].append(time.monotonic() - started)
 
 
 def phase(base, streams, seconds, hostile, kinds):
     stop_at = time.monotonic() + seconds
     gaps = [[] for _ in range(streams)]
-    counts = {"embeddings": 0, "schemas": 0}
+    counts = {"embeddings": 0, "schemas": 0, "embeddings_s": [], "schemas_s": []}
     threads = [threading.Thread(target=stream_gaps, args=(base, stop_at, gaps[i], 100 * i))
                for i in range(streams)]
     if hostile:
@@ -93,17 +102,29 @@ def main():
     add_node_arguments(parser)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2, help="the node's decode threads")
+    parser.add_argument("--embedding-threads", type=int, default=0,
+                        help="threads of an embeddings worker of its own (0: none, the default)")
     parser.add_argument("--adversary", default="embeddings,schemas",
-                        help="what the extra client sends: embeddings, schemas or both")
+                        help="what the extra client sends: embeddings, schemas or both; "
+                             "chats: the schema requests without their schema")
     args = parser.parse_args()
     print(f"schema {len(json.dumps(SCHEMA))} bytes, {len(INPUTS)} embedding inputs")
-    node_args = ["--parallel", "8", "--ctx-size", "8192", "--threads", "2", "--embeddings"]
+    node_args = ["--parallel", "8", "--ctx-size", "8192", "--threads", str(args.threads), "--embeddings"]
+    if args.embedding_threads:
+        node_args += ["--embedding-threads", str(args.embedding_threads)]
+    print("llamanet serve " + " ".join(node_args))
     with LocalNode(args.bin, args.model, node_args) as base:
         results = {}
         for name, hostile in (("quiet", False), ("under load", True)):
             gaps, counts = phase(base, args.streams, args.seconds, hostile, args.adversary.split(","))
             results[name] = gaps
-            extra = f", {counts['embeddings']} embeddings and {counts['schemas']} schema requests" if hostile else ""
+            extra = ""
+            if hostile:
+                took = {kind: statistics.median(counts[f"{kind}_s"]) if counts[f"{kind}_s"] else float("nan")
+                        for kind in ("embeddings", "schemas")}
+                extra = (f", {counts['embeddings']} embeddings requests (median {took['embeddings']:.1f} s) "
+                         f"and {counts['schemas']} schema requests (median {took['schemas']:.2f} s)")
             print(f"{name:>10}: {len(gaps)} gaps, inter-token p50 {1000 * percentile(gaps, 0.5):.1f} ms, "
                   f"p99 {1000 * percentile(gaps, 0.99):.1f} ms, max {1000 * gaps[-1]:.1f} ms{extra}",
                   flush=True)

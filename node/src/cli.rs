@@ -61,6 +61,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LLAMANET_EMBEDDINGS")]
     pub embeddings: bool,
 
+    /// CPU threads of an embeddings worker of its own, beside the --threads that decode
+    /// [default: none; embeddings take turns with decoding on its threads]. With
+    /// --threads + this within the cores, large embeddings requests leave streams alone.
+    #[arg(long, env = "LLAMANET_EMBEDDING_THREADS", requires = "embeddings")]
+    pub embedding_threads: Option<NonZeroU32>,
+
     /// The model name clients use [default: the model file name without extension].
     #[arg(long, env = "LLAMANET_MODEL_ID")]
     pub model_id: Option<String>,

@@ -164,6 +164,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             queue: args.queue,
             flash_attention: args.flash_attention,
             embeddings: args.embeddings,
+            embedding_threads: args.embedding_threads,
             ..EngineSettings::default()
         },
         chat_template: args.chat_template,

@@ -1,18 +1,20 @@
 """No request stalls the others: embeddings go one input per engine step (and take at most a
-share of its time while streams generate), JSON schemas are compiled off the engine thread and
-checked lazily, and the inputs that could still cost too much are capped with a 400.
+share of its time while streams generate) or, with --embedding-threads, run on a worker of
+their own; JSON schemas are compiled off the engine thread and checked lazily, and the inputs
+that could still cost too much are capped with a 400.
 
 The timing figures are in bench/stall.py; these tests check the order of events instead.
 """
 
 import re
+import subprocess
 import threading
 
 import openai
 import pytest
 from openai import OpenAI
 
-from conftest import API_KEY, MODEL_ID, Server
+from conftest import API_KEY, BIN, MODEL, MODEL_ID, Server
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,19 @@ def embedder():
     srv.stop()
 
 
-def test_a_stream_finishes_while_a_large_embeddings_request_is_still_served(embedder):
+@pytest.fixture(scope="module")
+def worker_embedder():
+    """Embeddings on a worker of their own: one thread each for decoding and embeddings."""
+    srv = Server(extra_args=("--embeddings", "--embedding-threads", "1", "--threads", "1",
+                             "--parallel", "4", "--ctx-size", "4096"))
+    srv.wait_ready()
+    yield OpenAI(base_url=srv.base + "/v1", api_key=API_KEY, max_retries=0, timeout=300)
+    srv.stop()
+
+
+@pytest.mark.parametrize("node", ["embedder", "worker_embedder"])
+def test_a_stream_finishes_while_a_large_embeddings_request_is_still_served(request, node):
+    embedder = request.getfixturevalue(node)
     inputs = [f"Sentence number {i} about rivers, hills and the evening sun." for i in range(128)]
     done = {}
 
@@ -48,6 +62,33 @@ def test_embeddings_agree_however_they_are_interleaved(embedder):
     batch = embedder.embeddings.create(
         model=MODEL_ID, input=["a river", "the evening sun", "hills"]).data[1].embedding
     assert max(abs(a - b) for a, b in zip(alone, batch)) < 1e-4
+
+
+def test_the_embeddings_worker_gives_the_engine_threads_vectors(embedder, worker_embedder):
+    texts = ["a river", "the evening sun over the hills", "hills"]
+    shared = embedder.embeddings.create(model=MODEL_ID, input=texts).data
+    own = worker_embedder.embeddings.create(model=MODEL_ID, input=texts).data
+    assert [d.index for d in own] == [0, 1, 2]
+    for a, b in zip(shared, own):
+        # One thread instead of two sums in another order: equal up to float rounding.
+        assert max(abs(x - y) for x, y in zip(a.embedding, b.embedding)) < 1e-3
+    assert max(abs(x - y) for x, y in zip(own[0].embedding, own[1].embedding)) > 1e-2
+
+
+def test_the_embeddings_worker_refuses_what_the_engine_thread_refuses(worker_embedder):
+    with pytest.raises(openai.BadRequestError) as caught:
+        worker_embedder.embeddings.create(model=MODEL_ID, input=["word " * 1500])
+    assert caught.value.body["param"] == "input", caught.value.body
+    assert "at most 1024" in caught.value.body["message"], caught.value.body
+    # The worker serves the next request as if nothing happened.
+    assert len(worker_embedder.embeddings.create(model=MODEL_ID, input=["ok"]).data) == 1
+
+
+def test_embedding_threads_without_embeddings_is_refused_at_start():
+    started = subprocess.run([str(BIN), "serve", "--model", str(MODEL), "--embedding-threads", "1"],
+                             capture_output=True, text=True, timeout=60)
+    assert started.returncode == 2, started
+    assert "--embeddings" in started.stderr, started.stderr
 
 
 @pytest.mark.parametrize("make, param", [

@@ -19,6 +19,7 @@
 //! the prompt's last token they get a copy of its KV sequence and sample from the same
 //! logits, each with its own seed.
 
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,6 +31,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
 use super::EngineError;
+use super::embedder;
 use super::handle::EngineLoad;
 use super::model::Model;
 use super::request::{
@@ -73,21 +75,29 @@ pub(crate) fn run(
             return;
         }
     };
-    let embedding = if settings.embeddings {
-        match model.embedding_context() {
-            Ok(context) => Some(context),
+    // Embeddings take turns with decoding in a context of this thread, or run on a worker
+    // of their own with threads of their own.
+    let (embedding, embedder) = match (settings.embeddings, settings.embedding_threads) {
+        (false, _) => (None, None),
+        (true, None) => match model.embedding_context(None) {
+            Ok(context) => (Some(context), None),
             Err(err) => {
                 let _ = ready.send(Err(err));
                 return;
             }
-        }
-    } else {
-        None
+        },
+        (true, Some(threads)) => match embedder::spawn(Arc::clone(&model), threads) {
+            Ok(worker) => (None, Some(worker)),
+            Err(err) => {
+                let _ = ready.send(Err(err));
+                return;
+            }
+        },
     };
     let announced = ready.send(Ok(Ready {
         model: Arc::clone(&model),
         load_time: started.elapsed(),
-        embeddings: embedding.is_some(),
+        embeddings: settings.embeddings,
     }));
     if announced.is_err() {
         // Nobody waits for this engine any more.
@@ -97,10 +107,19 @@ pub(crate) fn run(
         slots = model.parallel().get(),
         slot_context = model.slot_context_size(),
         batch_size = model.batch_size().get(),
-        embeddings = embedding.is_some(),
+        embeddings = settings.embeddings,
+        embedding_threads = settings.embedding_threads.map(NonZeroU32::get),
         "engine ready"
     );
-    Batcher::new(&model, context, embedding, load, settings.arrival_window).run(work);
+    Batcher::new(
+        &model,
+        context,
+        embedding,
+        embedder,
+        load,
+        settings.arrival_window,
+    )
+    .run(work);
     tracing::info!("engine stopped");
 }
 
@@ -164,6 +183,8 @@ struct Batcher<'m> {
     model: &'m Model,
     context: LlamaContext<'m>,
     embedding: Option<LlamaContext<'m>>,
+    /// The embeddings worker, when embeddings have threads of their own.
+    embedder: Option<std::sync::mpsc::Sender<EmbeddingJob>>,
     batch: LlamaBatch<'static>,
     slots: Vec<Slot>,
     slot_context: usize,
@@ -192,6 +213,7 @@ impl<'m> Batcher<'m> {
         model: &'m Model,
         context: LlamaContext<'m>,
         embedding: Option<LlamaContext<'m>>,
+        embedder: Option<std::sync::mpsc::Sender<EmbeddingJob>>,
         load: Arc<EngineLoad>,
         arrival_window: Duration,
     ) -> Self {
@@ -208,6 +230,7 @@ impl<'m> Batcher<'m> {
             model,
             context,
             embedding,
+            embedder,
             batch: LlamaBatch::new(batch_size, 1),
             slots,
             slot_context: model.slot_context_size() as usize,
@@ -295,10 +318,18 @@ impl<'m> Batcher<'m> {
             };
             match item {
                 Work::Generate(job) => self.held = Some(*job),
-                Work::Embed(job) => self.embeddings.push_back(PendingEmbedding {
-                    vectors: Vec::with_capacity(job.inputs.len()),
-                    job,
-                }),
+                Work::Embed(job) => match &self.embedder {
+                    Some(worker) => {
+                        if let Err(std::sync::mpsc::SendError(job)) = worker.send(job) {
+                            let stopped = "the embeddings worker has stopped".to_string();
+                            let _ = job.reply.send(Err(stopped));
+                        }
+                    }
+                    None => self.embeddings.push_back(PendingEmbedding {
+                        vectors: Vec::with_capacity(job.inputs.len()),
+                        job,
+                    }),
+                },
                 Work::Hook(TestHook::Crash) => {
                     panic!("the engine thread was stopped by a test hook")
                 }
@@ -857,7 +888,7 @@ impl<'m> Batcher<'m> {
         let index = pending.vectors.len();
         let outcome = match self.embedding.as_mut() {
             None => Err("model does not support embeddings".to_string()),
-            Some(context) => embed_input(context, &pending.job.inputs[index], index),
+            Some(context) => embedder::embed_input(context, &pending.job.inputs[index], index),
         };
         if generating {
             self.embedding_owed = started
@@ -893,36 +924,6 @@ impl<'m> Batcher<'m> {
 struct PendingEmbedding {
     job: EmbeddingJob,
     vectors: Vec<Vec<f32>>,
-}
-
-/// The normalised mean-pooled embedding of one input (`index` names it in errors).
-fn embed_input(
-    context: &mut LlamaContext<'_>,
-    tokens: &[LlamaToken],
-    index: usize,
-) -> Result<Vec<f32>, String> {
-    let capacity = usize::try_from(context.n_batch()).unwrap_or(usize::MAX);
-    if tokens.is_empty() {
-        return Err(format!("input {index} is empty"));
-    }
-    if tokens.len() > capacity {
-        return Err(format!(
-            "input {index} has {} tokens; at most {capacity} fit",
-            tokens.len()
-        ));
-    }
-    context.clear_kv_cache();
-    let mut batch = LlamaBatch::new(tokens.len(), 1);
-    batch
-        .add_sequence(tokens, 0, true)
-        .map_err(|err| err.to_string())?;
-    context
-        .decode(&mut batch)
-        .map_err(|err| format!("llama.cpp decode failed: {err}"))?;
-    context
-        .embeddings_seq_ith(0)
-        .map(normalized)
-        .map_err(|err| err.to_string())
 }
 
 /// Generated tokens per second over roughly the last few seconds of work: both the token
@@ -989,15 +990,6 @@ fn take_utf8(bytes: &mut Vec<u8>) -> String {
     text
 }
 
-fn normalized(vector: &[f32]) -> Vec<f32> {
-    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        vector.iter().map(|x| x / norm).collect()
-    } else {
-        vector.to_vec()
-    }
-}
-
 /// KV position of the `index`-th token of a sequence; bounded by the slot context.
 fn position(index: usize) -> i32 {
     i32::try_from(index).expect("token position fits the context size")
@@ -1035,12 +1027,5 @@ mod tests {
         assert!((rate.per_second() - 40.0).abs() < 1e-6);
         rate.idle();
         assert_eq!(rate.per_second(), 0.0);
-    }
-
-    #[test]
-    fn normalized_vectors_have_unit_length() {
-        let v = normalized(&[3.0, 4.0]);
-        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
-        assert_eq!(normalized(&[0.0]), vec![0.0]);
     }
 }

@@ -11,6 +11,8 @@
 //! - `batcher.rs`: the engine thread, which owns the context and the samplers and runs one
 //!   `decode` per step over all slots; [`scheduler`] holds its model-free decisions (slot
 //!   choice by longest cached prefix, prompt chunking) and [`stop`] the stop-string matcher.
+//! - `embedder.rs`: one embeddings input through a mean-pooling context, and the worker
+//!   that serves embeddings on threads of their own when the settings give it some.
 //! - [`request`]: what goes in and comes out, free of llama.cpp objects.
 //! - [`session`]: a one-sequence greedy loop for the `generate` command and smoke tests.
 //!
@@ -26,6 +28,8 @@ pub use settings::EngineSettings;
 pub mod backend;
 #[cfg(feature = "engine")]
 mod batcher;
+#[cfg(feature = "engine")]
+mod embedder;
 #[cfg(feature = "engine")]
 mod handle;
 #[cfg(feature = "engine")]

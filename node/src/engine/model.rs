@@ -153,10 +153,18 @@ impl Model {
 
     /// A one-sequence context that returns mean-pooled hidden states instead of logits,
     /// for `/v1/embeddings`. Each slot's share of the context bounds the input length.
-    pub(crate) fn embedding_context(&self) -> Result<LlamaContext<'_>, EngineError> {
+    /// `threads` replaces the model's thread count (for a worker of its own).
+    pub(crate) fn embedding_context(
+        &self,
+        threads: Option<NonZeroU32>,
+    ) -> Result<LlamaContext<'_>, EngineError> {
         let size = self.slot_context_size();
-        let params = self
-            .context_params()
+        let mut params = self.context_params();
+        if let Some(threads) = threads {
+            let threads = i32::try_from(threads.get()).unwrap_or(i32::MAX);
+            params = params.with_n_threads(threads).with_n_threads_batch(threads);
+        }
+        let params = params
             .with_n_ctx(NonZeroU32::new(size))
             .with_n_batch(size)
             .with_n_ubatch(size)

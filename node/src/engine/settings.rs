@@ -56,6 +56,11 @@ pub struct EngineSettings {
     pub flash_attention: FlashAttention,
     /// Also create an embeddings context (mean-pooled hidden states) for `/v1/embeddings`.
     pub embeddings: bool,
+    /// CPU threads of a worker of its own for embeddings, beside the engine thread; `None`
+    /// shares the engine thread (one input between two decode steps, at most a fifth of its
+    /// time while requests generate). A worker of its own leaves the streams alone only
+    /// when `threads` plus these fit in the CPUs: it is how cores are set aside for them.
+    pub embedding_threads: Option<NonZeroU32>,
     /// How long an engine that wakes for a request waits for others already on their way
     /// (see [`super::Arriving`]) before its first step, so a burst starts in one batch.
     pub arrival_window: std::time::Duration,
@@ -76,6 +81,7 @@ impl Default for EngineSettings {
             queue: DEFAULT_QUEUE,
             flash_attention: FlashAttention::Auto,
             embeddings: false,
+            embedding_threads: None,
             arrival_window: DEFAULT_ARRIVAL_WINDOW,
         }
     }

@@ -17,7 +17,8 @@ Three comparisons (issue 3, "Benchmark"):
           front) and --cttft-max-tokens: TTFT p50/p99 of long prompts under concurrency.
                                                                            target <= 1.05
   ttft    time to first token, p50/p99, of a ~512-token prompt (a unique number up
-          front so no prefix cache helps), sequential streaming requests.  target <= 1.05
+          front so no prefix cache helps), sequential streaming requests, both servers
+          up and their requests alternating (paired against drift).     target <= 1.05
 
 Only the Python standard library. Loopback only. Every wait is bounded; servers are
 started one at a time and killed at the end, also on Ctrl-C or an error. The results
@@ -518,30 +519,6 @@ def throughput_phase(port: int, model_id: str, a, extra: dict, quiet, filler: st
     return out
 
 
-def ttft_phase(port: int, model_id: str, a, filler: str, offset: int, quiet) -> dict:
-    samples, ptoks = [], []
-    deadline = time.monotonic() + a.phase_timeout
-    for i in range(a.ttft_warmup + a.ttft_requests):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"ttft: over the {a.phase_timeout:.0f}s phase limit")
-        if i >= a.ttft_warmup:
-            deadline += quiet(f"ttft request {i - a.ttft_warmup + 1}")
-        # A different number up front each time: no cached prefix to reuse.
-        prompt = f"Request {(offset + i) % 1000:03d}: " + filler
-        body = {"model": model_id, "prompt": prompt, "max_tokens": a.ttft_max_tokens, "temperature": 0,
-                "stream": True, "stream_options": {"include_usage": True}}
-        x = stream_completion(port, body, a.request_timeout)
-        if i >= a.ttft_warmup:
-            samples.append(x["ttft"])
-            if x["prompt_tokens"] is not None:
-                ptoks.append(x["prompt_tokens"])
-    res = {"p50": percentile(samples, 50), "p99": percentile(samples, 99), "mean": statistics.mean(samples),
-           "samples": samples, "prompt_tokens": statistics.mean(ptoks) if ptoks else None}
-    log(f"  ttft: p50 {res['p50'] * 1000:.1f} ms, p99 {res['p99'] * 1000:.1f} ms "
-        f"(prompt_tokens {res['prompt_tokens']})")
-    return res
-
-
 def percentile(xs: list[float], p: float) -> float:
     s = sorted(xs)
     if len(s) == 1:
@@ -602,7 +579,7 @@ def server_phase(a, results: dict, logdir: Path) -> None:
                "llamanet": lambda p: llamanet_serve_cmd(a, p, serve_help)}
     order = list(servers)
     results["servers"] = {name: {"throughput": [], "ttft": [], "cttft": []} for name in servers}
-    for pass_no in range(a.passes):
+    for pass_no in range(a.passes if a.phases & {"throughput", "cttft"} else 0):
         for name in (order if pass_no % 2 == 0 else order[::-1]):
             port = free_port()
             srv = Server(name, servers[name](port), port, logdir)
@@ -633,11 +610,57 @@ def server_phase(a, results: dict, logdir: Path) -> None:
                     log(f"{name} (pass {pass_no + 1}): TTFT of long prompts at concurrency {a.concurrency}")
                     results["servers"][name]["cttft"].append(
                         throughput_phase(port, model_id, a, {}, quiet, filler=filler))
-                if "ttft" in a.phases:
-                    log(f"{name} (pass {pass_no + 1}): TTFT over {a.ttft_requests} requests")
-                    results["servers"][name]["ttft"].append(ttft_phase(port, model_id, a, filler, 100 * pass_no, quiet))
             finally:
                 srv.stop()
+    if "ttft" in a.phases:
+        paired_ttft_phase(a, results, servers, logdir, filler)
+
+
+def paired_ttft_phase(a, results: dict, servers: dict, logdir: Path, filler: str | None) -> None:
+    """Sequential long-prompt TTFT with both servers up, their requests alternating (which
+    goes first swaps every pair). On a shared 2-CPU VM the machine's speed drifts by 30%
+    within minutes (noisy neighbours); one server measured after the other compares two
+    moments, while alternating gives both the same drift. Each request waits for a quiet
+    CPU first, so neither server's idle threads compete with the other's request."""
+    started = []
+    try:
+        for name, cmd in servers.items():
+            port = free_port()
+            srv = Server(name, cmd(port), port, logdir)
+            results["servers"][name]["cmd"] = shlex.join(srv.cmd)
+            srv.start(a.start_timeout)
+            started.append(srv)
+        if filler is None:
+            filler, n = build_prompt_tokenize(started[0].port, a.prompt_tokens)
+            log(f"ttft prompt: {n} tokens by llama-server's /tokenize")
+        ids = {srv.name: model_id_of(srv.port, "bench") for srv in started}
+        samples = {srv.name: [] for srv in started}
+        ptoks = {srv.name: [] for srv in started}
+        log(f"TTFT over {a.ttft_requests} requests each, alternating between {' and '.join(ids)}")
+        deadline = time.monotonic() + a.phase_timeout
+        for i in range(a.ttft_warmup + a.ttft_requests):
+            for srv in (started if i % 2 == 0 else started[::-1]):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"ttft: over the {a.phase_timeout:.0f}s phase limit")
+                deadline += note_load(results, f"ttft {srv.name} request {i + 1}", a.wait_quiet, verbose=False)
+                # A different number up front each time: no cached prefix to reuse.
+                body = {"model": ids[srv.name], "prompt": f"Request {i % 1000:03d}: " + filler,
+                        "max_tokens": a.ttft_max_tokens, "temperature": 0, "stream": True,
+                        "stream_options": {"include_usage": True}}
+                x = stream_completion(srv.port, body, a.request_timeout)
+                if i >= a.ttft_warmup:
+                    samples[srv.name].append(x["ttft"])
+                    if x["prompt_tokens"] is not None:
+                        ptoks[srv.name].append(x["prompt_tokens"])
+        for name, xs in samples.items():
+            res = {"p50": percentile(xs, 50), "p99": percentile(xs, 99), "mean": statistics.mean(xs),
+                   "samples": xs, "prompt_tokens": statistics.mean(ptoks[name]) if ptoks[name] else None}
+            log(f"  {name} ttft: p50 {res['p50'] * 1000:.1f} ms, p99 {res['p99'] * 1000:.1f} ms "
+                f"(prompt_tokens {res['prompt_tokens']})")
+            results["servers"][name]["ttft"].append(res)
+    finally:
+        for srv in started:
+            srv.stop()
 
 
 # --------------------------------------------------------------------------------------
@@ -697,7 +720,7 @@ def merge_ttft(passes: list[dict]) -> dict:
     samples = [s for p in passes for s in p["samples"]]
     pt = [p["prompt_tokens"] for p in passes if p["prompt_tokens"] is not None]
     return {"p50": percentile(samples, 50), "p99": percentile(samples, 99), "min": min(samples),
-            "n": len(samples), "prompt_tokens": statistics.mean(pt) if pt else None}
+            "n": len(samples), "samples": samples, "prompt_tokens": statistics.mean(pt) if pt else None}
 
 
 def summarize_load(load: list) -> str:
@@ -803,13 +826,16 @@ def report(a, results: dict) -> str:
         ts = merge_ttft(srv["llama-server"]["ttft"])
         tn = merge_ttft(srv["llamanet"]["ttft"])
         r50, r99, rmin = tn["p50"] / ts["p50"], tn["p99"] / ts["p99"], tn["min"] / ts["min"]
+        pairs = [mine / theirs for mine, theirs in zip(tn["samples"], ts["samples"])]
         lines += [
-            f"| TTFT, ~{a.prompt_tokens}-token prompt, {ts['n']} sequential requests | llama-server | "
+            f"| TTFT, ~{a.prompt_tokens}-token prompt, {ts['n']} sequential requests each, alternating "
+            "| llama-server | "
             f"llamanet serve | ratio | target |",
             "|---|---:|---:|---:|---|",
             f"| p50 | {ts['p50'] * 1000:.1f} ms | {tn['p50'] * 1000:.1f} ms | {r50:.3f} | ≤ 1.05 {verdict(r50, 1.05, False)} |",
             f"| p99 | {ts['p99'] * 1000:.1f} ms | {tn['p99'] * 1000:.1f} ms | {r99:.3f} | ≤ 1.05 {verdict(r99, 1.05, False)} |",
             f"| min | {ts['min'] * 1000:.1f} ms | {tn['min'] * 1000:.1f} ms | {rmin:.3f} | |",
+            f"| median of the {len(pairs)} paired ratios | | | {percentile(pairs, 50):.3f} | |",
             f"| prompt_tokens (usage) | {ts['prompt_tokens']} | {tn['prompt_tokens']} | | |",
             "",
         ]

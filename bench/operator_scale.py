@@ -21,6 +21,7 @@ Every wait is bounded. Needs scripts/build-tools.sh and a release build (scripts
 """
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -259,8 +260,16 @@ def main():
             log(f"{args.heartbeat_peers} heartbeat peers for {args.settle + 30}s")
             scrape0 = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
             hb0 = histogram(scrape0, "llamanet_operator_heartbeat_to_status_seconds")
+            # Each peer signs with the key the operator wrote for pod `inode-<i>-0`, as
+            # that pod would (it mounts the Secret): heartbeats from other keys are refused.
+            keys = work / "identity"
+            keys.mkdir()
+            for name in names[:args.heartbeat_peers]:
+                secret = kubectl.json("get", "secret", "-n", "bench", f"{name}-identity")
+                (keys / f"{name}-0").write_bytes(base64.b64decode(secret["data"][f"{name}-0"]))
             gen = subprocess.Popen([load, "--bootstrap", f"/ip4/127.0.0.1/tcp/{swarm_port}",
                                     "--namespace", "bench", "--prefix", "inode",
+                                    "--identity-dir", keys,
                                     "--count", str(args.heartbeat_peers),
                                     "--seconds", str(args.settle + 40)],
                                    stdout=subprocess.DEVNULL, stderr=open(work / "load.log", "w"))

@@ -3,11 +3,17 @@
 //! from the operator and beats every `--interval` seconds until `--seconds` have passed:
 //! the operator's side of a swarm of that many nodes, without loading any model.
 //!
+//! The operator keeps a heartbeat only when its signer holds the key it wrote for that pod
+//! into the Secret `<name>-identity`. With `--identity-dir`, peer `i` signs with the file
+//! `<dir>/<prefix>-<i>-0` (that Secret's entry, as a pod mounts it); without it every peer
+//! makes a key of its own and the operator refuses it as a stranger.
+//!
 //!     cargo run --release -p llamanet-node --example heartbeat_load -- \
 //!         --bootstrap /ip4/127.0.0.1/tcp/4001 --namespace bench --prefix inode --count 50
 
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use llamanet_node::swarm::{self, InferenceNodeRef, Keypair, Multiaddr, NodeStatus, SwarmConfig};
 
@@ -29,6 +35,9 @@ struct Args {
     /// How long to run.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// A folder with each pod's identity key (libp2p's protobuf encoding), by pod name.
+    #[arg(long)]
+    identity_dir: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -54,7 +63,17 @@ async fn main() -> anyhow::Result<()> {
             initial_status: status,
             ..SwarmConfig::default()
         };
-        peers.push(swarm::start(Keypair::generate_ed25519(), config).await?);
+        let key = match &args.identity_dir {
+            Some(dir) => {
+                let path = dir.join(format!("{}-{i}-0", args.prefix));
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("reading the identity key {}", path.display()))?;
+                Keypair::from_protobuf_encoding(&bytes)
+                    .with_context(|| format!("{} is not a libp2p key", path.display()))?
+            }
+            None => Keypair::generate_ed25519(),
+        };
+        peers.push(swarm::start(key, config).await?);
     }
     eprintln!("{} peers beating every {}s", peers.len(), args.interval);
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;

@@ -354,7 +354,9 @@ pub struct EngineSettings {
     #[schemars(range(min = 1, max = 65536))]
     pub batch_size: Option<i32>,
 
-    /// Use flash attention kernels.
+    /// Use flash attention kernels (llama.cpp decides when unset). Off makes decoding on CPUs
+    /// batch-invariant, so that the same request gets the same answer whatever else is
+    /// decoding and streams continued on another node are exact, at a few percent of speed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flash_attention: Option<bool>,
 

@@ -189,6 +189,9 @@ struct Batcher<'m> {
     slots: Vec<Slot>,
     slot_context: usize,
     batch_size: usize,
+    /// Fewest rows of a prompt chunk and fewest prompt tokens evaluated again after a cache
+    /// hit ([`scheduler::min_prompt_rows`]): a prompt's logits do not depend on the batch.
+    min_prompt_rows: usize,
     load: Arc<EngineLoad>,
     /// Monotonic counter for "last used" and admission order.
     clock: u64,
@@ -218,6 +221,8 @@ impl<'m> Batcher<'m> {
         arrival_window: Duration,
     ) -> Self {
         let batch_size = usize::try_from(context.n_batch()).unwrap_or(usize::MAX);
+        let min_prompt_rows =
+            scheduler::min_prompt_rows(batch_size, model.parallel().get() as usize);
         let slots = (0..model.parallel().get())
             .map(|seq| Slot {
                 seq: i32::try_from(seq).expect("slot count fits i32"),
@@ -235,6 +240,7 @@ impl<'m> Batcher<'m> {
             slots,
             slot_context: model.slot_context_size() as usize,
             batch_size,
+            min_prompt_rows,
             load,
             clock: 0,
             rate: TokenRate::default(),
@@ -368,7 +374,8 @@ impl<'m> Batcher<'m> {
         };
         let resume = request.resume;
         let prompt = request.prompt;
-        let Some(placement) = scheduler::place(&self.free_slots(), &prompt) else {
+        let Some(placement) = scheduler::place(&self.free_slots(), &prompt, self.min_prompt_rows)
+        else {
             // admit() only calls this with enough free slots.
             fail_all(choices, "no free slot");
             return;
@@ -473,7 +480,7 @@ impl<'m> Batcher<'m> {
         self.slots[placement.slot].active = Some(first);
         for ((_, choice), sampler) in forks.into_iter().zip(samplers) {
             // Nothing of a fork's own cache is kept: the first choice's sequence replaces it.
-            let Some(slot) = scheduler::place::<LlamaToken>(&self.free_slots(), &[]) else {
+            let Some(slot) = scheduler::place::<LlamaToken>(&self.free_slots(), &[], 1) else {
                 let _ = choice
                     .events
                     .send(GenerationEvent::Failed("no free slot".into()));
@@ -661,7 +668,11 @@ impl<'m> Batcher<'m> {
             })
             .collect();
         let used = usize::try_from(self.batch.n_tokens()).unwrap_or(0);
-        let shares = scheduler::share_prompt_budget(self.batch_size.saturating_sub(used), &wants);
+        let shares = scheduler::share_prompt_budget(
+            self.batch_size.saturating_sub(used),
+            &wants,
+            self.min_prompt_rows,
+        );
         let mut prompt_tokens = 0u64;
         for (&(_, index), &take) in prefilling.iter().zip(&shares) {
             if take == 0 || failure.is_some() {

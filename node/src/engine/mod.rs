@@ -22,7 +22,7 @@
 
 // Only `settings` is built without the `engine` feature: the command line's defaults.
 pub mod settings;
-pub use settings::EngineSettings;
+pub use settings::{EngineSettings, FlashAttention};
 
 #[cfg(feature = "engine")]
 pub mod backend;

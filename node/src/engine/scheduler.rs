@@ -2,6 +2,21 @@
 //! free slot a new prompt goes to (the one whose cached tokens share the longest prefix
 //! with it), how much of that cache can be kept, and how one step's batch is shared out
 //! between generating slots and pending prompt tokens.
+//!
+//! Both keep a prompt's rows in batches of one shape class, so that a prompt's logits are
+//! the same bits whether it was evaluated alone, beside other requests, or partly from a
+//! cache. llama.cpp's CPU kernels pick their algorithm by the number of rows a matrix
+//! product or attention has in a step (one row: plain dot products; two or more: llamafile's
+//! tiled GEMM; 8 or more: the tiled K-quant product; 64 or more: the tiled flash attention;
+//! one row over 512 cached cells: split-KV attention), each summing in its own order. A
+//! prompt's rows therefore go in chunks of at least [`MIN_PROMPT_ROWS`] (a shorter prompt
+//! in one chunk), and a cached prefix is cut back so that at least that many tokens are
+//! evaluated again. Otherwise a greedy answer whose two best tokens are close changes with
+//! the load, with the cache, and when a stream is continued on another node.
+
+/// The fewest rows a prompt chunk has unless the prompt (or what is left of it) is shorter:
+/// the largest row-count threshold among llama.cpp's CPU kernels (flash attention's tile).
+pub const MIN_PROMPT_ROWS: usize = 64;
 
 /// Length of the common prefix of two token (or any) sequences.
 pub fn common_prefix_len<T: PartialEq>(a: &[T], b: &[T]) -> usize {
@@ -21,15 +36,20 @@ pub struct FreeSlot<'a, T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     pub slot: usize,
-    /// Prompt tokens reused from the cache; at most `prompt.len() - 1`, because the last
-    /// prompt token must be decoded again to get the logits of the first new token.
+    /// Prompt tokens reused from the cache. The last `min_rows` are evaluated again (all of
+    /// a shorter prompt), in one batch shape with a fresh evaluation of the prompt; the last
+    /// one would have to be anyway, for the logits of the first new token.
     pub reused: usize,
 }
 
 /// Picks the free slot with the longest cached prefix of `prompt`; among equals (no shared
 /// prefix at all, typically) the least recently used one, so that recent conversations
 /// keep their caches for their follow-up requests. `None` when no slot is free.
-pub fn place<T: PartialEq>(free: &[FreeSlot<'_, T>], prompt: &[T]) -> Option<Placement> {
+pub fn place<T: PartialEq>(
+    free: &[FreeSlot<'_, T>],
+    prompt: &[T],
+    min_rows: usize,
+) -> Option<Placement> {
     let best = free.iter().max_by(|a, b| {
         let (pa, pb) = (
             common_prefix_len(a.cached, prompt),
@@ -41,7 +61,7 @@ pub fn place<T: PartialEq>(free: &[FreeSlot<'_, T>], prompt: &[T]) -> Option<Pla
     let shared = common_prefix_len(best.cached, prompt);
     Some(Placement {
         slot: best.index,
-        reused: shared.min(prompt.len().saturating_sub(1)),
+        reused: shared.min(prompt.len().saturating_sub(min_rows.max(1))),
     })
 }
 
@@ -49,16 +69,34 @@ pub fn place<T: PartialEq>(free: &[FreeSlot<'_, T>], prompt: &[T]) -> Option<Pla
 /// order: each takes what it needs until the budget runs out. Generating slots have
 /// already taken one position each; this is what is left. Prompts that get nothing wait
 /// for the next step, so a long prompt delays the others by at most one chunk.
-pub fn share_prompt_budget(budget: usize, pending: &[usize]) -> Vec<usize> {
+///
+/// No chunk has fewer than `min_rows` rows and none leaves fewer behind: a prompt that
+/// cannot take that much waits, and one with less than that left takes it all at once. The
+/// oldest prompt always moves when `budget` is at least `2 * min_rows - 1`.
+pub fn share_prompt_budget(budget: usize, pending: &[usize], min_rows: usize) -> Vec<usize> {
     let mut left = budget;
     pending
         .iter()
         .map(|&wants| {
-            let take = wants.min(left);
+            let mut take = wants.min(left);
+            if take < wants {
+                take = take.min(wants.saturating_sub(min_rows));
+                if take < min_rows {
+                    take = 0;
+                }
+            }
             left -= take;
             take
         })
         .collect()
+}
+
+/// The `min_rows` of [`place`] and [`share_prompt_budget`] for a batch of `batch_size`
+/// positions of which up to `slots` go to generating slots: [`MIN_PROMPT_ROWS`], or less
+/// where the batch is too small for the oldest prompt to always move.
+pub fn min_prompt_rows(batch_size: usize, slots: usize) -> usize {
+    let budget = batch_size.saturating_sub(slots);
+    (budget.div_ceil(2)).clamp(1, MIN_PROMPT_ROWS)
 }
 
 /// Tokens that a request may generate: what was asked for, capped by what is left of the
@@ -104,7 +142,7 @@ mod tests {
                 last_used: 1,
             },
         ];
-        let placed = place(&free, &[1, 2, 3, 4, 5, 6]).unwrap();
+        let placed = place(&free, &[1, 2, 3, 4, 5, 6], 1).unwrap();
         assert_eq!(placed, Placement { slot: 1, reused: 4 });
     }
 
@@ -125,7 +163,7 @@ mod tests {
             },
         ];
         assert_eq!(
-            place(&free, &[1, 2]).unwrap(),
+            place(&free, &[1, 2], 1).unwrap(),
             Placement { slot: 3, reused: 0 }
         );
     }
@@ -138,21 +176,73 @@ mod tests {
             cached: &a[..],
             last_used: 0,
         }];
-        assert_eq!(place(&free, &[1, 2, 3]).unwrap().reused, 2);
+        assert_eq!(place(&free, &[1, 2, 3], 1).unwrap().reused, 2);
         // A cache longer than the prompt (an earlier answer) is cut back the same way.
-        assert_eq!(place(&free, &[1, 2]).unwrap().reused, 1);
+        assert_eq!(place(&free, &[1, 2], 1).unwrap().reused, 1);
+    }
+
+    #[test]
+    fn a_cached_prompt_evaluates_its_last_min_rows_again() {
+        let cached: Vec<u32> = (0..100).collect();
+        let free = [FreeSlot {
+            index: 0,
+            cached: &cached[..],
+            last_used: 0,
+        }];
+        // The same 100 tokens: the last 64 again, as the last chunk of a fresh evaluation.
+        assert_eq!(place(&free, &cached, 64).unwrap().reused, 36);
+        // A follow-up longer than the cache keeps all of it.
+        let longer: Vec<u32> = (0..200).collect();
+        assert_eq!(place(&free, &longer, 64).unwrap().reused, 100);
+        // A prompt shorter than that is evaluated whole.
+        assert_eq!(place(&free, &cached[..40], 64).unwrap().reused, 0);
     }
 
     #[test]
     fn no_free_slot_no_placement() {
-        assert_eq!(place::<i32>(&[], &[1]), None);
+        assert_eq!(place::<i32>(&[], &[1], 1), None);
     }
 
     #[test]
     fn prompt_budget_goes_in_admission_order() {
-        assert_eq!(share_prompt_budget(10, &[4, 8, 3]), vec![4, 6, 0]);
-        assert_eq!(share_prompt_budget(0, &[4]), vec![0]);
-        assert_eq!(share_prompt_budget(100, &[4, 8]), vec![4, 8]);
+        assert_eq!(share_prompt_budget(10, &[4, 8, 3], 1), vec![4, 6, 0]);
+        assert_eq!(share_prompt_budget(0, &[4], 1), vec![0]);
+        assert_eq!(share_prompt_budget(100, &[4, 8], 1), vec![4, 8]);
+    }
+
+    #[test]
+    fn prompt_chunks_keep_their_minimum_rows() {
+        // Whole prompts fit; a short one waits for room for all of it.
+        assert_eq!(share_prompt_budget(512, &[300, 40], 64), vec![300, 40]);
+        assert_eq!(share_prompt_budget(320, &[300, 40], 64), vec![300, 0]);
+        // A long one is cut so that at least 64 rows are left for its last chunk...
+        assert_eq!(share_prompt_budget(512, &[540], 64), vec![476]);
+        assert_eq!(share_prompt_budget(512, &[1000, 300], 64), vec![512, 0]);
+        // ...and takes no chunk smaller than 64.
+        assert_eq!(share_prompt_budget(560, &[500, 300], 64), vec![500, 0]);
+        assert_eq!(share_prompt_budget(600, &[500, 300], 64), vec![500, 100]);
+        assert_eq!(share_prompt_budget(630, &[500, 300], 64), vec![500, 130]);
+        // A remainder of fewer than 128 goes in one chunk or waits.
+        assert_eq!(share_prompt_budget(100, &[120], 64), vec![0]);
+        assert_eq!(share_prompt_budget(120, &[120], 64), vec![120]);
+    }
+
+    #[test]
+    fn small_batches_lower_the_minimum_so_prompts_still_move() {
+        assert_eq!(min_prompt_rows(512, 8), 64);
+        assert_eq!(min_prompt_rows(64, 4), 30);
+        assert_eq!(min_prompt_rows(8, 8), 1);
+        // The oldest prompt always moves with what generating slots leave.
+        for (batch, slots) in [(512, 8), (64, 4), (40, 39), (9, 8)] {
+            let rows = min_prompt_rows(batch, slots);
+            for wants in 1..400 {
+                let take = share_prompt_budget(batch - slots, &[wants], rows)[0];
+                assert!(
+                    take > 0,
+                    "batch {batch}, {slots} slots, {wants} tokens: stuck"
+                );
+            }
+        }
     }
 
     #[test]

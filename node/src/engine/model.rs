@@ -188,6 +188,11 @@ impl Model {
         self.parallel
     }
 
+    /// The flash attention policy contexts of this model are made with.
+    pub fn flash_attention(&self) -> FlashAttention {
+        self.flash_attention
+    }
+
     /// Tokenizes `text`; special tokens written in it (`<start_of_turn>`) are honoured.
     /// `add_bos` prepends the model's BOS token where its vocabulary asks for one.
     pub fn tokenize(&self, text: &str, add_bos: bool) -> Vec<LlamaToken> {

@@ -3,20 +3,23 @@
 //! with it), how much of that cache can be kept, and how one step's batch is shared out
 //! between generating slots and pending prompt tokens.
 //!
-//! Both keep a prompt's rows in batches of one shape class, so that a prompt's logits are
-//! the same bits whether it was evaluated alone, beside other requests, or partly from a
-//! cache. llama.cpp's CPU kernels pick their algorithm by the number of rows a matrix
-//! product or attention has in a step (one row: plain dot products; two or more: llamafile's
-//! tiled GEMM; 8 or more: the tiled K-quant product; 64 or more: the tiled flash attention;
-//! one row over 512 cached cells: split-KV attention), each summing in its own order. A
-//! prompt's rows therefore go in chunks of at least [`MIN_PROMPT_ROWS`] (a shorter prompt
-//! in one chunk), and a cached prefix is cut back so that at least that many tokens are
-//! evaluated again. Otherwise a greedy answer whose two best tokens are close changes with
-//! the load, with the cache, and when a stream is continued on another node.
+//! With flash attention off, both keep a prompt's rows in batches of one shape class, so
+//! that its logits are the same bits whether it was evaluated alone, beside other requests,
+//! or partly from a cache. llama.cpp's CPU matrix products pick their algorithm by the
+//! number of rows in a step (one row: plain dot products; two or more: llamafile's tiled
+//! GEMM; 8 or more: the tiled K-quant product), each summing in its own order. A prompt's
+//! rows then go in chunks of at least [`INVARIANT_PROMPT_ROWS`] (a shorter prompt in one
+//! chunk), and a cached prefix is cut back so that at least that many tokens are evaluated
+//! again. Otherwise a greedy answer whose two best tokens are close changes with the load,
+//! with the cache, and when a stream is continued on another node. Flash attention has
+//! thresholds of its own that no prompt chunking avoids (one sequence's decode step takes
+//! its split-KV kernel over 512 cached cells, several sequences' steps the plain one), so
+//! with it on the minimum is one row, as in llama-server, and a cache hit costs one token.
 
-/// The fewest rows a prompt chunk has unless the prompt (or what is left of it) is shorter:
-/// the largest row-count threshold among llama.cpp's CPU kernels (flash attention's tile).
-pub const MIN_PROMPT_ROWS: usize = 64;
+/// The fewest rows of a prompt chunk, unless the prompt (or what is left of it) is
+/// shorter, when decoding is meant to be batch-invariant: the largest row-count threshold
+/// among llama.cpp's CPU matrix products.
+pub const INVARIANT_PROMPT_ROWS: usize = 8;
 
 /// Length of the common prefix of two token (or any) sequences.
 pub fn common_prefix_len<T: PartialEq>(a: &[T], b: &[T]) -> usize {
@@ -92,11 +95,11 @@ pub fn share_prompt_budget(budget: usize, pending: &[usize], min_rows: usize) ->
 }
 
 /// The `min_rows` of [`place`] and [`share_prompt_budget`] for a batch of `batch_size`
-/// positions of which up to `slots` go to generating slots: [`MIN_PROMPT_ROWS`], or less
-/// where the batch is too small for the oldest prompt to always move.
-pub fn min_prompt_rows(batch_size: usize, slots: usize) -> usize {
+/// positions of which up to `slots` go to generating slots: `wanted`, or less where the
+/// batch is too small for the oldest prompt to always move.
+pub fn min_prompt_rows(batch_size: usize, slots: usize, wanted: usize) -> usize {
     let budget = batch_size.saturating_sub(slots);
-    (budget.div_ceil(2)).clamp(1, MIN_PROMPT_ROWS)
+    (budget.div_ceil(2)).clamp(1, wanted.max(1))
 }
 
 /// Tokens that a request may generate: what was asked for, capped by what is left of the
@@ -229,12 +232,13 @@ mod tests {
 
     #[test]
     fn small_batches_lower_the_minimum_so_prompts_still_move() {
-        assert_eq!(min_prompt_rows(512, 8), 64);
-        assert_eq!(min_prompt_rows(64, 4), 30);
-        assert_eq!(min_prompt_rows(8, 8), 1);
+        assert_eq!(min_prompt_rows(512, 8, 64), 64);
+        assert_eq!(min_prompt_rows(512, 8, 1), 1);
+        assert_eq!(min_prompt_rows(64, 4, 64), 30);
+        assert_eq!(min_prompt_rows(8, 8, 8), 1);
         // The oldest prompt always moves with what generating slots leave.
-        for (batch, slots) in [(512, 8), (64, 4), (40, 39), (9, 8)] {
-            let rows = min_prompt_rows(batch, slots);
+        for (batch, slots) in [(512, 8), (64, 4), (40, 39), (9, 8), (12, 4)] {
+            let rows = min_prompt_rows(batch, slots, 64);
             for wants in 1..400 {
                 let take = share_prompt_budget(batch - slots, &[wants], rows)[0];
                 assert!(
